@@ -1,0 +1,3 @@
+from rrhf_cli import main
+
+raise SystemExit(main())

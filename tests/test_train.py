@@ -1,0 +1,234 @@
+"""The trainer on a tiny real Llama: learning, options, divergence, resume after SIGKILL, 1 vs 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import build_tiny_model
+from rrhf_core.config import TrainConfig
+from rrhf_core.data import load_listwise
+from rrhf_core.errors import TrainingDivergedError
+from rrhf_core.models import load_causal_lm, load_tokenizer
+from rrhf_core.tracking import read_metrics
+from rrhf_core.train import Encoder, encode_examples, evaluate_listwise, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cfg(model_dir, data, out, **kw) -> TrainConfig:
+    base = dict(
+        model=str(model_dir),
+        data=str(data),
+        output_dir=str(out),
+        bf16="off",
+        max_length=64,
+        max_response_tokens=16,
+        micro_batch_size=2,
+        grad_accum=2,
+        learning_rate=5e-3,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        threads=1,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def ranking_accuracy(model_path, data, c):
+    tok = load_tokenizer(str(model_path))
+    examples, _ = load_listwise(data)
+    encoded, _, _ = encode_examples(
+        Encoder(tok, c.max_length, c.max_response_tokens, c.prompt_format), examples
+    )
+    return evaluate_listwise(load_causal_lm(str(model_path)), encoded, c, tok.pad_token_id)
+
+
+def test_rrhf_training_raises_ranking_accuracy(tiny_model_dir, learnable_set, tmp_path):
+    c = cfg(tiny_model_dir, learnable_set, tmp_path / "run", epochs=24, learning_rate=3e-3)
+    before = ranking_accuracy(tiny_model_dir, learnable_set, c)
+    result = train(c, progress=False)
+    after = ranking_accuracy(result.model_dir, learnable_set, c)
+    assert after["ranking_accuracy"] >= 0.95 > before["ranking_accuracy"] + 0.2, (before, after)
+    assert after["loss"] < before["loss"]
+    history = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [h["step"] for h in history] == list(range(1, result.steps + 1))
+    assert {"loss", "rank_loss", "sft_loss", "ranking_accuracy", "tokens_per_s"} <= set(history[0])
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["prompts_used"] == 16 and summary["steps"] == 96
+
+
+def test_lora_with_gradient_checkpointing_trains_only_adapters(tiny_model_dir, learnable_set, tmp_path):
+    c = cfg(
+        tiny_model_dir,
+        learnable_set,
+        tmp_path / "run",
+        max_steps=2,
+        gradient_checkpointing=True,
+        lora={"enabled": True, "r": 4, "alpha": 8},
+    )
+    result = train(c, progress=False)
+    before = load_file(tiny_model_dir / "model.safetensors")
+    after = load_file(result.model_dir / "model.safetensors")
+    assert set(before) == set(after)  # merged back into a plain model folder
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all("proj" in k for k in changed)  # adapters sit on linear layers only
+    assert not any("norm" in k or "embed" in k for k in changed)
+
+
+def test_nan_loss_stops_the_run_with_a_clear_error(tmp_path, learnable_set):
+    broken = build_tiny_model(tmp_path / "nan-model")
+    weights = load_file(broken / "model.safetensors")
+    key = next(k for k in weights if "q_proj" in k)
+    weights[key][0, 0] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(TrainingDivergedError, match=r"loss became nan at step 1 .*no update was applied"):
+        train(cfg(broken, learnable_set, tmp_path / "run"), progress=False)
+
+
+def _cli(*args: str, log: Path | None = None) -> subprocess.Popen:
+    """``rrhf train`` in a subprocess; output to a pipe, or to ``log`` for a run that is polled (no pipe to fill)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = log.open("w") if log else subprocess.PIPE
+    return subprocess.Popen(
+        [sys.executable, "-m", "rrhf_cli", "train", "--no-progress", *args],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _train_args(model, data, out, *extra: str) -> list[str]:
+    return [
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--bf16",
+        "off",
+        "--max-length",
+        "128",
+        "--max-response-tokens",
+        "64",
+        "--learning-rate",
+        "1e-3",
+        "--warmup-ratio",
+        "0.1",
+        "--scheduler",
+        "cosine",
+        "--threads",
+        "1",
+        *extra,
+    ]
+
+
+@pytest.mark.integration
+def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
+    model = build_tiny_model(tmp_path / "model", layers=4, hidden=64)
+    from conftest import learnable_records
+
+    data = tmp_path / "set.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in learnable_records(n=16, response_len=48)))
+    args = [
+        "--micro-batch-size",
+        "2",
+        "--grad-accum",
+        "2",
+        "--max-steps",
+        "24",
+        "--checkpoint-every",
+        "3",
+        "--keep-checkpoints",
+        "2",
+    ]
+    full = _cli(*_train_args(model, data, tmp_path / "full", *args))
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+
+    log = tmp_path / "killed.log"
+    killed = _cli(*_train_args(model, data, tmp_path / "killed", *args), log=log)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (
+        ckpts.exists() and any(p.name >= "step-00000006" for p in ckpts.glob("step-*"))
+    ):
+        assert killed.poll() is None, "the run ended before it could be killed: " + log.read_text()
+        time.sleep(0.02)
+    assert killed.poll() is None, "the run finished before it could be killed"
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (tmp_path / "killed" / "model").exists()
+    killed_at = max(
+        json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    )
+    assert killed_at < 24
+
+    resumed = _cli(*_train_args(model, data, tmp_path / "killed", *args))
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "resumed from step" in out and "resumed from step 0" not in out
+
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    steps_full = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    steps_resumed = read_metrics(tmp_path / "killed" / "metrics.jsonl")
+    assert [s["step"] for s in steps_resumed] == list(range(1, 25))  # nothing logged twice or lost
+    assert [s["loss"] for s in steps_resumed] == pytest.approx([s["loss"] for s in steps_full], rel=1e-6)
+
+
+@pytest.mark.integration
+def test_two_processes_give_the_loss_trajectory_of_one(tmp_path, learnable_set):
+    model = build_tiny_model(tmp_path / "model")
+    one = _cli(
+        *_train_args(
+            model,
+            learnable_set,
+            tmp_path / "one",
+            "--micro-batch-size",
+            "2",
+            "--grad-accum",
+            "2",
+            "--max-steps",
+            "6",
+        )
+    )
+    out1, _ = one.communicate(timeout=300)
+    assert one.returncode == 0, out1
+    two = _cli(
+        *_train_args(
+            model,
+            learnable_set,
+            tmp_path / "two",
+            "--micro-batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--max-steps",
+            "6",
+            "--nproc",
+            "2",
+        )
+    )
+    out2, _ = two.communicate(timeout=300)
+    assert two.returncode == 0, out2
+    l1 = [m["loss"] for m in read_metrics(tmp_path / "one" / "metrics.jsonl")]
+    l2 = [m["loss"] for m in read_metrics(tmp_path / "two" / "metrics.jsonl")]
+    assert len(l1) == len(l2) == 6
+    assert l2 == pytest.approx(l1, rel=1e-4)
+    assert l1[-1] < l1[0]  # and it is really training
+    assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["world_size"] == 2
