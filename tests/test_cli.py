@@ -1,0 +1,129 @@
+"""The command line: user errors are one clear message and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rrhf_cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    cap = capsys.readouterr()
+    return code, cap.out + cap.err
+
+
+def test_bad_training_row_is_reported_by_row_and_column(capsys, tmp_path, tiny_model_dir):
+    data = tmp_path / "set.jsonl"
+    data.write_text(
+        json.dumps(
+            {
+                "prompt_id": "x",
+                "messages": [{"role": "user", "content": "q"}],
+                "responses": ["a", "b"],
+                "rewards": [1.0],
+            }
+        )
+        + "\n"
+    )
+    code, out = run(
+        capsys,
+        "train",
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(data),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--no-progress",
+    )
+    assert code == 2
+    assert "row 0 (prompt_id='x'), column 'rewards': has 1 values for 2 responses" in out
+    assert "Traceback" not in out
+
+
+def test_invalid_settings_are_listed(capsys, tmp_path):
+    code, out = run(
+        capsys,
+        "train",
+        "--data",
+        "x.parquet",
+        "--output-dir",
+        str(tmp_path),
+        "--learning-rate",
+        "-1",
+        "--set",
+        "lora.rank=4",
+    )
+    assert code == 2
+    assert "learning_rate: Input should be greater than 0" in out
+    assert "lora.rank: Extra inputs are not permitted" in out
+
+
+def test_config_file_and_override_order(capsys, tmp_path, tiny_model_dir, learnable_set):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"model: {tiny_model_dir}\ndata: {learnable_set}\noutput_dir: {tmp_path / 'o'}\n"
+        "max_steps: 5\nmax_length: 64\nmax_response_tokens: 16\nbf16: off\n"
+    )
+    code, out = run(
+        capsys,
+        "train",
+        "--config",
+        str(cfg),
+        "--max-steps",
+        "2",
+        "--set",
+        "micro_batch_size=2",
+        "--no-progress",
+    )
+    assert code == 0, out
+    assert "trained 2 steps" in out
+    assert (tmp_path / "o" / "model" / "config.json").exists()
+
+
+def test_missing_config_file(capsys):
+    code, out = run(capsys, "train", "--config", "/nonexistent.yaml")
+    assert code == 2 and "does not exist" in out
+
+
+def test_rrhf_core_never_imports_orchestration_or_tracking():
+    """flows -> tasks -> rrhf_core, one way: rrhf_core imports neither prefect, mlflow, flows nor tasks."""
+    banned = {"prefect", "mlflow", "flows", "tasks", "rrhf_cli"}
+    for path in (ROOT / "rrhf_core").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for n in names:
+                assert n.split(".")[0] not in banned, f"{path.name} imports {n}"
+                if n.split(".")[0] == "vllm":
+                    assert "sampling" in path.name, f"vllm imported outside its backend: {path.name}"
+
+
+def test_importing_the_core_pulls_in_no_prefect_or_mlflow():
+    code = (
+        "import sys, rrhf_core.train, rrhf_core.loss, rrhf_core.collate, rrhf_core.models; "
+        "print(sorted(m for m in ('prefect','mlflow','vllm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("sub", ["train", "demo"])
+def test_help_works(sub):
+    out = subprocess.run(
+        [sys.executable, "-m", "rrhf_cli", sub, "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0 and "usage: rrhf" in out.stdout
