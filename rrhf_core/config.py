@@ -204,3 +204,123 @@ def build_config(cls: type[BaseModel], base: dict[str, Any], overrides: list[str
         return cls.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, where)) from None
+
+
+class IngestConfig(BaseModel):
+    """Prompt ingestion: files or HF datasets -> prompts.parquet (+ rejects.jsonl, ingest_report.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: list[str] = Field(
+        ..., description="Files (.jsonl/.json/.parquet/.csv, optionally .gz) or hf:NAME[:SPLIT]."
+    )
+    output_dir: str = Field(
+        ..., description="Where prompts.parquet, rejects.jsonl and ingest_report.json go."
+    )
+    format: Literal["auto", "prompt", "messages", "hh", "rrhf"] = Field(
+        "auto", description="Record format; auto picks by keys."
+    )
+    prompt_field: str = Field("prompt", description="Field holding a plain prompt (format 'prompt').")
+    eval_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of prompts in the eval split (by id hash)."
+    )
+    max_prompt_chars: int = Field(16000, ge=1, description="Longer prompts are rejected with that reason.")
+
+
+class SampleConfig(BaseModel):
+    """Sampling k responses per prompt from a policy (plus the data's reference responses)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: str = Field(..., description="prompts.parquet from the ingest stage.")
+    output_dir: str = Field(..., description="Where shards/ and samples.parquet go.")
+    split: Literal["train", "eval", "all"] = Field("train", description="Which prompts to sample for.")
+    limit: int | None = Field(None, ge=1, description="Only the first N prompts (after the split filter).")
+    model: str = Field(EMBEDDED_POLICY, description="Policy: HF hub id, local folder or embedded:...")
+    cache_dir: str | None = Field(None, description="Cache for converted models.")
+    backend: Literal["auto", "vllm", "hf"] = Field(
+        "auto", description="auto: vLLM where CUDA is present, else transformers."
+    )
+    k: int = Field(4, ge=1, description="Samples per prompt.")
+    strategy: Literal["sample", "beam"] = Field(
+        "sample", description="Top-p sampling, or beam search (k beams)."
+    )
+    temperature: float = Field(0.8, ge=0.0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(128, ge=1)
+    stop: list[str] | None = Field(
+        None, description="Stop strings; default for prompt_format hh: ['\\n\\nHuman:']."
+    )
+    seed: int = Field(0)
+    prompt_format: Literal["chat", "hh"] = Field("chat", description="Chat template, or HH text.")
+    max_prompt_tokens: int = Field(
+        512, ge=8, description="Longer prompts are left-truncated at a turn boundary."
+    )
+    include_references: bool = Field(True, description="Add the data's reference responses as candidates.")
+    shard_size: int = Field(32, ge=1, description="Prompts per shard (the unit of resume).")
+    batch_size: int = Field(8, ge=1, description="Prompts per generate call (transformers backend).")
+    dtype: Literal["auto", "bf16", "fp32"] = Field("auto")
+    vllm_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vLLM memory share (KV cache).")
+    vllm_max_model_len: int = Field(2048, ge=64)
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is not None:
+            return tuple(self.stop)
+        return ("\n\nHuman:",) if self.prompt_format == "hh" else ()
+
+    def sampler_id(self) -> str:
+        """Hash of everything that changes the samples (the `sampler` column, and the shard names)."""
+        import hashlib
+        import json
+
+        keys = (
+            "model",
+            "backend",
+            "k",
+            "strategy",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "seed",
+            "prompt_format",
+            "max_prompt_tokens",
+            "shard_size",
+            "dtype",
+        )
+        payload = {k: getattr(self, k) for k in keys} | {"stop": self.stop_strings()}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class ScoreConfig(BaseModel):
+    """Scoring every candidate response with a reward."""
+
+    model_config = ConfigDict(extra="forbid")
+    samples: list[str] = Field(..., description="samples.parquet file(s) from the sampling stage.")
+    prompts: str = Field(..., description="prompts.parquet (for the prompt each response answers).")
+    output_dir: str = Field(..., description="Where scores.parquet goes.")
+    reward: str = Field(
+        "embedded:minilm-helpfulness",
+        description="embedded:minilm-helpfulness, an HF reward model id/path, or module:function.",
+    )
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(
+        1024, ge=16, description="Reward-model input tokens (longer inputs lose their start)."
+    )
+    bucket: bool = Field(True, description="Sort by length before batching (less padding).")
+    cache_path: str | None = Field(
+        None, description="SQLite score cache (default: <cache_dir>/scores.sqlite)."
+    )
+
+
+class BuildConfig(BaseModel):
+    """Joining prompts, samples and scores into the listwise training set."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: str = Field(..., description="prompts.parquet")
+    samples: list[str] = Field(..., description="samples.parquet file(s)")
+    scores: list[str] = Field(..., description="scores.parquet file(s)")
+    output_dir: str = Field(..., description="Where train.parquet and its statistics go.")
+    max_k: int = Field(
+        8, ge=2, description="At most this many responses per prompt (best kept, the rest spread by reward)."
+    )
+    min_reward_gap: float = Field(
+        0.0, ge=0.0, description="Drop prompts whose best-worst reward gap is not above this."
+    )

@@ -14,12 +14,12 @@ What a model learns here: prefer complete answers to partial ones, and answers t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from importlib.resources import files
 
 from rrhf_core.data import ListwiseExample
+from rrhf_core.ingest import make_prompt_id, split_for
 
 REFUSALS = (
     "I'm sorry, but I can't help with that.",
@@ -27,17 +27,6 @@ REFUSALS = (
     "Sorry, I don't know.",
     "I cannot provide that information.",
 )
-
-
-def prompt_id(messages: list[dict[str, str]]) -> str:
-    """Stable id of a prompt: a hash of its normalised messages."""
-    canon = json.dumps([[m["role"], m["content"].strip()] for m in messages], ensure_ascii=False)
-    return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
-
-
-def split_of(pid: str, eval_share: float) -> str:
-    """Deterministic train/eval assignment from the id."""
-    return "eval" if int(pid[:8], 16) / 0xFFFFFFFF < eval_share else "train"
 
 
 def first_sentence(text: str) -> str:
@@ -51,7 +40,7 @@ def demo_examples(eval_share: float = 0.25) -> dict[str, list[ListwiseExample]]:
     for i, line in enumerate(lines):
         row = json.loads(line)
         messages = [{"role": "user", "content": row["prompt"]}]
-        pid = prompt_id(messages)
+        pid = make_prompt_id(messages)
         responses = [
             row["reference"],
             first_sentence(row["reference"]),
@@ -65,5 +54,5 @@ def demo_examples(eval_share: float = 0.25) -> dict[str, list[ListwiseExample]]:
             rewards=[1.0, 0.5, -0.5, -1.0],
             sources=["dataset:reference", "rule:first-sentence", "rule:refusal", "rule:echo"],
         )
-        out[split_of(pid, eval_share)].append(ex)
+        out[split_for(pid, eval_share)].append(ex)
     return out

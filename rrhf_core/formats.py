@@ -21,6 +21,11 @@ def split_hh(text: str) -> tuple[list[dict[str, str]], str]:
     for m, nxt in itertools.pairwise(marks):
         role = "user" if m.group(1) == "Human" else "assistant"
         messages.append({"role": role, "content": text[m.end() : nxt.start()].strip()})
-    if not messages or messages[-1]["role"] != "user":
-        raise ValueError("an HH dialogue needs a human turn right before its final assistant response")
+    if not messages:
+        raise ValueError("an HH dialogue needs a human turn before its final assistant response")
+    if messages[-1]["role"] != "user":
+        raise ValueError(
+            "two assistant turns in a row before the final response (an earlier turn may hold an inline "
+            "'Human:' without the blank line before it)"
+        )
     return messages, text[marks[-1].end() :].strip()

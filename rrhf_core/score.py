@@ -1,0 +1,149 @@
+"""The scoring stage: samples -> scores.parquet (``response_id``, ``prompt_id``, ``reward``, ``reward_model``).
+
+Identical (prompt, response) pairs are scored once. Scores are cached in SQLite by (reward id, content hash of
+the prompt messages and the response), so a rerun, or another stage that needs the same pairs, scores nothing
+twice. A NaN or infinite reward is an error that names the response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rrhf_core.config import ScoreConfig
+from rrhf_core.data import atomic_write_parquet
+from rrhf_core.errors import DataError
+from rrhf_core.ingest import read_prompts
+from rrhf_core.models import cache_root
+from rrhf_core.reward import RewardBackend, make_reward
+
+SCORES_SCHEMA = pa.schema(
+    [
+        ("response_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("reward", pa.float64()),
+        ("reward_model", pa.string()),
+    ]
+)
+
+
+def content_hash(messages: list[dict[str, str]], response: str) -> str:
+    payload = json.dumps([[m["role"], m["content"]] for m in messages], ensure_ascii=False) + "\0" + response
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class ScoreCache:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path)
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS scores (reward_id TEXT, hash TEXT, reward REAL, PRIMARY KEY (reward_id, hash))"
+        )
+
+    def get(self, reward_id: str, hashes: list[str]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for s in range(0, len(hashes), 500):
+            chunk = hashes[s : s + 500]
+            q = f"SELECT hash, reward FROM scores WHERE reward_id = ? AND hash IN ({','.join('?' * len(chunk))})"
+            out.update(self.db.execute(q, [reward_id, *chunk]).fetchall())
+        return out
+
+    def put(self, reward_id: str, items: list[tuple[str, float]]) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", [(reward_id, h, r) for h, r in items]
+        )
+        self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+@dataclass
+class ScoreResult:
+    scores_path: Path
+    responses: int
+    unique_pairs: int
+    scored_now: int
+    cached: int
+    seconds: float
+    reward_id: str
+
+
+def read_samples(paths: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        if not Path(p).exists():
+            raise DataError(f"samples file {p} does not exist; run `rrhf sample` first")
+        rows.extend(pq.read_table(p).to_pylist())
+    return rows
+
+
+def score(cfg: ScoreConfig, reward: RewardBackend | None = None, progress: bool = True) -> ScoreResult:
+    t0 = time.perf_counter()
+    samples = read_samples(cfg.samples)
+    messages = {r["prompt_id"]: r["messages"] for r in read_prompts(cfg.prompts)}
+    missing = sorted({s["prompt_id"] for s in samples} - set(messages))
+    if missing:
+        raise DataError(
+            f"{len(missing)} sampled prompt(s) are not in {cfg.prompts} (e.g. {missing[0]}); "
+            "score with the prompts file the samples came from"
+        )
+    reward = reward or make_reward(cfg.reward, cfg.batch_size, cfg.max_length, cfg.bucket)
+    hashes = [content_hash(messages[s["prompt_id"]], s["text"]) for s in samples]
+    unique: dict[str, dict[str, Any]] = {}
+    for h, s in zip(hashes, samples, strict=True):
+        unique.setdefault(h, s)
+    cache = ScoreCache(Path(cfg.cache_path) if cfg.cache_path else cache_root() / "scores.sqlite")
+    try:
+        known = cache.get(reward.reward_id, list(unique))
+        todo = [h for h in unique if h not in known]
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="rrhf score", unit="response", disable=not progress or not todo)
+        step = max(cfg.batch_size * 8, 64)
+        for s in range(0, len(todo), step):
+            chunk = todo[s : s + step]
+            rows = [unique[h] for h in chunk]
+            values = reward.score([messages[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
+            for r, v in zip(rows, values, strict=True):
+                if not isinstance(v, int | float) or not math.isfinite(v):
+                    raise DataError(
+                        f"reward {reward.reward_id} gave {v!r} for response {r['response_id']} of prompt "
+                        f"{r['prompt_id']} ({r['text'][:80]!r}); rewards must be finite numbers"
+                    )
+            cache.put(reward.reward_id, list(zip(chunk, map(float, values), strict=True)))
+            known.update(zip(chunk, map(float, values), strict=True))
+            bar.update(len(chunk))
+        bar.close()
+    finally:
+        cache.close()
+    out_rows = [
+        {
+            "response_id": s["response_id"],
+            "prompt_id": s["prompt_id"],
+            "reward": known[h],
+            "reward_model": reward.reward_id,
+        }
+        for h, s in zip(hashes, samples, strict=True)
+    ]
+    out = Path(cfg.output_dir)
+    path = out / "scores.parquet"
+    atomic_write_parquet(pa.Table.from_pylist(out_rows, schema=SCORES_SCHEMA), path)
+    return ScoreResult(
+        path,
+        len(samples),
+        len(unique),
+        len(todo),
+        len(unique) - len(todo),
+        time.perf_counter() - t0,
+        reward.reward_id,
+    )
