@@ -16,13 +16,11 @@ from typing import Any
 
 from rrhf_core.errors import RRHFError
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
-
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: Any) -> None:
     """A ``--kebab-name`` flag for every top-level scalar field of a pydantic config, help from its description."""
     for name, f in cls.model_fields.items():
-        if name in ("lora",):
+        if name == "lora":
             continue
         default = "required" if f.is_required() else f"default: {f.default}"
         parser.add_argument(
@@ -33,15 +31,73 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: Any) -> None:
         )
 
 
-def _collect_overrides(args: argparse.Namespace) -> list[str]:
-    out = [f"{k[5:]}={v}" for k, v in vars(args).items() if k.startswith("cfg__") and v is not None]
-    return out + list(args.set or [])
+def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
+    """Settings from --config FILE, then flags, then --set key=value, validated by the stage's config model."""
+    from rrhf_core.config import build_config, load_yaml
+
+    base = load_yaml(args.config) if args.config else {}
+    overrides = [f"{k[5:]}={v}" for k, v in vars(args).items() if k.startswith("cfg__") and v is not None]
+    return build_config(cls, base, overrides + list(args.set or []), where)
 
 
-def _base_config(args: argparse.Namespace) -> dict[str, Any]:
-    from rrhf_core.config import load_yaml
+def _is_nproc_arg(argv: Sequence[str], i: int) -> bool:
+    return argv[i].startswith("--nproc") or (i > 0 and argv[i - 1] == "--nproc")
 
-    return load_yaml(args.config) if args.config else {}
+
+def cmd_ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_core.config import IngestConfig
+    from rrhf_core.ingest import ingest
+
+    cfg = _config(args, IngestConfig, "ingest configuration")
+    report = ingest(
+        cfg.inputs,
+        cfg.output_dir,
+        fmt=cfg.format,
+        prompt_field=cfg.prompt_field,
+        eval_share=cfg.eval_share,
+        max_prompt_chars=cfg.max_prompt_chars,
+    )
+    print(report.summary())
+    print(
+        f"prompts: {Path(cfg.output_dir) / 'prompts.parquet'}  rejects: {Path(cfg.output_dir) / 'rejects.jsonl'}"
+    )
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_core.config import SampleConfig
+    from rrhf_core.sampling.stage import sample
+
+    r = sample(_config(args, SampleConfig, "sampling configuration"), progress=not args.no_progress)
+    print(
+        f"{r.prompts} prompts in {r.shards_total} shards ({r.shards_done_now} sampled now, the rest reused); "
+        f"{r.generated_tokens} tokens in {r.seconds:.1f} s ({r.tokens_per_s:.0f} tok/s) -> {r.samples_path}"
+    )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_core.config import ScoreConfig
+    from rrhf_core.score import score
+
+    r = score(_config(args, ScoreConfig, "scoring configuration"), progress=not args.no_progress)
+    print(
+        f"{r.responses} responses, {r.unique_pairs} unique (prompt, response) pairs: {r.scored_now} scored now, "
+        f"{r.cached} from the cache, by {r.reward_id} in {r.seconds:.1f} s -> {r.scores_path}"
+    )
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_core.build import build
+    from rrhf_core.config import BuildConfig
+
+    r = build(_config(args, BuildConfig, "build configuration"))
+    dropped = ", ".join(f"{v} {k}" for k, v in r.dropped.items()) or "none"
+    print(
+        f"{r.prompts_out} of {r.prompts_in} prompts kept (dropped: {dropped}) -> {r.train_path}; stats: {r.stats_path}"
+    )
+    return 0
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -58,24 +114,19 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             *rest,
         ]
         return subprocess.call(cmd)
-    from rrhf_core.config import TrainConfig, build_config
+    from rrhf_core.config import TrainConfig
     from rrhf_core.train import train
 
-    cfg = build_config(TrainConfig, _base_config(args), _collect_overrides(args), "training configuration")
-    result = train(cfg, progress=not args.no_progress)
+    result = train(_config(args, TrainConfig, "training configuration"), progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
         final = result.summary.get("final") or {}
         print(
             f"trained {result.steps} steps (resumed from step {result.resumed_from}); "
-            f"last loss {final.get('loss', float('nan')):.4f}, ranking accuracy {final.get('ranking_accuracy', float('nan')):.3f}"
+            f"last loss {final.get('loss', float('nan')):.4f}, "
+            f"ranking accuracy {final.get('ranking_accuracy', float('nan')):.3f}"
         )
         print(f"model: {result.model_dir}  metrics: {result.output_dir / 'metrics.jsonl'}")
     return 0
-
-
-def _is_nproc_arg(argv: Sequence[str], i: int) -> bool:
-    a = argv[i]
-    return a.startswith("--nproc") or (i > 0 and argv[i - 1] == "--nproc")
 
 
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -85,26 +136,37 @@ def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rrhf_core.config import TrainConfig
+    from rrhf_core.config import BuildConfig, IngestConfig, SampleConfig, ScoreConfig, TrainConfig
 
     p = argparse.ArgumentParser(prog="rrhf", description="RRHF alignment pipeline")
     sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser(
-        "train",
-        help="train a policy with the RRHF loss on a listwise training set",
-        description="Train with RRHF. Settings: --config FILE, then flags, then --set key=value.",
-    )
-    t.add_argument("--config", help="YAML file with training settings")
-    t.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. --set lora.r=8"
-    )
-    t.add_argument(
-        "--nproc", type=int, default=1, help="processes to launch with torchrun (DDP; gloo on CPU)"
-    )
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_flags(t, TrainConfig)
-    t.set_defaults(func=cmd_train)
+    stages = [
+        (
+            "ingest",
+            IngestConfig,
+            cmd_ingest,
+            "read prompts (JSONL/JSON/Parquet/CSV, HH, RRHF data) into prompts.parquet",
+        ),
+        ("sample", SampleConfig, cmd_sample, "sample k responses per prompt (vLLM or transformers)"),
+        ("score", ScoreConfig, cmd_score, "score every response with a reward model or function"),
+        ("build", BuildConfig, cmd_build, "join prompts, samples and scores into the listwise training set"),
+        ("train", TrainConfig, cmd_train, "train a policy with the RRHF loss on a listwise training set"),
+    ]
+    for name, cls, func, text in stages:
+        t = sub.add_parser(
+            name, help=text, description=f"{text}. Settings: --config FILE, then flags, then --set key=value."
+        )
+        t.add_argument("--config", help="YAML file with settings")
+        t.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. --set lora.r=8"
+        )
+        t.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name == "train":
+            t.add_argument(
+                "--nproc", type=int, default=1, help="processes to launch with torchrun (DDP; gloo on CPU)"
+            )
+        _add_config_flags(t, cls)
+        t.set_defaults(func=func)
 
     d = sub.add_parser(
         "demo", help="the embedded demo: train SmolLM2-135M on the built-in listwise set, no network"

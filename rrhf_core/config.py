@@ -206,6 +206,11 @@ def build_config(cls: type[BaseModel], base: dict[str, Any], overrides: list[str
         raise ConfigError(format_validation_error(e, where)) from None
 
 
+def _one_or_many(v: Any) -> Any:
+    """A single path given on the command line is a list of one."""
+    return [v] if isinstance(v, str) else v
+
+
 class IngestConfig(BaseModel):
     """Prompt ingestion: files or HF datasets -> prompts.parquet (+ rejects.jsonl, ingest_report.json)."""
 
@@ -224,6 +229,8 @@ class IngestConfig(BaseModel):
         0.1, ge=0.0, le=1.0, description="Share of prompts in the eval split (by id hash)."
     )
     max_prompt_chars: int = Field(16000, ge=1, description="Longer prompts are rejected with that reason.")
+
+    _inputs = field_validator("inputs", mode="before")(_one_or_many)
 
 
 class SampleConfig(BaseModel):
@@ -259,7 +266,9 @@ class SampleConfig(BaseModel):
     batch_size: int = Field(8, ge=1, description="Prompts per generate call (transformers backend).")
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto")
     vllm_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vLLM memory share (KV cache).")
-    vllm_max_model_len: int = Field(2048, ge=64)
+    vllm_max_model_len: int | None = Field(
+        None, ge=64, description="vLLM context length (default: the model's)."
+    )
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is not None:

@@ -70,6 +70,23 @@ def tiny_tokenizer(tiny_model_dir: Path):
     return load_tokenizer(str(tiny_model_dir))
 
 
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the embedded SmolLM2 policy, converted once per test session."""
+    from rrhf_core.models import EMBEDDED_POLICY, resolve_model
+
+    cache = tmp_path_factory.mktemp("rrhf-cache")
+    resolve_model(EMBEDDED_POLICY, cache)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_cache: Path) -> Path:
+    from rrhf_core.models import EMBEDDED_POLICY, resolve_model
+
+    return Path(resolve_model(EMBEDDED_POLICY, smollm2_cache))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

@@ -32,14 +32,6 @@ def test_hub_ids_and_paths_pass_through():
     assert resolve_model("/some/local/dir") == "/some/local/dir"
 
 
-@pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory) -> Path:
-    pytest.importorskip("gguf")
-    cache = tmp_path_factory.mktemp("rrhf-cache")
-    resolve_model(EMBEDDED_POLICY, cache)
-    return cache
-
-
 @pytest.mark.integration
 def test_embedded_policy_is_converted_once_and_loads_as_a_plain_folder(smollm2_cache):
     folder = Path(resolve_model(EMBEDDED_POLICY, smollm2_cache))

@@ -41,9 +41,11 @@ class HFSampler:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
             self.device
         )
+        greedy = p.strategy == "sample" and p.temperature == 0
+        n_return = 1 if greedy else p.k  # greedy decoding gives one answer; it is repeated k times
         kwargs: dict[str, Any] = {
             "max_new_tokens": p.max_new_tokens,
-            "num_return_sequences": p.k,
+            "num_return_sequences": n_return,
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
         }
@@ -60,7 +62,8 @@ class HFSampler:
         results: list[list[Completion]] = []
         for i in range(len(prompts)):
             group = []
-            for row in new[i * p.k : (i + 1) * p.k].tolist():
+            rows = new[i * n_return : (i + 1) * n_return].tolist() * (p.k // n_return)
+            for row in rows:
                 ended = eos in row
                 ids = (
                     row[: row.index(eos) + 1]

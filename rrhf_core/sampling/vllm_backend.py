@@ -6,11 +6,12 @@ process that can spawn (a script's ``__main__``, the ``rrhf`` command, a Prefect
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
 
-from rrhf_core.errors import MissingPackageError
+from rrhf_core.errors import ConfigError, MissingPackageError
 from rrhf_core.models import resolve_model
 from rrhf_core.sampling import Completion, GenerationParams, cut_at_stop
 
@@ -20,6 +21,10 @@ def _cpu_defaults() -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{max(0, (os.cpu_count() or 1) - 1)}")
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+
+def _prompt_seed(seed: int, prompt: str) -> int:
+    return int(hashlib.sha256(f"{seed}\0{prompt}".encode()).hexdigest()[:8], 16)
 
 
 class VLLMSampler:
@@ -32,10 +37,10 @@ class VLLMSampler:
         dtype: str = "auto",
         seed: int = 0,
         memory_utilization: float = 0.3,
-        max_model_len: int = 2048,
+        max_model_len: int | None = None,
         enforce_eager: bool | None = None,
     ) -> None:
-        cuda = torch.cuda.is_available()
+        cuda = self.cuda = torch.cuda.is_available()
         if not cuda:
             _cpu_defaults()
         try:
@@ -46,14 +51,17 @@ class VLLMSampler:
                 "(or use backend=hf)"
             ) from None
         path = resolve_model(model, cache_dir)  # vLLM cannot read the GGUF: give it the converted folder
-        self.llm = LLM(
-            model=path,
-            dtype={"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}[dtype],
-            seed=seed,  # per-request seeds crash the CPU build on larger batches: seed the engine
-            gpu_memory_utilization=memory_utilization,
-            max_model_len=max_model_len,
-            enforce_eager=(not cuda) if enforce_eager is None else enforce_eager,
-        )
+        try:
+            self.llm = LLM(
+                model=path,
+                dtype={"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}[dtype],
+                seed=seed,  # per-request seeds crash the CPU build on larger batches: seed the engine
+                gpu_memory_utilization=memory_utilization,
+                max_model_len=max_model_len,
+                enforce_eager=(not cuda) if enforce_eager is None else enforce_eager,
+            )
+        except ValueError as e:  # vLLM reports bad engine settings as ValueError (pydantic)
+            raise ConfigError(f"vLLM refused the engine settings for {model!r}: {e}") from e
         self.tokenizer = self.llm.get_tokenizer()
 
     def count_tokens(self, text: str) -> int:

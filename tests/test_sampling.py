@@ -1,0 +1,167 @@
+"""Sampling through one interface and two backends: k samples per prompt, stop strings, seeds, shards, resume."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rrhf_core.config import SampleConfig
+from rrhf_core.ingest import ingest
+from rrhf_core.sampling import cut_at_stop
+from rrhf_core.sampling.stage import sample
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+
+
+def test_cut_at_stop():
+    assert cut_at_stop("abc\n\nHuman: x", ("\n\nHuman:",)) == ("abc", True)
+    assert cut_at_stop("a.b!c", (".", "!")) == ("a", True)
+    assert cut_at_stop("abc", ()) == ("abc", False)
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    src = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"Tell me a fact about the number {i}."} for i in range(5)]
+    rows.append(
+        {"chosen": "\n\nHuman: Say hi.\n\nAssistant: Hi!", "rejected": "\n\nHuman: Say hi.\n\nAssistant: No."}
+    )
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ingest([str(src)], tmp_path / "ingest", eval_share=0.0)
+    return tmp_path / "ingest" / "prompts.parquet"
+
+
+def read(path: Path) -> list[dict]:
+    return pq.read_table(path).to_pylist()
+
+
+def test_hf_backend_k_samples_references_and_shards(prompts, tmp_path, tiny_model_dir):
+    cfg = SampleConfig(
+        prompts=str(prompts),
+        output_dir=str(tmp_path / "s"),
+        model=str(tiny_model_dir),
+        backend="hf",
+        k=3,
+        max_new_tokens=8,
+        shard_size=4,
+        dtype="fp32",
+    )
+    result = sample(cfg, progress=False)
+    assert result.prompts == 6 and result.shards_total == 2 and result.shards_done_now == 2
+    rows = read(result.samples_path)
+    policy = [r for r in rows if r["source"].startswith("policy:")]
+    refs = [r for r in rows if r["finish_reason"] == "reference"]
+    by_prompt: dict[str, int] = {}
+    for r in policy:
+        by_prompt[r["prompt_id"]] = by_prompt.get(r["prompt_id"], 0) + 1
+        assert (
+            1 <= r["num_tokens"] <= 8
+            and r["finish_reason"] in ("stop", "length")
+            and r["sampler"] == cfg.sampler_id()
+        )
+    assert len(by_prompt) == 6 and all(n <= 3 for n in by_prompt.values())  # empty texts are not kept
+    assert sorted(r["source"] for r in refs) == ["dataset:chosen", "dataset:rejected"]
+    again = sample(cfg, progress=False)  # nothing left to do: every shard is reused
+    assert again.shards_done_now == 0 and read(again.samples_path) == rows
+
+
+def _run_sample(
+    prompts: Path, out: Path, model: str, backend: str, log: Path | None = None, **extra
+) -> subprocess.Popen:
+    args = [
+        "--prompts",
+        str(prompts),
+        "--output-dir",
+        str(out),
+        "--model",
+        model,
+        "--backend",
+        backend,
+        "--no-progress",
+    ]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", v if isinstance(v, str) else json.dumps(v)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    stdout = log.open("w") if log else subprocess.PIPE
+    return subprocess.Popen(
+        [sys.executable, "-m", "rrhf_cli", "sample", *args],
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+BACKENDS = [
+    "hf",
+    pytest.param(
+        "vllm", marks=[pytest.mark.slow, pytest.mark.skipif(not HAS_VLLM, reason="vllm not installed")]
+    ),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_contract_on_smollm2(backend, prompts, tmp_path, smollm2_dir):
+    """Every prompt gets its k samples, stop strings are honoured, the same seed gives the same samples."""
+    outs = []
+    for run in ("a", "b"):
+        p = _run_sample(
+            prompts,
+            tmp_path / run,
+            str(smollm2_dir),
+            backend,
+            k=2,
+            max_new_tokens=24,
+            stop=["."],
+            temperature=0.8,
+            include_references="false",
+        )
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out
+        outs.append(read(tmp_path / run / "samples.parquet"))
+    rows = outs[0]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["prompt_id"]] = counts.get(r["prompt_id"], 0) + 1
+        assert "." not in r["text"]  # cut at the stop string
+    assert len(counts) == 6 and set(counts.values()) == {2}
+    assert sum(r["finish_reason"] == "stop" for r in rows) >= len(rows) // 2
+    assert [(r["prompt_id"], r["text"]) for r in outs[1]] == [(r["prompt_id"], r["text"]) for r in rows]
+
+
+@pytest.mark.integration
+def test_killed_sampling_resumes_with_only_the_missing_shards(prompts, tmp_path, tiny_model_dir):
+    extra = {"k": 2, "max_new_tokens": 48, "shard_size": 1, "dtype": "fp32", "temperature": 1.0}
+    full = _run_sample(prompts, tmp_path / "full", str(tiny_model_dir), "hf", **extra)
+    assert full.wait(timeout=300) == 0, full.stdout.read()
+
+    log = tmp_path / "killed.log"
+    killed = _run_sample(prompts, tmp_path / "killed", str(tiny_model_dir), "hf", log=log, **extra)
+    shards = tmp_path / "killed" / "shards"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(shards.glob("shard-*.parquet"))) < 2:
+        assert killed.poll() is None, "sampling ended before it could be killed: " + log.read_text()
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
+    assert 2 <= len(before) < 6 and not (tmp_path / "killed" / "samples.parquet").exists()
+
+    resumed = _run_sample(prompts, tmp_path / "killed", str(tiny_model_dir), "hf", **extra)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert f"({6 - len(before)} sampled now" in out
+    after = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
+    assert all(after[name] == stamp for name, stamp in before.items())  # finished shards were not redone
+    assert read(tmp_path / "killed" / "samples.parquet") == read(tmp_path / "full" / "samples.parquet")
