@@ -1,0 +1,11 @@
+"""Reward functions used by the tests through the `module:function` reward backend."""
+
+import math
+
+
+def count_a(messages, response):
+    return float(response.count("a"))
+
+
+def broken(messages, response):
+    return math.nan if "nan" in response else 1.0
