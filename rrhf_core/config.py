@@ -247,8 +247,13 @@ class SampleConfig(BaseModel):
         "auto", description="auto: vLLM where CUDA is present, else transformers."
     )
     k: int = Field(4, ge=1, description="Samples per prompt.")
-    strategy: Literal["sample", "beam"] = Field(
-        "sample", description="Top-p sampling, or beam search (k beams)."
+    strategy: Literal["sample", "beam", "diverse_beam"] = Field(
+        "sample",
+        description="Top-p sampling, beam search (k beams), or diverse beam search (the paper's DP; transformers).",
+    )
+    num_beam_groups: int = Field(4, ge=1, description="Diverse beam search: groups (k must be a multiple).")
+    diversity_penalty: float = Field(
+        1.0, ge=0.0, description="Diverse beam search: cost of a token another group chose."
     )
     temperature: float = Field(0.8, ge=0.0, description="Sampling temperature (0: greedy).")
     top_p: float = Field(0.95, gt=0.0, le=1.0)
@@ -270,6 +275,19 @@ class SampleConfig(BaseModel):
         None, ge=64, description="vLLM context length (default: the model's)."
     )
 
+    @model_validator(mode="after")
+    def _strategy_consistent(self) -> SampleConfig:
+        if self.strategy == "diverse_beam":
+            if self.k % self.num_beam_groups:
+                raise ValueError(
+                    f"k ({self.k}) must be a multiple of num_beam_groups ({self.num_beam_groups})"
+                )
+            if self.backend == "vllm":
+                raise ValueError(
+                    "vLLM has no diverse beam search; use backend 'hf' (or 'auto') for strategy diverse_beam"
+                )
+        return self
+
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is not None:
             return tuple(self.stop)
@@ -285,6 +303,8 @@ class SampleConfig(BaseModel):
             "backend",
             "k",
             "strategy",
+            "num_beam_groups",
+            "diversity_penalty",
             "temperature",
             "top_p",
             "max_new_tokens",
@@ -318,6 +338,8 @@ class ScoreConfig(BaseModel):
         None, description="SQLite score cache (default: <cache_dir>/scores.sqlite)."
     )
 
+    _samples = field_validator("samples", mode="before")(_one_or_many)
+
 
 class BuildConfig(BaseModel):
     """Joining prompts, samples and scores into the listwise training set."""
@@ -333,3 +355,5 @@ class BuildConfig(BaseModel):
     min_reward_gap: float = Field(
         0.0, ge=0.0, description="Drop prompts whose best-worst reward gap is not above this."
     )
+
+    _lists = field_validator("samples", "scores", mode="before")(_one_or_many)

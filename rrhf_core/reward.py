@@ -114,13 +114,13 @@ class EmbeddedReward:
 
     reward_id = f"{EMBEDDED_REWARD}@v1"
 
-    def __init__(self, batch_size: int = 64) -> None:
+    def __init__(self, batch_size: int = 64, bucket: bool = True) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         path = _minilm_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
-        self.batch_size = batch_size
+        self.batch_size, self.bucket = batch_size, bucket
         helpful = self.embed(HELPFUL_EXEMPLARS).mean(0)
         unhelpful = self.embed(UNHELPFUL_EXEMPLARS).mean(0)
         self.helpful, self.unhelpful = helpful / helpful.norm(), unhelpful / unhelpful.norm()
@@ -129,7 +129,9 @@ class EmbeddedReward:
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """``(n, 384)`` normalised mean-pooled embeddings (sentence-transformers' recipe for this model)."""
         out = []
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # length buckets: little padding
+        order = list(range(len(texts)))
+        if self.bucket:  # length buckets: little padding
+            order.sort(key=lambda i: len(texts[i]))
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
             enc = self.tokenizer(
@@ -245,7 +247,7 @@ class HFClassifierReward:
 def make_reward(spec: str, batch_size: int = 16, max_length: int = 1024, bucket: bool = True) -> Any:
     """``embedded:minilm-helpfulness``, ``fn:module:function`` or ``module:function``, or an HF model id/path."""
     if spec == EMBEDDED_REWARD:
-        return EmbeddedReward()
+        return EmbeddedReward(bucket=bucket)
     if spec.startswith("embedded:"):
         raise ConfigError(f"unknown embedded reward {spec!r}; available: {EMBEDDED_REWARD!r}")
     if spec.startswith("fn:"):

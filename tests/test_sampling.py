@@ -165,3 +165,46 @@ def test_killed_sampling_resumes_with_only_the_missing_shards(prompts, tmp_path,
     after = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}
     assert all(after[name] == stamp for name, stamp in before.items())  # finished shards were not redone
     assert read(tmp_path / "killed" / "samples.parquet") == read(tmp_path / "full" / "samples.parquet")
+
+
+def test_diverse_beam_search(tiny_model_dir):
+    import torch
+
+    from rrhf_core.models import load_causal_lm, load_tokenizer
+    from rrhf_core.sampling.diverse_beam import diverse_beam_search
+
+    model, tok = load_causal_lm(str(tiny_model_dir)).eval(), load_tokenizer(str(tiny_model_dir))
+    ids = tok("hello there", add_special_tokens=False)["input_ids"]
+    kw = {"max_new_tokens": 6, "eos_id": tok.eos_token_id}
+    # one group of one beam, no penalty: greedy decoding
+    ((greedy, _),) = diverse_beam_search(model, ids, num_return=1, groups=1, diversity_penalty=0.0, **kw)
+    ref = model.generate(
+        torch.tensor([ids]), max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id
+    )
+    assert greedy == ref[0, len(ids) :].tolist()[: len(greedy)]
+    # four groups without penalty all decode greedily; with a large penalty their first tokens all differ
+    same = diverse_beam_search(model, ids, num_return=4, groups=4, diversity_penalty=0.0, **kw)
+    assert len(same) == 4 and all(h == same[0] for h in same)
+    diverse = diverse_beam_search(model, ids, num_return=4, groups=4, diversity_penalty=100.0, **kw)
+    assert len({h[0][0] for h in diverse}) == 4
+    with pytest.raises(ValueError, match="multiple of num_beam_groups"):
+        diverse_beam_search(model, ids, num_return=3, groups=2, diversity_penalty=1.0, **kw)
+
+
+def test_diverse_beam_through_the_stage(prompts, tmp_path, tiny_model_dir):
+    cfg = SampleConfig(
+        prompts=str(prompts),
+        output_dir=str(tmp_path / "s"),
+        model=str(tiny_model_dir),
+        strategy="diverse_beam",
+        k=4,
+        num_beam_groups=2,
+        max_new_tokens=6,
+        include_references=False,
+    )
+    rows = read(sample(cfg, progress=False).samples_path)
+    assert len(rows) <= 6 * 4 and len({r["prompt_id"] for r in rows}) == 6
+    with pytest.raises(ValueError, match="vLLM has no diverse beam search"):
+        SampleConfig(prompts="p", output_dir="o", strategy="diverse_beam", backend="vllm")
+    with pytest.raises(ValueError, match="multiple of num_beam_groups"):
+        SampleConfig(prompts="p", output_dir="o", strategy="diverse_beam", k=6, num_beam_groups=4)

@@ -21,12 +21,14 @@ class Completion:
 @dataclass(frozen=True)
 class GenerationParams:
     k: int
-    strategy: str  # "sample" | "beam"
+    strategy: str  # "sample" | "beam" | "diverse_beam"
     temperature: float
     top_p: float
     max_new_tokens: int
     stop: tuple[str, ...]
     seed: int
+    num_beam_groups: int = 1
+    diversity_penalty: float = 0.0
 
 
 class Sampler(Protocol):

@@ -37,7 +37,31 @@ class HFSampler:
             out.extend(self._batch(prompts[start : start + self.batch_size], params))
         return out
 
+    def _diverse(self, prompt: str, p: GenerationParams) -> list[Completion]:
+        from rrhf_core.sampling.diverse_beam import diverse_beam_search
+
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        hyps = diverse_beam_search(
+            self.model,
+            ids,
+            num_return=p.k,
+            groups=p.num_beam_groups,
+            diversity_penalty=p.diversity_penalty,
+            max_new_tokens=p.max_new_tokens,
+            eos_id=self.tokenizer.eos_token_id,
+            bf16=self.bf16,
+        )
+        return [self._completion(row, ended, p) for row, ended in hyps]
+
+    def _completion(self, ids: list[int], ended: bool, p: GenerationParams) -> Completion:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, p.stop)
+        n = len(ids) if not stopped else self.count_tokens(text) + 1
+        return Completion(text.strip(), n, "stop" if ended or stopped else "length")
+
     def _batch(self, prompts: list[str], p: GenerationParams) -> list[list[Completion]]:
+        if p.strategy == "diverse_beam":
+            return [self._diverse(prompt, p) for prompt in prompts]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(
             self.device
         )
@@ -70,10 +94,7 @@ class HFSampler:
                     if ended
                     else [t for t in row if t != self.tokenizer.pad_token_id]
                 )
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                text, stopped = cut_at_stop(text, p.stop)
-                n = len(ids) if not stopped else self.count_tokens(text) + 1
-                group.append(Completion(text.strip(), n, "stop" if ended or stopped else "length"))
+                group.append(self._completion(ids, ended, p))
             results.append(group)
         return results
 

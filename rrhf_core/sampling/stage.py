@@ -65,10 +65,25 @@ def model_tag(model: str) -> str:
     return model if model.startswith("embedded:") else Path(model).name or model
 
 
+def generation_params(cfg: SampleConfig) -> GenerationParams:
+    return GenerationParams(
+        cfg.k,
+        cfg.strategy,
+        cfg.temperature,
+        cfg.top_p,
+        cfg.max_new_tokens,
+        cfg.stop_strings(),
+        cfg.seed,
+        cfg.num_beam_groups,
+        cfg.diversity_penalty,
+    )
+
+
 def make_sampler(cfg: SampleConfig) -> Sampler:
     backend = cfg.backend
     if backend == "auto":
-        backend = "vllm" if torch.cuda.is_available() and _vllm_importable() else "hf"
+        vllm_ok = torch.cuda.is_available() and _vllm_importable() and cfg.strategy != "diverse_beam"
+        backend = "vllm" if vllm_ok else "hf"
     if backend == "vllm":
         from rrhf_core.sampling.vllm_backend import VLLMSampler
 

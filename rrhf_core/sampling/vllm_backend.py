@@ -68,6 +68,8 @@ class VLLMSampler:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[list[Completion]]:
+        if params.strategy == "diverse_beam":
+            raise ConfigError("vLLM has no diverse beam search; use backend 'hf' for strategy diverse_beam")
         if params.strategy == "beam":
             return self._beam(prompts, params)
         from vllm import SamplingParams

@@ -1,0 +1,137 @@
+"""Throughput of the data stages, measured side by side in one run.
+
+    python benchmarks/data_stages.py [--prompts 32] [--k 4] [--max-new-tokens 64] [--no-vllm] [--json]
+
+Sampling: the raw backend (``generate`` on rendered prompts) and the pipeline's sampling stage (prompt rendering,
+shards, references, Parquet) on the same prompts, for transformers and for vLLM. Scoring: the embedded reward and a
+135M-parameter sequence-classifier reward (the SmolLM2 backbone with a fresh head: real size, meaningless scores)
+with and without length bucketing, and the scoring stage against the raw reward on the same pairs.
+Prompts: the embedded demo prompts (no network, no shared data needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--no-vllm", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    from rrhf_core.config import SampleConfig, ScoreConfig
+    from rrhf_core.ingest import ingest
+    from rrhf_core.models import EMBEDDED_POLICY, resolve_model
+    from rrhf_core.reward import EmbeddedReward, HFClassifierReward
+    from rrhf_core.sampling import GenerationParams
+    from rrhf_core.sampling.stage import make_sampler, render_prompts, sample
+    from rrhf_core.score import read_samples, score
+
+    work = Path(tempfile.mkdtemp(prefix="rrhf-bench-"))
+    demo = Path(__file__).resolve().parents[1] / "rrhf_core" / "data" / "demo_prompts.jsonl"
+    ingest([str(demo)], work / "ingest", eval_share=0.0)
+    prompts = work / "ingest" / "prompts.parquet"
+    model = resolve_model(EMBEDDED_POLICY)
+    results: dict[str, float] = {"threads": torch.get_num_threads()}
+
+    backends = ["hf"] + ([] if args.no_vllm else ["vllm"])
+    for backend in backends:
+        cfg = SampleConfig(
+            prompts=str(prompts),
+            output_dir=str(work / f"s-{backend}"),
+            model=model,
+            backend=backend,
+            k=args.k,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.prompts,
+            shard_size=args.prompts,
+            batch_size=args.prompts,
+            include_references=False,
+            dtype="bf16",
+            temperature=0.8,
+        )
+        sampler = make_sampler(cfg)
+        from rrhf_core.ingest import read_prompts
+
+        rows = read_prompts(prompts, "train")[: args.prompts]
+        texts, _ = render_prompts(rows, sampler.tokenizer, cfg)
+        params = GenerationParams(
+            cfg.k, cfg.strategy, cfg.temperature, cfg.top_p, cfg.max_new_tokens, (), cfg.seed
+        )
+        sampler.generate(texts[:2], params)  # warm-up
+        t0 = time.perf_counter()
+        raw = sampler.generate(texts, params)
+        raw_s = time.perf_counter() - t0
+        raw_tokens = sum(c.num_tokens for group in raw for c in group)
+        stage = sample(cfg, sampler=sampler, progress=False)
+        sampler.close()
+        results[f"sample_{backend}_raw_tok_s"] = raw_tokens / raw_s
+        results[f"sample_{backend}_stage_tok_s"] = stage.tokens_per_s
+        results[f"sample_{backend}_stage_over_raw"] = stage.tokens_per_s / (raw_tokens / raw_s)
+    if "sample_vllm_raw_tok_s" in results:
+        results["sample_vllm_over_hf_raw"] = results["sample_vllm_raw_tok_s"] / results["sample_hf_raw_tok_s"]
+
+    samples = read_samples([str(work / "s-hf" / "samples.parquet")])
+    msgs = {r["prompt_id"]: r["messages"] for r in read_prompts(prompts)}
+    pairs_p = [msgs[s["prompt_id"]] for s in samples]
+    pairs_r = [s["text"] for s in samples]
+    results["score_pairs"] = len(samples)
+
+    tok = AutoTokenizer.from_pretrained(model)
+    clf = LlamaForSequenceClassification.from_pretrained(model, num_labels=1)
+    clf.save_pretrained(work / "rm")
+    tok.save_pretrained(work / "rm")
+    for name, make in (
+        ("embedded", lambda b: EmbeddedReward(bucket=b)),
+        ("classifier135m", lambda b: HFClassifierReward(str(work / "rm"), batch_size=16, bucket=b)),
+    ):
+        for bucket in (False, True):
+            reward = make(bucket)
+            reward.score(pairs_p[:4], pairs_r[:4])  # warm-up
+            t0 = time.perf_counter()
+            reward.score(pairs_p, pairs_r)
+            results[f"score_{name}_{'bucketed' if bucket else 'unbucketed'}_per_s"] = len(pairs_r) / (
+                time.perf_counter() - t0
+            )
+        results[f"score_{name}_bucketing_speedup"] = (
+            results[f"score_{name}_bucketed_per_s"] / results[f"score_{name}_unbucketed_per_s"]
+        )
+    reward = EmbeddedReward()
+    t0 = time.perf_counter()
+    reward.score(pairs_p, pairs_r)
+    raw_rate = len(pairs_r) / (time.perf_counter() - t0)
+    st = score(
+        ScoreConfig(
+            samples=[str(work / "s-hf" / "samples.parquet")],
+            prompts=str(prompts),
+            output_dir=str(work / "score"),
+            cache_path=str(work / "cache.sqlite"),
+        ),
+        reward=reward,
+        progress=False,
+    )
+    results["score_embedded_stage_per_s"] = st.responses / st.seconds
+    results["score_embedded_stage_over_raw"] = results["score_embedded_stage_per_s"] / raw_rate
+
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for k, v in results.items():
+            print(f"{k:<44}{v:>12.2f}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
