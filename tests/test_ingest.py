@@ -178,3 +178,15 @@ def test_malformed_input_never_crashes_and_keeps_every_valid_record(tmp_path_fac
         msgs = v.get("messages") or [{"role": "user", "content": v["prompt"]}]
         assert make_prompt_id([{**m, "content": m["content"].strip()} for m in msgs]) in ids
     assert report.records == report.valid + sum(report.rejected.values())
+
+
+def test_hf_dataset_input_through_datasets(tmp_path):
+    """`hf:NAME[:SPLIT]` goes through datasets.load_dataset; a local dataset folder stands in for a hub name offline."""
+    pytest.importorskip("datasets")
+    ds_dir = tmp_path / "my_dataset"
+    ds_dir.mkdir()
+    jsonl(ds_dir / "train.jsonl", [{"prompt": "from a dataset"}, {"prompt": "another"}])
+    report = ingest([f"hf:{ds_dir}:train"], tmp_path / "out")
+    assert report.valid == 2 and report.prompts == 2
+    with pytest.raises(DataError, match="cannot load HF dataset"):
+        ingest([f"hf:{tmp_path / 'nope'}"], tmp_path / "out2")

