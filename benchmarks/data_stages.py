@@ -85,9 +85,15 @@ def main() -> None:
 
     samples = read_samples([str(work / "s-hf" / "samples.parquet")])
     msgs = {r["prompt_id"]: r["messages"] for r in read_prompts(prompts)}
-    pairs_p = [msgs[s["prompt_id"]] for s in samples]
-    pairs_r = [s["text"] for s in samples]
-    results["score_pairs"] = len(samples)
+    # responses of mixed lengths (each sample cut at 10 %, 40 % and 100 % of its words), as a real candidate pool
+    # with dataset answers and truncated samples has; equal lengths would leave bucketing nothing to gain
+    pairs_p, pairs_r = [], []
+    for smp in samples:
+        words = smp["text"].split()
+        for share in (0.1, 0.4, 1.0):
+            pairs_p.append(msgs[smp["prompt_id"]])
+            pairs_r.append(" ".join(words[: max(1, round(share * len(words)))]))
+    results["score_pairs"] = len(pairs_r)
 
     tok = AutoTokenizer.from_pretrained(model)
     clf = LlamaForSequenceClassification.from_pretrained(model, num_labels=1)

@@ -357,3 +357,26 @@ class BuildConfig(BaseModel):
     )
 
     _lists = field_validator("samples", "scores", mode="before")(_one_or_many)
+
+
+class EvalConfig(BaseModel):
+    """Held-out evaluation of a candidate policy against a baseline (champion or base model)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: str = Field(..., description="prompts.parquet with an eval split.")
+    output_dir: str = Field(..., description="Where eval_samples.parquet and eval_report.json go.")
+    candidate: str = Field(..., description="The trained model (folder or id).")
+    baseline: str = Field(EMBEDDED_POLICY, description="The current champion, or the base model.")
+    split: Literal["train", "eval"] = Field("eval", description="Which prompts to evaluate on.")
+    limit: int | None = Field(None, ge=1, description="Only the first N prompts.")
+    reward: str = Field("embedded:minilm-helpfulness", description="Reward spec (as for the score stage).")
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0: greedy, deterministic answers.")
+    seed: int = Field(0)
+    prompt_format: Literal["chat", "hh"] = Field("chat")
+    max_prompt_tokens: int = Field(512, ge=8)
+    batch_size: int = Field(8, ge=1)
+    tie_margin: float = Field(1e-6, ge=0.0, description="Rewards closer than this count as a tie.")
+    preference_accuracy: bool = Field(True, description="Score HH chosen/rejected pairs with each policy (Table 5).")
+    best_of_n_ceiling: float | None = Field(None, description="Mean best-of-n reward of the training samples.")
+    cache_dir: str | None = Field(None)

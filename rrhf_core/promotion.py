@@ -1,0 +1,56 @@
+"""The promotion gate: does a candidate replace the champion? A pure decision over evaluation numbers.
+
+Rules (all must hold; each is configurable):
+1. mean held-out reward beats the baseline's by more than ``min_reward_gain``;
+2. the reward-judged win rate (ties count half) is above ``min_win_rate``;
+3. length guard: the candidate's mean answer length is at most ``max_length_ratio`` times the baseline's (a reward
+   that pays for length is the classic way a policy games its reward);
+4. the evaluation itself succeeded (a failed evaluation never promotes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    min_reward_gain: float = Field(0.0, description="Candidate mean reward must exceed the champion's by more than this.")
+    min_win_rate: float = Field(0.5, ge=0.0, le=1.0, description="Win rate (ties half) must be above this.")
+    max_length_ratio: float = Field(2.0, gt=0.0, description="Candidate mean tokens / champion mean tokens at most this.")
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reasons: list[str]
+    numbers: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        verdict = "PROMOTE to champion" if self.promote else "keep the current champion"
+        return f"{verdict}: " + "; ".join(self.reasons)
+
+
+def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
+    """Apply the gate to an evaluation report (``EvalReport.to_dict()``); ``None`` means the evaluation failed."""
+    if report is None:
+        return Decision(False, ["the evaluation failed: nothing to compare"])
+    cand, base = report["candidate"], report["baseline"]
+    gain = cand["reward_mean"] - base["reward_mean"]
+    ratio = cand["tokens_mean"] / max(base["tokens_mean"], 1e-9)
+    numbers = {"reward_gain": gain, "win_rate": report["win_rate"], "length_ratio": ratio,
+               "candidate_reward_mean": cand["reward_mean"], "champion_reward_mean": base["reward_mean"]}
+    checks = [
+        (gain > gate.min_reward_gain, f"reward gain {gain:+.4f} {'>' if gain > gate.min_reward_gain else '<='} {gate.min_reward_gain}"),
+        (report["win_rate"] > gate.min_win_rate,
+         f"win rate {report['win_rate']:.3f} {'>' if report['win_rate'] > gate.min_win_rate else '<='} {gate.min_win_rate}"),
+        (ratio <= gate.max_length_ratio,
+         f"length ratio {ratio:.2f} {'<=' if ratio <= gate.max_length_ratio else '>'} {gate.max_length_ratio}"),
+    ]
+    return Decision(all(ok for ok, _ in checks), [text for _, text in checks], numbers)
