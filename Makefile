@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine (Python >= 3.11 and the package registries):
-#   make demo   - set up .venv once, then run the main job on embedded defaults (no network, no GPU)
+#   make demo   - set up .venv once, then run the main job, a whole RRHF round, on embedded defaults (no network, no GPU)
 #   make test   - set up .venv once, then lint and run the whole test suite
 # Both are idempotent: the environment is rebuilt only when pyproject.toml or constraints.txt change.
 
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/rrhf demo
+	$(VENV)/bin/rrhf pipeline --config configs/demo.yaml
 
 test: setup lint
 	$(PY) -m pytest

@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--no-vllm", action="store_true")
+    ap.add_argument("--no-sampling", action="store_true", help="only the scoring figures")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -46,7 +47,7 @@ def main() -> None:
     model = resolve_model(EMBEDDED_POLICY)
     results: dict[str, float] = {"threads": torch.get_num_threads()}
 
-    backends = ["hf"] + ([] if args.no_vllm else ["vllm"])
+    backends = [] if args.no_sampling else ["hf"] + ([] if args.no_vllm else ["vllm"])
     for backend in backends:
         cfg = SampleConfig(
             prompts=str(prompts),
@@ -83,16 +84,29 @@ def main() -> None:
     if "sample_vllm_raw_tok_s" in results:
         results["sample_vllm_over_hf_raw"] = results["sample_vllm_raw_tok_s"] / results["sample_hf_raw_tok_s"]
 
-    samples = read_samples([str(work / "s-hf" / "samples.parquet")])
-    msgs = {r["prompt_id"]: r["messages"] for r in read_prompts(prompts)}
-    # responses of mixed lengths (each sample cut at 10 %, 40 % and 100 % of its words), as a real candidate pool
-    # with dataset answers and truncated samples has; equal lengths would leave bucketing nothing to gain
-    pairs_p, pairs_r = [], []
-    for smp in samples:
-        words = smp["text"].split()
+    # Scoring set: every sampled response (or, with --no-sampling, the demo reference answers) cut at 10 %, 40 % and
+    # 100 % of its words, so lengths are mixed as in a real candidate pool (equal lengths leave bucketing nothing to
+    # gain). The same pairs go to the raw reward and, written as a samples table, through the scoring stage.
+    from rrhf_core.ingest import read_prompts
+
+    rows = read_prompts(prompts)
+    if args.no_sampling:
+        refs = {
+            json.loads(line)["prompt"]: json.loads(line)["reference"]
+            for line in demo.read_text().splitlines()
+        }
+        base = [(r["prompt_id"], refs[r["messages"][-1]["content"]]) for r in rows]
+    else:
+        base = [(s["prompt_id"], s["text"]) for s in read_samples([str(work / "s-hf" / "samples.parquet")])]
+    msgs = {r["prompt_id"]: r["messages"] for r in rows}
+    mixed = []
+    for pid, text in base:
+        words = text.split()
         for share in (0.1, 0.4, 1.0):
-            pairs_p.append(msgs[smp["prompt_id"]])
-            pairs_r.append(" ".join(words[: max(1, round(share * len(words)))]))
+            mixed.append((pid, " ".join(words[: max(1, round(share * len(words)))])))
+    mixed = list(dict.fromkeys(mixed))
+    pairs_p = [msgs[pid] for pid, _ in mixed]
+    pairs_r = [t for _, t in mixed]
     results["score_pairs"] = len(pairs_r)
 
     tok = AutoTokenizer.from_pretrained(model)
@@ -114,22 +128,45 @@ def main() -> None:
         results[f"score_{name}_bucketing_speedup"] = (
             results[f"score_{name}_bucketed_per_s"] / results[f"score_{name}_unbucketed_per_s"]
         )
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rrhf_core.sampling.stage import SAMPLES_SCHEMA, response_id
+
+    table = [
+        {
+            "prompt_id": pid,
+            "response_id": response_id(pid, t),
+            "text": t,
+            "source": "bench",
+            "num_tokens": 0,
+            "finish_reason": "stop",
+            "sampler": "bench",
+        }
+        for pid, t in mixed
+    ]
+    pq.write_table(pa.Table.from_pylist(table, schema=SAMPLES_SCHEMA), work / "mixed.parquet")
     reward = EmbeddedReward()
-    t0 = time.perf_counter()
-    reward.score(pairs_p, pairs_r)
-    raw_rate = len(pairs_r) / (time.perf_counter() - t0)
-    st = score(
-        ScoreConfig(
-            samples=[str(work / "s-hf" / "samples.parquet")],
-            prompts=str(prompts),
-            output_dir=str(work / "score"),
-            cache_path=str(work / "cache.sqlite"),
-        ),
-        reward=reward,
-        progress=False,
-    )
-    results["score_embedded_stage_per_s"] = st.responses / st.seconds
-    results["score_embedded_stage_over_raw"] = results["score_embedded_stage_per_s"] / raw_rate
+    best_raw = best_stage = 0.0
+    for rep in range(3):  # alternate raw and stage; keep each one's best (the machine is shared and noisy)
+        t0 = time.perf_counter()
+        reward.score(pairs_p, pairs_r)
+        best_raw = max(best_raw, len(pairs_r) / (time.perf_counter() - t0))
+        st = score(
+            ScoreConfig(
+                samples=[str(work / "mixed.parquet")],
+                prompts=str(prompts),
+                output_dir=str(work / f"score{rep}"),
+                cache_path=str(work / f"cache{rep}.sqlite"),
+            ),
+            reward=reward,
+            progress=False,
+        )
+        best_stage = max(best_stage, st.responses / st.seconds)
+    results["score_embedded_raw_per_s"] = best_raw
+    results["score_embedded_stage_per_s"] = best_stage
+    results["score_embedded_stage_over_raw"] = best_stage / best_raw
 
     if args.json:
         print(json.dumps(results, indent=2))

@@ -20,7 +20,7 @@ from rrhf_core.errors import RRHFError
 def _add_config_flags(parser: argparse.ArgumentParser, cls: Any) -> None:
     """A ``--kebab-name`` flag for every top-level scalar field of a pydantic config, help from its description."""
     for name, f in cls.model_fields.items():
-        if name == "lora":
+        if f.default_factory is not None:  # nested sections: set them with --set section.key=value
             continue
         default = "required" if f.is_required() else f"default: {f.default}"
         parser.add_argument(
@@ -129,6 +129,15 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_cli.pipeline import run_pipeline
+    from rrhf_core.config import PipelineConfig
+
+    return run_pipeline(
+        _config(args, PipelineConfig, "pipeline configuration"), retrain=args.command == "retrain"
+    )
+
+
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_cli.demo import run_demo
 
@@ -167,6 +176,25 @@ def build_parser() -> argparse.ArgumentParser:
             )
         _add_config_flags(t, cls)
         t.set_defaults(func=func)
+
+    from rrhf_core.config import PipelineConfig
+
+    for name, text in (
+        ("pipeline", "run a whole RRHF round as a Prefect flow tracked in MLflow (embedded defaults)"),
+        ("retrain", "another RRHF round sampled from the current champion (iterative RRHF)"),
+    ):
+        t = sub.add_parser(
+            name, help=text, description=f"{text}. Settings: --config FILE, then flags, then --set key=value."
+        )
+        t.add_argument("--config", help="YAML file with settings (see configs/)")
+        t.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="override any setting, e.g. --set train.max_steps=8",
+        )
+        _add_config_flags(t, PipelineConfig)
+        t.set_defaults(func=cmd_pipeline)
 
     d = sub.add_parser(
         "demo", help="the embedded demo: train SmolLM2-135M on the built-in listwise set, no network"

@@ -121,6 +121,9 @@ class TrainConfig(BaseModel):
         True, description="Resume from the latest checkpoint in output_dir when there is one."
     )
     save_model: bool = Field(True, description="Save the trained model as an HF folder in output_dir/model.")
+    fail_at_step: int | None = Field(
+        None, ge=1, description="Fault injection for testing failure handling: raise at this step."
+    )
 
     @field_validator("bf16", mode="before")
     @classmethod
@@ -143,6 +146,7 @@ class TrainConfig(BaseModel):
     def resume_fingerprint(self) -> dict[str, Any]:
         """Fields that must match for a checkpoint to be resumed (what changes the trajectory)."""
         skip = {
+            "fail_at_step",
             "output_dir",
             "cache_dir",
             "resume",
@@ -377,6 +381,94 @@ class EvalConfig(BaseModel):
     max_prompt_tokens: int = Field(512, ge=8)
     batch_size: int = Field(8, ge=1)
     tie_margin: float = Field(1e-6, ge=0.0, description="Rewards closer than this count as a tie.")
-    preference_accuracy: bool = Field(True, description="Score HH chosen/rejected pairs with each policy (Table 5).")
-    best_of_n_ceiling: float | None = Field(None, description="Mean best-of-n reward of the training samples.")
+    preference_accuracy: bool = Field(
+        True, description="Score HH chosen/rejected pairs with each policy (Table 5)."
+    )
+    best_of_n_ceiling: float | None = Field(
+        None, description="Mean best-of-n reward of the training samples."
+    )
     cache_dir: str | None = Field(None)
+
+
+class SampleSettings(BaseModel):
+    """Sampling settings of a pipeline run (paths are filled in by the pipeline)."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: Literal["auto", "vllm", "hf"] = "auto"
+    k: int = Field(4, ge=1)
+    strategy: Literal["sample", "beam", "diverse_beam"] = "sample"
+    num_beam_groups: int = Field(4, ge=1)
+    diversity_penalty: float = Field(1.0, ge=0.0)
+    temperature: float = Field(0.8, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, ge=1)
+    limit: int | None = Field(None, ge=1, description="Only the first N training prompts.")
+    include_references: bool = True
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+
+
+class TrainSettings(BaseModel):
+    """Training settings of a pipeline run."""
+
+    model_config = ConfigDict(extra="forbid")
+    learning_rate: float = Field(2e-5, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int | None = Field(None, ge=1)
+    micro_batch_size: int = Field(1, ge=1)
+    grad_accum: int = Field(4, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0.0, le=1.0)
+    max_length: int = Field(512, ge=8)
+    max_response_tokens: int = Field(256, ge=2)
+    length_penalty: float = Field(1.0, ge=0.0)
+    rrhf_weight: float = Field(1.0, ge=0.0)
+    sft_weight: float = Field(1.0, ge=0.0)
+    bf16: Literal["auto", "on", "off"] = "auto"
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    seed: int = 0
+    fail_at_step: int | None = Field(
+        None, ge=1, description="Testing aid: raise at this step (to test failure paths)."
+    )
+
+
+class EvalSettings(BaseModel):
+    """Held-out evaluation settings of a pipeline run."""
+
+    model_config = ConfigDict(extra="forbid")
+    limit: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.0, ge=0.0)
+    preference_accuracy: bool = True
+
+
+class PipelineConfig(BaseModel):
+    """One RRHF round: ingest -> sample -> score -> build -> train -> evaluate -> register/promote."""
+
+    model_config = ConfigDict(extra="forbid")
+    workdir: str = Field(
+        "runs/pipeline", description="Stage outputs, the MLflow store and the run summaries."
+    )
+    prompts: list[str] = Field(["embedded:demo-prompts"], description="Prompt inputs (as for ingest).")
+    eval_share: float = Field(0.25, ge=0.0, le=1.0, description="Share of prompts held out for evaluation.")
+    policy: str = Field(
+        EMBEDDED_POLICY, description="Base policy (used when no champion exists or from_champion is off)."
+    )
+    from_champion: bool = Field(
+        False, description="Sample from and train the current champion (iterative RRHF, IP-n)."
+    )
+    reward: str = Field("embedded:minilm-helpfulness", description="Reward spec (as for the score stage).")
+    prompt_format: Literal["chat", "hh"] = "chat"
+    max_prompt_tokens: int = Field(512, ge=8)
+    max_k: int = Field(8, ge=2)
+    sample: SampleSettings = Field(default_factory=SampleSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    evaluate: EvalSettings = Field(default_factory=EvalSettings)
+    gate: dict[str, float] = Field(
+        default_factory=dict, description="Promotion gate overrides (see GateConfig)."
+    )
+    registered_model: str = Field("rrhf-policy", description="MLflow registered model name.")
+    experiment: str = Field("rrhf", description="MLflow experiment name.")
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite in workdir).")
+    cache_dir: str | None = Field(None, description="Cache for converted models and scores.")
+
+    _prompts = field_validator("prompts", mode="before")(_one_or_many)

@@ -66,12 +66,18 @@ class EvalReport:
         return asdict(self)
 
 
-def _answers(model: str, rows: list[dict[str, Any]], cfg: EvalConfig) -> tuple[list[str], list[int], list[str]]:
+def _answers(
+    model: str, rows: list[dict[str, Any]], cfg: EvalConfig
+) -> tuple[list[str], list[int], list[str]]:
     sampler = HFSampler(model, cfg.cache_dir, batch_size=cfg.batch_size)
-    scfg = SampleConfig(prompts="-", output_dir="-", prompt_format=cfg.prompt_format, max_prompt_tokens=cfg.max_prompt_tokens)
+    scfg = SampleConfig(
+        prompts="-", output_dir="-", prompt_format=cfg.prompt_format, max_prompt_tokens=cfg.max_prompt_tokens
+    )
     texts, _ = render_prompts(rows, sampler.tokenizer, scfg)
-    params = GenerationParams(1, "sample", cfg.temperature, 1.0, cfg.max_new_tokens, scfg.stop_strings(), cfg.seed)
-    import torch  # noqa: PLC0415
+    params = GenerationParams(
+        1, "sample", cfg.temperature, 1.0, cfg.max_new_tokens, scfg.stop_strings(), cfg.seed
+    )
+    import torch
 
     torch.manual_seed(cfg.seed)
     outs = sampler.generate(texts, params)
@@ -84,9 +90,20 @@ def preference_pairs(rows: list[dict[str, Any]]) -> list[ListwiseExample]:
     out = []
     for r in rows:
         refs = {ref["source"]: ref["text"] for ref in r.get("references") or []}
-        if "dataset:chosen" in refs and "dataset:rejected" in refs and refs["dataset:chosen"] != refs["dataset:rejected"]:
-            out.append(ListwiseExample(r["prompt_id"], r["messages"], [refs["dataset:chosen"], refs["dataset:rejected"]],
-                                       [1.0, 0.0], ["dataset:chosen", "dataset:rejected"]))
+        if (
+            "dataset:chosen" in refs
+            and "dataset:rejected" in refs
+            and refs["dataset:chosen"] != refs["dataset:rejected"]
+        ):
+            out.append(
+                ListwiseExample(
+                    r["prompt_id"],
+                    r["messages"],
+                    [refs["dataset:chosen"], refs["dataset:rejected"]],
+                    [1.0, 0.0],
+                    ["dataset:chosen", "dataset:rejected"],
+                )
+            )
     return out
 
 
@@ -94,23 +111,46 @@ def _preference_accuracy(model: str, pairs: list[ListwiseExample], cfg: EvalConf
     if not pairs:
         return None
     tok = load_tokenizer(model, cfg.cache_dir)
-    tcfg = TrainConfig(data="-", output_dir="-", max_length=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
-                       max_response_tokens=cfg.max_new_tokens, prompt_format=cfg.prompt_format, micro_batch_size=4)
-    encoded, _, _ = encode_examples(Encoder(tok, tcfg.max_length, tcfg.max_response_tokens, cfg.prompt_format), pairs)
+    tcfg = TrainConfig(
+        data="-",
+        output_dir="-",
+        max_length=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
+        max_response_tokens=cfg.max_new_tokens,
+        prompt_format=cfg.prompt_format,
+        micro_batch_size=4,
+    )
+    encoded, _, _ = encode_examples(
+        Encoder(tok, tcfg.max_length, tcfg.max_response_tokens, cfg.prompt_format), pairs
+    )
     if not encoded:
         return None
-    return evaluate_listwise(load_causal_lm(model, cfg.cache_dir), encoded, tcfg, tok.pad_token_id)["ranking_accuracy"]
+    return evaluate_listwise(load_causal_lm(model, cfg.cache_dir), encoded, tcfg, tok.pad_token_id)[
+        "ranking_accuracy"
+    ]
 
 
-def _summary(model: str, rewards: list[float], tokens: list[int], finish: list[str], acc: float | None) -> ModelEval:
-    return ModelEval(model, statistics.fmean(rewards), statistics.median(rewards), statistics.fmean(tokens),
-                     statistics.median(tokens), sum(f == "length" for f in finish) / len(finish), acc)
+def _summary(
+    model: str, rewards: list[float], tokens: list[int], finish: list[str], acc: float | None
+) -> ModelEval:
+    return ModelEval(
+        model,
+        statistics.fmean(rewards),
+        statistics.median(rewards),
+        statistics.fmean(tokens),
+        statistics.median(tokens),
+        sum(f == "length" for f in finish) / len(finish),
+        acc,
+    )
 
 
 def evaluate(cfg: EvalConfig, reward: RewardBackend | None = None) -> EvalReport:
     """Compare ``cfg.candidate`` with ``cfg.baseline`` on the held-out prompts; writes eval_samples.parquet and
     eval_report.json in ``cfg.output_dir``."""
-    rows = read_prompts(cfg.prompts, cfg.split)[: cfg.limit] if cfg.limit else read_prompts(cfg.prompts, cfg.split)
+    rows = (
+        read_prompts(cfg.prompts, cfg.split)[: cfg.limit]
+        if cfg.limit
+        else read_prompts(cfg.prompts, cfg.split)
+    )
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r} to evaluate on")
     reward = reward or make_reward(cfg.reward)
@@ -120,16 +160,24 @@ def evaluate(cfg: EvalConfig, reward: RewardBackend | None = None) -> EvalReport
         texts, tokens, finish = _answers(model, rows, cfg)
         results[role] = (model, texts, reward.score(messages, texts), tokens, finish)
     pairs = preference_pairs(rows) if cfg.preference_accuracy else []
-    evals = {role: _summary(m, rw, tk, fi, _preference_accuracy(m, pairs, cfg))
-             for role, (m, _, rw, tk, fi) in results.items()}
+    evals = {
+        role: _summary(m, rw, tk, fi, _preference_accuracy(m, pairs, cfg))
+        for role, (m, _, rw, tk, fi) in results.items()
+    }
     cand_r, base_r = results["candidate"][2], results["baseline"][2]
     wins = sum(c > b + cfg.tie_margin for c, b in zip(cand_r, base_r, strict=True))
     losses = sum(b > c + cfg.tie_margin for c, b in zip(cand_r, base_r, strict=True))
     ties = len(rows) - wins - losses
     report = EvalReport(
-        prompts=len(rows), candidate=evals["candidate"], baseline=evals["baseline"], wins=wins, ties=ties,
-        losses=losses, win_rate=(wins + ties / 2) / len(rows),
-        reward_gain=evals["candidate"].reward_mean - evals["baseline"].reward_mean, preference_pairs=len(pairs),
+        prompts=len(rows),
+        candidate=evals["candidate"],
+        baseline=evals["baseline"],
+        wins=wins,
+        ties=ties,
+        losses=losses,
+        win_rate=(wins + ties / 2) / len(rows),
+        reward_gain=evals["candidate"].reward_mean - evals["baseline"].reward_mean,
+        preference_pairs=len(pairs),
     )
     if cfg.best_of_n_ceiling is not None:
         report.best_of_n_ceiling = cfg.best_of_n_ceiling
@@ -137,10 +185,19 @@ def evaluate(cfg: EvalConfig, reward: RewardBackend | None = None) -> EvalReport
         report.gap_recovered = report.reward_gain / gap if gap > 0 else None
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    sample_rows = [{"prompt_id": r["prompt_id"], "role": role, "model": m, "text": t, "reward": rw, "num_tokens": n,
-                    "finish_reason": f}
-                   for role, (m, texts, rews, toks, fins) in results.items()
-                   for r, t, rw, n, f in zip(rows, texts, rews, toks, fins, strict=True)]
+    sample_rows = [
+        {
+            "prompt_id": r["prompt_id"],
+            "role": role,
+            "model": m,
+            "text": t,
+            "reward": rw,
+            "num_tokens": n,
+            "finish_reason": f,
+        }
+        for role, (m, texts, rews, toks, fins) in results.items()
+        for r, t, rw, n, f in zip(rows, texts, rews, toks, fins, strict=True)
+    ]
     atomic_write_parquet(pa.Table.from_pylist(sample_rows), out / "eval_samples.parquet")
     (out / "eval_report.json").write_text(json.dumps(report.to_dict(), indent=2))
     return report

@@ -18,9 +18,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class GateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    min_reward_gain: float = Field(0.0, description="Candidate mean reward must exceed the champion's by more than this.")
+    min_reward_gain: float = Field(
+        0.0, description="Candidate mean reward must exceed the champion's by more than this."
+    )
     min_win_rate: float = Field(0.5, ge=0.0, le=1.0, description="Win rate (ties half) must be above this.")
-    max_length_ratio: float = Field(2.0, gt=0.0, description="Candidate mean tokens / champion mean tokens at most this.")
+    max_length_ratio: float = Field(
+        2.0, gt=0.0, description="Candidate mean tokens / champion mean tokens at most this."
+    )
 
 
 @dataclass
@@ -44,13 +48,25 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
     cand, base = report["candidate"], report["baseline"]
     gain = cand["reward_mean"] - base["reward_mean"]
     ratio = cand["tokens_mean"] / max(base["tokens_mean"], 1e-9)
-    numbers = {"reward_gain": gain, "win_rate": report["win_rate"], "length_ratio": ratio,
-               "candidate_reward_mean": cand["reward_mean"], "champion_reward_mean": base["reward_mean"]}
+    numbers = {
+        "reward_gain": gain,
+        "win_rate": report["win_rate"],
+        "length_ratio": ratio,
+        "candidate_reward_mean": cand["reward_mean"],
+        "champion_reward_mean": base["reward_mean"],
+    }
     checks = [
-        (gain > gate.min_reward_gain, f"reward gain {gain:+.4f} {'>' if gain > gate.min_reward_gain else '<='} {gate.min_reward_gain}"),
-        (report["win_rate"] > gate.min_win_rate,
-         f"win rate {report['win_rate']:.3f} {'>' if report['win_rate'] > gate.min_win_rate else '<='} {gate.min_win_rate}"),
-        (ratio <= gate.max_length_ratio,
-         f"length ratio {ratio:.2f} {'<=' if ratio <= gate.max_length_ratio else '>'} {gate.max_length_ratio}"),
+        (
+            gain > gate.min_reward_gain,
+            f"reward gain {gain:+.4f} {'>' if gain > gate.min_reward_gain else '<='} {gate.min_reward_gain}",
+        ),
+        (
+            report["win_rate"] > gate.min_win_rate,
+            f"win rate {report['win_rate']:.3f} {'>' if report['win_rate'] > gate.min_win_rate else '<='} {gate.min_win_rate}",
+        ),
+        (
+            ratio <= gate.max_length_ratio,
+            f"length ratio {ratio:.2f} {'<=' if ratio <= gate.max_length_ratio else '>'} {gate.max_length_ratio}",
+        ),
     ]
     return Decision(all(ok for ok, _ in checks), [text for _, text in checks], numbers)

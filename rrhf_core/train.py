@@ -374,6 +374,8 @@ def _train(cfg: TrainConfig, env: DistEnv, logger: MetricsLogger, progress: bool
     step = start_step
     while step < total_steps:
         t0 = time.perf_counter()
+        if cfg.fail_at_step is not None and step + 1 == cfg.fail_at_step:
+            raise RuntimeError(f"injected failure at step {step + 1} (fail_at_step is set)")
         indices = step_indices(len(encoded), global_batch, cfg.seed, step)
         micros = list(_micro_batches(indices, env, cfg))
         sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64)

@@ -9,18 +9,6 @@ import pytest
 from rrhf_core.config import TrainConfig
 
 
-@pytest.fixture(scope="session")
-def prefect_harness(tmp_path_factory):
-    import os
-
-    os.environ.setdefault("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect-home")))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.mark.integration
 def test_train_flow_returns_the_model_folder(prefect_harness, tiny_model_dir, learnable_set, tmp_path):
     from flows.train import train_flow

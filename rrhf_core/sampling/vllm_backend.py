@@ -40,7 +40,9 @@ class VLLMSampler:
         max_model_len: int | None = None,
         enforce_eager: bool | None = None,
     ) -> None:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # vLLM's INFO/WARNING stream drowns the progress bar
+        os.environ.setdefault(
+            "VLLM_LOGGING_LEVEL", "ERROR"
+        )  # vLLM's INFO/WARNING stream drowns the progress bar
         cuda = self.cuda = torch.cuda.is_available()
         if not cuda:
             _cpu_defaults()

@@ -1,0 +1,50 @@
+"""``rrhf pipeline`` / ``rrhf retrain``: run the round as a Prefect flow and print what a person wants to know."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from rrhf_core.config import PipelineConfig
+
+
+def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    from flows.pipeline import pipeline_flow, retrain_flow
+
+    t0 = time.perf_counter()
+    summary = (retrain_flow if retrain else pipeline_flow)(cfg)
+    e, p = summary["evaluation"], summary["promotion"]
+    work = Path(cfg.workdir).resolve()
+    print()
+    print(f"RRHF round done in {time.perf_counter() - t0:.0f} s (pipeline time, model conversion included)")
+    print(
+        f"  held-out prompts: {e['prompts']}   reward: baseline {e['baseline']['reward_mean']:.4f} -> "
+        f"trained {e['candidate']['reward_mean']:.4f}  (gain {e['reward_gain']:+.4f})"
+    )
+    print(
+        f"  win rate (ties half): {e['win_rate']:.3f}  ({e['wins']} wins, {e['ties']} ties, {e['losses']} losses)"
+    )
+    if e.get("gap_recovered") is not None:
+        print(
+            f"  best-of-n ceiling {e['best_of_n_ceiling']:.4f}: the trained model recovered "
+            f"{100 * e['gap_recovered']:.0f} % of the gap from the baseline"
+        )
+    verdict = "promoted to champion" if p["promoted"] else "not promoted (champion kept)"
+    print(f"  model version {p['version']} of '{cfg.registered_model}': challenger, {verdict}")
+    print(f"    gate: {'; '.join(p['decision']['reasons'])}")
+    print()
+    print("See this run:")
+    print(
+        f"  MLflow:  mlflow ui --backend-store-uri {summary['tracking_uri']} --host 127.0.0.1   "
+        f"(run {summary['mlflow_run_id']})"
+    )
+    print(
+        f"  Prefect: prefect server start --host 127.0.0.1   then http://127.0.0.1:4200/runs/flow-run/"
+        f"{summary['flow_run_id']}"
+    )
+    print(f"  files:   {work}/stages, {work}/last_summary.json")
+    return 0

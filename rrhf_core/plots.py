@@ -1,0 +1,59 @@
+"""Figures a person would rather look at than read: reward distributions and training curves (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def reward_histograms(groups: Mapping[str, Sequence[float]], title: str, xlabel: str = "reward") -> Any:
+    """Overlaid reward histograms, one per group (e.g. per source, or base vs trained)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    values = [v for vs in groups.values() for v in vs]
+    if values:
+        lo, hi = min(values), max(values)
+        bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 10
+        for name, vs in groups.items():
+            ax.hist(
+                list(vs),
+                bins=bins,
+                alpha=0.5,
+                label=f"{name} (n={len(vs)}, mean {sum(vs) / max(len(vs), 1):.3f})",
+            )
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("responses")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def rewards_by_source(samples: Sequence[Mapping[str, Any]], rewards: Mapping[str, float]) -> Any:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for s in samples:
+        if s["response_id"] in rewards:
+            groups[s["source"]].append(rewards[s["response_id"]])
+    return reward_histograms(groups, "Reward of the training candidates by source")
+
+
+def training_curves(history: Sequence[Mapping[str, float]]) -> Any:
+    """Loss terms and ranking accuracy against the optimizer step."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    steps = [h["step"] for h in history]
+    for key in ("loss", "rank_loss", "sft_loss"):
+        ax1.plot(steps, [h[key] for h in history], label=key)
+    ax1.set_xlabel("step")
+    ax1.set_title("RRHF loss")
+    ax1.legend()
+    ax2.plot(steps, [h["ranking_accuracy"] for h in history], color="tab:green")
+    ax2.set_ylim(0, 1)
+    ax2.set_xlabel("step")
+    ax2.set_title("ranking accuracy (training batches)")
+    fig.tight_layout()
+    return fig

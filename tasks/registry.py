@@ -1,0 +1,59 @@
+"""The MLflow model registry: register every trained model as `challenger`, move `champion` only through the gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from rrhf_core.promotion import Decision
+
+PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.19.0", "safetensors", "accelerate"]
+
+
+def champion(name: str) -> dict[str, Any] | None:
+    """The current champion: ``{"version", "model_dir"}``, or None when there is none."""
+    client = MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    model_dir = mv.tags.get("rrhf.model_dir")
+    if not model_dir or not (Path(model_dir) / "config.json").exists():
+        # the local folder is gone (another machine, a cleaned workdir): fetch the logged weights
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))
+        model_dir = str(next(p.parent for p in local.rglob("config.json")))
+    return {"version": mv.version, "model_dir": model_dir}
+
+
+def register(model_dir: str | Path, name: str) -> str:
+    """Log the HF folder with the transformers flavour in the active run, register it, alias it `challenger`."""
+    info = mlflow.transformers.log_model(
+        transformers_model=str(model_dir),
+        name="model",
+        task="text-generation",
+        registered_model_name=name,
+        pip_requirements=PIP_REQUIREMENTS,
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_model_version_tag(name, version, "rrhf.model_dir", str(Path(model_dir).resolve()))
+    client.set_registered_model_alias(name, "challenger", version)
+    return version
+
+
+def record_decision(name: str, version: str, decision: Decision) -> bool:
+    """Write the decision and its numbers on the model version; move `champion` when the gate passed."""
+    client = MlflowClient()
+    client.set_model_version_tag(
+        name, version, "rrhf.promotion", "promoted" if decision.promote else "rejected"
+    )
+    client.set_model_version_tag(name, version, "rrhf.decision", json.dumps(decision.to_dict()))
+    client.update_model_version(name, version, description=decision.summary())
+    if decision.promote:
+        client.set_registered_model_alias(name, "champion", version)
+    return decision.promote

@@ -1,0 +1,110 @@
+"""MLflow adapters: the tracking store, child runs per stage, the metrics logger, plots and the model registry.
+
+Default store (no configuration): SQLite ``<workdir>/mlflow.db`` with artifacts in ``<workdir>/mlartifacts``; any
+tracking URI works (``tracking_uri`` or ``MLFLOW_TRACKING_URI``). Runs are opened as context managers, so an
+exception marks them FAILED, never leaves them RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def configure(workdir: str | Path, experiment: str, tracking_uri: str | None = None) -> str:
+    """Point MLflow at the store and experiment; return the tracking URI."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        location = (workdir / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        mlflow.create_experiment(experiment, artifact_location=location)
+    mlflow.set_experiment(experiment)
+    return uri
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list | tuple) else str(v)
+    return {k: v[:6000] for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def stage_run(name: str, parent_run_id: str | None, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
+    """A child run of the pipeline run (FAILED if the body raises)."""
+    with mlflow.start_run(
+        run_name=name, nested=parent_run_id is not None, parent_run_id=parent_run_id
+    ) as run:
+        mlflow.set_tag("rrhf.stage", name)
+        if params:
+            mlflow.log_params(flatten(params))
+        yield run
+
+
+class MlflowLogger:
+    """The trainer's MetricsLogger protocol, writing step metrics to one run (thread-safe: uses the client)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.client = MlflowClient()
+        self.run_id = run_id
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        import time
+
+        ts = int(time.time() * 1000)
+        batch = [
+            Metric(k, float(v), ts, step)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and math.isfinite(v)
+        ]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+
+def log_parquet_input(path: str | Path, context: str, name: str | None = None) -> None:
+    """Dataset lineage: the Parquet file as an MLflow dataset input (schema, digest, source path)."""
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    for (
+        col
+    ) in df.columns:  # nested columns are logged as JSON text (MLflow's schema inference needs flat types)
+        if df[col].map(lambda v: isinstance(v, list | dict) or hasattr(v, "tolist")).any():
+            df[col] = df[col].map(
+                lambda v: json.dumps(v.tolist() if hasattr(v, "tolist") else v, default=str)
+            )
+    ds = mlflow.data.from_pandas(df, source=str(Path(path).resolve()), name=name or Path(path).parent.name)
+    mlflow.log_input(ds, context=context)
+
+
+def log_json(data: Mapping[str, Any], artifact_file: str) -> None:
+    mlflow.log_dict(dict(data), artifact_file)
+
+
+def numeric(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numbers of a nested mapping, flattened (for log_metrics)."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(numeric(v, f"{prefix}{k}."))
+        elif isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+            out[f"{prefix}{k}"] = float(v)
+    return out

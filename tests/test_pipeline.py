@@ -1,0 +1,130 @@
+"""The pipeline flow for real: Prefect (temporary server), MLflow (SQLite store, registry), tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from rrhf_core.config import PipelineConfig
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text(
+        "".join(json.dumps({"prompt": f"write some letters, case {i}"}) + "\n" for i in range(12))
+    )
+    return path
+
+
+def tiny_config(workdir: Path, prompts: Path, model: Path, **train) -> PipelineConfig:
+    return PipelineConfig(
+        workdir=str(workdir),
+        prompts=[str(prompts)],
+        eval_share=0.25,
+        policy=str(model),
+        reward="reward_fns:count_a",
+        registered_model="tiny-policy",
+        sample={"backend": "hf", "k": 3, "max_new_tokens": 8, "temperature": 1.0, "dtype": "fp32"},
+        train={
+            "max_steps": 2,
+            "micro_batch_size": 2,
+            "grad_accum": 1,
+            "max_length": 96,
+            "max_response_tokens": 16,
+            "learning_rate": 1e-3,
+            "bf16": "off",
+            **train,
+        },
+        evaluate={"max_new_tokens": 8},
+    )
+
+
+def runs_by_stage(workdir: Path) -> dict[str, list]:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["rrhf"], output_format="list")
+    out: dict[str, list] = {}
+    for r in runs:
+        out.setdefault(r.data.tags.get("rrhf.stage", r.info.run_name), []).append(r)
+    return out
+
+
+def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
+    prefect_harness, tmp_path, prompts_file, tiny_model_dir
+):
+    from flows.pipeline import pipeline_flow
+
+    summary = pipeline_flow(tiny_config(tmp_path / "w", prompts_file, tiny_model_dir))
+    assert summary["evaluation"]["prompts"] >= 1
+    runs = runs_by_stage(tmp_path / "w")
+    assert {"ingest", "sample", "score", "build", "train", "evaluate", "register", "rrhf-round"} <= set(runs)
+    assert all(r.info.status == "FINISHED" for rs in runs.values() for r in rs)
+    parent = runs["rrhf-round"][0].info.run_id
+    assert all(rs[0].data.tags["mlflow.parentRunId"] == parent for k, rs in runs.items() if k != "rrhf-round")
+    assert "loss" in runs["train"][0].data.metrics and "win_rate" in runs["evaluate"][0].data.metrics
+    from mlflow.tracking import MlflowClient
+
+    mv = MlflowClient().get_model_version_by_alias("tiny-policy", "challenger")
+    assert mv.version == summary["promotion"]["version"]
+    assert mv.tags["rrhf.promotion"] in ("promoted", "rejected") and "reward gain" in mv.description
+
+
+def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, tmp_path, tiny_model_dir):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tasks.stages import promote_task
+    from tasks.tracking import configure
+
+    configure(tmp_path, "rrhf")
+
+    def report(cand: float, base: float, win: float) -> dict:
+        side = {"tokens_mean": 10.0}
+        return {
+            "candidate": {**side, "reward_mean": cand},
+            "baseline": {**side, "reward_mean": base},
+            "win_rate": win,
+        }
+
+    with mlflow.start_run() as run:
+        better = promote_task.fn(str(tiny_model_dir), report(1.0, 0.5, 0.8), {}, "gate-test", run.info.run_id)
+        worse = promote_task.fn(str(tiny_model_dir), report(0.2, 1.0, 0.1), {}, "gate-test", run.info.run_id)
+        failed = promote_task.fn(str(tiny_model_dir), None, {}, "gate-test", run.info.run_id)
+    client = MlflowClient()
+    assert better["promoted"] and not worse["promoted"] and not failed["promoted"]
+    assert client.get_model_version_by_alias("gate-test", "champion").version == better["version"]
+    assert client.get_model_version_by_alias("gate-test", "challenger").version == failed["version"]
+    tags = client.get_model_version("gate-test", worse["version"]).tags
+    assert (
+        tags["rrhf.promotion"] == "rejected" and "reward_gain" in json.loads(tags["rrhf.decision"])["numbers"]
+    )
+
+
+def test_failure_in_training_fails_runs_and_the_rerun_reuses_data_stages(
+    prefect_harness, tmp_path, prompts_file, tiny_model_dir
+):
+    from flows.pipeline import pipeline_flow
+
+    work = tmp_path / "w"
+    state = pipeline_flow(tiny_config(work, prompts_file, tiny_model_dir, fail_at_step=1), return_state=True)
+    assert state.is_failed()
+    assert "injected failure at step 1" in str(state.result(raise_on_failure=False))
+    runs = runs_by_stage(work)
+    assert runs["train"][0].info.status == "FAILED" and runs["rrhf-round"][0].info.status == "FAILED"
+    done = {p.parent.name: p.stat().st_mtime_ns for p in (work / "stages").glob("*/_DONE")}
+    assert {n.split("-")[0] for n in done} == {"ingest", "sample", "score", "build"}
+
+    summary = pipeline_flow(tiny_config(work, prompts_file, tiny_model_dir))  # same inputs, no fault
+    assert summary["promotion"]["version"]
+    after = {p.parent.name: p.stat().st_mtime_ns for p in (work / "stages").glob("*/_DONE")}
+    assert all(after[name] == stamp for name, stamp in done.items())  # sampling and scoring were not redone
+    reused = [
+        r for rs in runs_by_stage(work).values() for r in rs if r.data.tags.get("rrhf.reused") == "true"
+    ]
+    assert {r.data.tags["rrhf.stage"] for r in reused} == {"ingest", "sample", "score", "build"}
