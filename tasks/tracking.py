@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,15 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# the user's MLFLOW_TRACKING_URI, read before anything here calls mlflow.set_tracking_uri (which also sets it)
+_ENV_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
 def configure(workdir: str | Path, experiment: str, tracking_uri: str | None = None) -> str:
     """Point MLflow at the store and experiment; return the tracking URI."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workdir / 'mlflow.db'}"
+    uri = tracking_uri or _ENV_URI or f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
@@ -106,5 +109,5 @@ def numeric(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         if isinstance(v, Mapping):
             out.update(numeric(v, f"{prefix}{k}."))
         elif isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
-            out[f"{prefix}{k}"] = float(v)
+            out[re.sub(r"[^A-Za-z0-9_\-. :/]", "_", f"{prefix}{k}")] = float(v)
     return out

@@ -27,7 +27,7 @@ def tiny_config(workdir: Path, prompts: Path, model: Path, **train) -> PipelineC
         prompts=[str(prompts)],
         eval_share=0.25,
         policy=str(model),
-        reward="reward_fns:count_a",
+        reward="reward_fns:checksum",
         registered_model="tiny-policy",
         sample={"backend": "hf", "k": 3, "max_new_tokens": 8, "temperature": 1.0, "dtype": "fp32"},
         train={
@@ -71,7 +71,7 @@ def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
     from mlflow.tracking import MlflowClient
 
     mv = MlflowClient().get_model_version_by_alias("tiny-policy", "challenger")
-    assert mv.version == summary["promotion"]["version"]
+    assert str(mv.version) == summary["promotion"]["version"]
     assert mv.tags["rrhf.promotion"] in ("promoted", "rejected") and "reward gain" in mv.description
 
 
@@ -98,8 +98,8 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
         failed = promote_task.fn(str(tiny_model_dir), None, {}, "gate-test", run.info.run_id)
     client = MlflowClient()
     assert better["promoted"] and not worse["promoted"] and not failed["promoted"]
-    assert client.get_model_version_by_alias("gate-test", "champion").version == better["version"]
-    assert client.get_model_version_by_alias("gate-test", "challenger").version == failed["version"]
+    assert str(client.get_model_version_by_alias("gate-test", "champion").version) == better["version"]
+    assert str(client.get_model_version_by_alias("gate-test", "challenger").version) == failed["version"]
     tags = client.get_model_version("gate-test", worse["version"]).tags
     assert (
         tags["rrhf.promotion"] == "rejected" and "reward_gain" in json.loads(tags["rrhf.decision"])["numbers"]
