@@ -20,7 +20,7 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
     e, p = summary["evaluation"], summary["promotion"]
     work = Path(cfg.workdir).resolve()
     print()
-    print(f"RRHF round done in {time.perf_counter() - t0:.0f} s (pipeline time, model conversion included)")
+    print(f"RRHF round done in {time.perf_counter() - t0:.0f} s (pipeline time)")
     print(
         f"  held-out prompts: {e['prompts']}   reward: baseline {e['baseline']['reward_mean']:.4f} -> "
         f"trained {e['candidate']['reward_mean']:.4f}  (gain {e['reward_gain']:+.4f})"

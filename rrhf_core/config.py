@@ -405,6 +405,7 @@ class SampleSettings(BaseModel):
     limit: int | None = Field(None, ge=1, description="Only the first N training prompts.")
     include_references: bool = True
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    seed: int = 0
 
 
 class TrainSettings(BaseModel):

@@ -6,13 +6,19 @@ Retries are for transient failures only: user errors (RRHFError: bad data, bad s
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import pyarrow.parquet as pq
-from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from rrhf_core import plots
 from rrhf_core.build import build
@@ -24,7 +30,7 @@ from rrhf_core.promotion import Decision, GateConfig, decide
 from rrhf_core.sampling.stage import sample
 from rrhf_core.score import read_samples, score
 from rrhf_core.stagecache import is_done, mark_done
-from rrhf_core.tracking import read_metrics
+from rrhf_core.tracking import FanOutLogger, read_metrics
 from rrhf_core.train import train
 from tasks import registry
 from tasks.tracking import MlflowLogger, log_parquet_input, numeric, stage_run
@@ -137,6 +143,27 @@ def build_task(cfg: BuildConfig, parent: str | None) -> str:
     return str(out / "train.parquet")
 
 
+class PrefectProgress:
+    """Training progress as a Prefect progress artifact and log lines (the MetricsLogger protocol)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, key="training-progress", description="RRHF training"
+        )
+        self.logger = get_run_logger()
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        done = (
+            step / self.cfg.max_steps if self.cfg.max_steps else metrics.get("epoch", 0.0) / self.cfg.epochs
+        )
+        update_progress_artifact(self.artifact_id, progress=min(100.0, 100.0 * done))
+        self.logger.info(
+            f"step {step}: loss {metrics['loss']:.4f}, ranking accuracy {metrics['ranking_accuracy']:.3f}, "
+            f"{metrics['tokens_per_s']:.0f} tok/s"
+        )
+
+
 @task(name="train", retries=0)
 def train_stage_task(cfg: TrainConfig, parent: str | None) -> str:
     """Train with RRHF; step metrics stream to MLflow."""
@@ -144,7 +171,9 @@ def train_stage_task(cfg: TrainConfig, parent: str | None) -> str:
     if not _reused(out, "train", parent):
         with stage_run("train", parent, cfg.model_dump()) as run:
             log_parquet_input(cfg.data, "training")
-            train(cfg, logger=MlflowLogger(run.info.run_id), progress=False)
+            train(
+                cfg, logger=FanOutLogger(MlflowLogger(run.info.run_id), PrefectProgress(cfg)), progress=False
+            )
             mlflow.log_figure(
                 plots.training_curves(read_metrics(out / "metrics.jsonl")), "training_curves.png"
             )
