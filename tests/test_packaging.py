@@ -34,3 +34,21 @@ def test_dockerfiles_pass_hadolint(dockerfile):
         [exe, "--failure-threshold", "warning", str(dockerfile)], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_compose_file_is_valid():
+    spec = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    assert {"postgres", "prefect-server", "mlflow", "worker"} <= set(spec["services"])
+    assert "postgresql" in spec["services"]["mlflow"]["command"]
+    assert spec["services"]["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip(
+            "docker-compose is not installed (apt-get install docker-compose) to validate the file fully"
+        )
+    out = subprocess.run(
+        [exe, "-f", str(ROOT / "docker" / "compose.yaml"), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr

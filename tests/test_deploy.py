@@ -1,0 +1,131 @@
+"""The deployment path for real: `prefect server start`, `prefect deploy`, a process worker, and
+`prefect deployment run ... --watch` completing the pipeline on tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    # own session: the whole process group can be stopped afterwards (a worker ignores SIGTERM otherwise)
+    return subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PWD": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    server = start(
+        [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        tmp_path / "server.log",
+    )
+    worker = None
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()
+                time.sleep(1)
+
+        def prefect(*args: str, timeout: int = 120) -> str:
+            out = subprocess.run(
+                [str(bin_dir / "prefect"), *args],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            return out.stdout
+
+        prefect("work-pool", "create", "rrhf-process", "--type", "process")
+        prefect("--no-prompt", "deploy", "--name", "pipeline")
+        worker = start(
+            [str(bin_dir / "prefect"), "worker", "start", "--pool", "rrhf-process"],
+            env,
+            tmp_path / "worker.log",
+        )
+        work = tmp_path / "w"
+        config = {
+            "workdir": str(work),
+            "prompts": [str(_prompts(tmp_path))],
+            "policy": str(tiny_model_dir),
+            "reward": "reward_fns:checksum",
+            "registered_model": "deployed-policy",
+            "sample": {"backend": "hf", "k": 3, "max_new_tokens": 8, "temperature": 1.0, "dtype": "fp32"},
+            "train": {
+                "max_steps": 2,
+                "micro_batch_size": 2,
+                "grad_accum": 1,
+                "max_length": 96,
+                "max_response_tokens": 16,
+                "bf16": "off",
+            },
+            "evaluate": {"max_new_tokens": 8},
+        }
+        out = prefect(
+            "deployment",
+            "run",
+            "rrhf-pipeline/pipeline",
+            "--params",
+            json.dumps({"config": config}),
+            "--watch",
+            timeout=600,
+        )
+        assert "Completed" in out, out + (tmp_path / "worker.log").read_text()
+        summary = json.loads((work / "last_summary.json").read_text())
+        assert summary["promotion"]["version"] == "1"
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+
+
+def _prompts(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"say something, case {i}"}) + "\n" for i in range(12)))
+    return path
