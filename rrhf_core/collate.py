@@ -206,3 +206,95 @@ def collate(examples: Sequence[EncodedExample], pad_id: int) -> Batch:
         num_groups=len(examples),
         prompt_ids=[ex.prompt_id for ex in examples],
     )
+
+
+@dataclass
+class SharedBatch:
+    """Prompt-shared packing: one row per prompt holding ``prompt + r_1 + ... + r_k``.
+
+    Each response attends to the prompt and to its own earlier tokens only (block attention mask), with positions
+    continuing from the prompt's end, so it sees exactly what it would see alone; the prompt is encoded once for
+    all k responses (``P + kR`` tokens instead of ``k(P + R)``).
+
+    input_ids, position_ids: ``(G, L)``; attention_mask: ``(G, 1, L, L)`` bool (True = may attend);
+    scored tokens, flattened over the batch (``M`` of them): ``src_row``, ``src_pos`` (the position whose output
+    predicts the token), ``tgt`` (the token) and ``resp`` (its response, ``0..N-1``); rewards, group: ``(N,)``.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    src_row: torch.Tensor
+    src_pos: torch.Tensor
+    tgt: torch.Tensor
+    resp: torch.Tensor
+    rewards: torch.Tensor
+    group: torch.Tensor
+    num_groups: int
+    prompt_ids: list[str]
+    real_tokens: int
+
+    def num_tokens(self) -> int:
+        return self.real_tokens
+
+    def to(self, device: torch.device | str) -> SharedBatch:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return SharedBatch(**moved)
+
+
+def collate_shared(examples: Sequence[EncodedExample], pad_id: int) -> SharedBatch:
+    """Pack each example's prompt and responses into one row with a block attention mask (see SharedBatch)."""
+    rows, positions, segments = [], [], []
+    src_row, src_pos, tgt, resp, rewards, group = [], [], [], [], [], []
+    n = 0
+    for g, ex in enumerate(examples):
+        p = len(ex.prompt_ids)
+        ids, pos, seg = list(ex.prompt_ids), list(range(p)), [0] * p
+        for i, (r, reward) in enumerate(zip(ex.response_ids, ex.rewards, strict=True)):
+            start = len(ids)
+            ids += r
+            pos += range(p, p + len(r))
+            seg += [i + 1] * len(r)
+            # token j of the response is predicted by the previous position: the prompt's last token for j = 0
+            src = [p - 1, *range(start, start + len(r) - 1)]
+            src_row += [g] * len(r)
+            src_pos += src
+            tgt += r
+            resp += [n] * len(r)
+            rewards.append(reward)
+            group.append(g)
+            n += 1
+        rows.append(ids)
+        positions.append(pos)
+        segments.append(seg)
+    length = max(len(r) for r in rows)
+    g_count = len(rows)
+    input_ids = torch.full((g_count, length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((g_count, length), dtype=torch.long)
+    seg_t = torch.full((g_count, length), -1, dtype=torch.long)  # -1: padding
+    for g, (ids, pos, seg) in enumerate(zip(rows, positions, segments, strict=True)):
+        input_ids[g, : len(ids)] = torch.tensor(ids)
+        position_ids[g, : len(pos)] = torch.tensor(pos)
+        seg_t[g, : len(seg)] = torch.tensor(seg)
+    q_seg, k_seg = seg_t[:, :, None], seg_t[:, None, :]
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    same_block = (k_seg == 0) | (k_seg == q_seg)
+    real = (q_seg >= 0) & (k_seg >= 0)
+    mask = causal & same_block & real
+    mask |= torch.eye(
+        length, dtype=torch.bool
+    )  # padding queries attend to themselves (no empty softmax rows)
+    return SharedBatch(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=mask[:, None],
+        src_row=torch.tensor(src_row),
+        src_pos=torch.tensor(src_pos),
+        tgt=torch.tensor(tgt),
+        resp=torch.tensor(resp),
+        rewards=torch.tensor(rewards, dtype=torch.float32),
+        group=torch.tensor(group, dtype=torch.long),
+        num_groups=g_count,
+        prompt_ids=[ex.prompt_id for ex in examples],
+        real_tokens=int((seg_t >= 0).sum()),
+    )

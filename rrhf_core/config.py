@@ -106,6 +106,9 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward to save memory."
     )
+    prefix_sharing: bool = Field(
+        True, description="Encode each prompt once for all its responses (block attention mask; same loss)."
+    )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads per process (default: torch's choice)."

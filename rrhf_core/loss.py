@@ -60,6 +60,46 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor, chunk_rows: int
     return out.view(b, t)
 
 
+def hidden_logprobs(
+    hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, chunk_rows: int = 512
+) -> torch.Tensor:
+    """Log-probability of each target from final hidden states, never holding more than ``chunk_rows x V`` logits.
+
+    Args:
+        hidden: ``(M, H)`` hidden states of the positions that predict the targets.
+        lm_head: the output projection (``H -> V``).
+        targets: ``(M,)`` token ids.
+
+    Returns:
+        ``(M,)`` float32. Each chunk's logits are recomputed in backward (activation checkpointing), so peak memory
+        does not grow with vocabulary x scored tokens in backward either.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_logps(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(h).float()
+        return logits.gather(1, t[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+
+    pieces = []
+    for s in range(0, hidden.shape[0], chunk_rows):
+        h, t = hidden[s : s + chunk_rows], targets[s : s + chunk_rows]
+        pieces.append(
+            checkpoint(chunk_logps, h, t, use_reentrant=False)
+            if torch.is_grad_enabled()
+            else chunk_logps(h, t)
+        )
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def segment_logprobs(
+    token_logps: torch.Tensor, resp: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-response sums and lengths of flattened token log-probabilities; ``(M,), (M,) -> (N,), (N,)``."""
+    sums = token_logps.new_zeros(n).index_add(0, resp, token_logps)
+    lengths = token_logps.new_zeros(n).index_add(0, resp, torch.ones_like(token_logps)).clamp(min=1.0)
+    return sums, lengths
+
+
 def sequence_logprobs(token_logps: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of each response's token log-probabilities and its own length.
 
@@ -222,8 +262,36 @@ def rrhf_loss(
         raise ValueError(
             f"rewards must have shape (N,) = ({token_logps.shape[0]},), one per response row; got {tuple(rewards.shape)}"
         )
-    rewards = rewards.to(torch.float32)
     sums, lengths = sequence_logprobs(token_logps, mask)
+    return rrhf_loss_from_sums(
+        sums,
+        lengths,
+        rewards,
+        group,
+        num_groups,
+        length_penalty=length_penalty,
+        rrhf_weight=rrhf_weight,
+        sft_weight=sft_weight,
+        tie_policy=tie_policy,
+        sft_reduction=sft_reduction,
+    )
+
+
+def rrhf_loss_from_sums(
+    sums: torch.Tensor,
+    lengths: torch.Tensor,
+    rewards: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    *,
+    length_penalty: float = 1.0,
+    rrhf_weight: float = 1.0,
+    sft_weight: float = 1.0,
+    tie_policy: TiePolicy = "mean",
+    sft_reduction: SftReduction = "mean",
+) -> RRHFLoss:
+    """:func:`rrhf_loss` from per-response summed log-probabilities and lengths (all ``(N,)``)."""
+    rewards = rewards.to(torch.float32)
     scores = length_normalised_scores(sums, lengths, length_penalty)
     rank = rank_loss(scores, rewards, group, num_groups)
     weights = best_response_weights(rewards, group, num_groups, tie_policy)

@@ -28,12 +28,19 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from rrhf_core.collate import Batch, Dropped, EncodedExample, Encoder, collate
+from rrhf_core.collate import Batch, Dropped, EncodedExample, Encoder, SharedBatch, collate, collate_shared
 from rrhf_core.config import TrainConfig
 from rrhf_core.data import load_listwise
 from rrhf_core.distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
 from rrhf_core.errors import ConfigError, DataError, TrainingDivergedError
-from rrhf_core.loss import gather_logprobs, ranking_pairs, rrhf_loss
+from rrhf_core.loss import (
+    gather_logprobs,
+    hidden_logprobs,
+    ranking_pairs,
+    rrhf_loss_from_sums,
+    segment_logprobs,
+    sequence_logprobs,
+)
 from rrhf_core.models import load_causal_lm, load_tokenizer
 from rrhf_core.tracking import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger
 
@@ -66,14 +73,62 @@ def use_bf16(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and bf16_available(device))
 
 
-def forward_loss(model: Any, batch: Batch, cfg: TrainConfig, bf16: bool) -> tuple[Any, torch.Tensor]:
-    """One forward pass over a batch: the per-prompt RRHF terms and the ``(N,)`` scores."""
+class PrefixSharedLM(torch.nn.Module):
+    """A causal LM scoring :class:`SharedBatch` rows: block-masked packed sequences, label log-probabilities from
+    the hidden states of the scored positions only (chunked, never ``B x T x V`` logits). Wrap this, not the LM, in
+    DDP so the gradient hooks see its forward."""
+
+    def __init__(self, lm: Any) -> None:
+        super().__init__()
+        self.lm = lm
+        inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # peft wraps the HF model
+        self.decoder = inner.base_model
+        self.head = inner.get_output_embeddings()
+        impl = getattr(inner.config, "_attn_implementation", "eager")
+        if impl not in ("sdpa", "eager"):
+            raise ConfigError(
+                f"prefix_sharing needs 'sdpa' or 'eager' attention (the model uses {impl!r}); "
+                "set prefix_sharing=false"
+            )
+        self.bool_mask = impl == "sdpa"
+
+    def forward(self, batch: SharedBatch) -> torch.Tensor:
+        mask = batch.attention_mask
+        if not self.bool_mask:  # eager attention adds the mask to the scores
+            mask = torch.zeros(mask.shape, dtype=self.head.weight.dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(self.head.weight.dtype).min
+            )
+        hidden = self.decoder(
+            input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask, use_cache=False
+        ).last_hidden_state  # (G, L, H)
+        return hidden_logprobs(hidden[batch.src_row, batch.src_pos], self.head, batch.tgt)  # (M,)
+
+
+def make_batch(examples: Sequence[EncodedExample], pad_id: int, shared: bool) -> Batch | SharedBatch:
+    return collate_shared(examples, pad_id) if shared else collate(examples, pad_id)
+
+
+def forward_loss(
+    model: Any, batch: Batch | SharedBatch, cfg: TrainConfig, bf16: bool
+) -> tuple[Any, torch.Tensor]:
+    """One forward pass over a batch: the per-prompt RRHF terms and the ``(N,)`` scores.
+
+    ``model`` is a :class:`PrefixSharedLM` (possibly in DDP) for a SharedBatch, a causal LM for a Batch.
+    """
     with torch.autocast(device_type=batch.input_ids.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-    token_logps = gather_logprobs(logits, batch.targets)
-    out = rrhf_loss(
-        token_logps,
-        batch.response_mask,
+        if isinstance(batch, SharedBatch):
+            token_logps = model(batch)
+        else:
+            logits = model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            ).logits
+    if isinstance(batch, SharedBatch):
+        sums, lengths = segment_logprobs(token_logps, batch.resp, batch.rewards.numel())
+    else:
+        sums, lengths = sequence_logprobs(gather_logprobs(logits, batch.targets), batch.response_mask)
+    out = rrhf_loss_from_sums(
+        sums,
+        lengths,
         batch.rewards,
         batch.group,
         batch.num_groups,
@@ -99,10 +154,11 @@ def evaluate_listwise(
     was_training = model.training
     model.eval()
     totals = dict.fromkeys(METRIC_KEYS, 0.0)
+    scorer = PrefixSharedLM(model) if cfg.prefix_sharing else model
     bf16 = use_bf16(cfg.bf16, device)
     for i in range(0, len(encoded), cfg.micro_batch_size):
-        batch = collate(encoded[i : i + cfg.micro_batch_size], pad_id).to(device)
-        out, scores = forward_loss(model, batch, cfg, bf16)
+        batch = make_batch(encoded[i : i + cfg.micro_batch_size], pad_id, cfg.prefix_sharing).to(device)
+        out, scores = forward_loss(scorer, batch, cfg, bf16)
         agree, pairs = ranking_pairs(scores, batch.rewards, batch.group)
         totals["loss"] += out.loss.sum().item()
         totals["rank_loss"] += out.rank.sum().item()
@@ -151,7 +207,9 @@ def step_indices(n: int, global_batch: int, seed: int, step: int) -> list[int]:
 
 
 def _unwrap(model: Any) -> Any:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The causal LM inside the DDP and prefix-sharing wrappers."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    return model.lm if isinstance(model, PrefixSharedLM) else model
 
 
 def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -265,6 +323,8 @@ def _prepare_model(cfg: TrainConfig, env: DistEnv) -> Any:
         )
     model.to(env.device)
     model.train()
+    if cfg.prefix_sharing:
+        model = PrefixSharedLM(model)
     if env.world_size > 1:
         model = DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None
@@ -380,7 +440,7 @@ def _train(cfg: TrainConfig, env: DistEnv, logger: MetricsLogger, progress: bool
         micros = list(_micro_batches(indices, env, cfg))
         sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64)
         for m, micro in enumerate(micros):
-            batch = collate([encoded[i] for i in micro], pad_id).to(env.device)
+            batch = make_batch([encoded[i] for i in micro], pad_id, cfg.prefix_sharing).to(env.device)
             sync = m == len(micros) - 1 or not isinstance(model, DistributedDataParallel)
             with contextlib.nullcontext() if sync else model.no_sync():
                 out, scores = forward_loss(model, batch, cfg, bf16)

@@ -1,0 +1,95 @@
+"""Prefix sharing: the packed, block-masked computation gives the unshared loss and gradients (fp32)."""
+
+from __future__ import annotations
+
+import pytest
+from torch.testing import assert_close
+
+from conftest import learnable_records
+from rrhf_core.collate import Encoder, collate, collate_shared
+from rrhf_core.config import TrainConfig
+from rrhf_core.data import ListwiseExample, examples_from_records
+from rrhf_core.models import load_causal_lm, load_tokenizer
+from rrhf_core.train import PrefixSharedLM, encode_examples, forward_loss
+
+
+def _examples() -> list[ListwiseExample]:
+    recs = learnable_records(n=3, response_len=10)
+    recs[1]["responses"] = recs[1]["responses"][:2]  # a different k per prompt
+    recs[1]["rewards"] = recs[1]["rewards"][:2]
+    recs[1]["sources"] = recs[1]["sources"][:2]
+    recs[2]["messages"] = [{"role": "user", "content": "a much longer prompt " * 6}]
+    return examples_from_records(recs)
+
+
+def _compare(model_dir: str, examples, cache_dir=None, atol=1e-5):
+    tok = load_tokenizer(model_dir, cache_dir)
+    cfg = TrainConfig(data="-", output_dir="-", max_length=256, max_response_tokens=64, bf16="off")
+    encoded, dropped, _ = encode_examples(Encoder(tok, cfg.max_length, cfg.max_response_tokens), examples)
+    assert not dropped
+    model = load_causal_lm(model_dir, cache_dir)
+    model.eval()  # no dropout: both paths must see the same function
+    results = []
+    for shared in (False, True):
+        model.zero_grad()
+        batch = (collate_shared if shared else collate)(encoded, tok.pad_token_id)
+        scorer = PrefixSharedLM(model) if shared else model
+        out, scores = forward_loss(scorer, batch, cfg, bf16=False)
+        out.loss.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, scores, grads, batch))
+    (o1, s1, g1, b1), (o2, s2, g2, b2) = results
+    assert_close(s2, s1, atol=atol, rtol=1e-4)
+    assert_close(o2.loss, o1.loss, atol=atol, rtol=1e-4)
+    assert set(g1) == set(g2)
+    for name in g1:
+        assert_close(g2[name], g1[name], atol=atol, rtol=1e-3, msg=name)
+    return b1, b2
+
+
+def test_shared_equals_unshared_on_a_tiny_model(tiny_model_dir):
+    unshared, shared = _compare(str(tiny_model_dir), _examples())
+    # tokens processed: P + kR per prompt instead of k(P + R)
+    assert shared.num_tokens() < unshared.num_tokens()
+    assert shared.input_ids.shape[0] == 3 and unshared.input_ids.shape[0] == 3 + 2 + 3
+
+
+def test_block_mask_keeps_responses_apart():
+    from rrhf_core.collate import EncodedExample
+
+    ex = EncodedExample("p", [1, 2], [[3, 4], [5]], [1.0, 0.0])
+    b = collate_shared([ex], pad_id=0)
+    m = b.attention_mask[0, 0]
+    # rows: prompt 0,1 | response A at 2,3 | response B at 4
+    assert m[3, :4].tolist() == [True, True, True, True]  # A's 2nd token sees the prompt and A
+    assert m[4].tolist() == [True, True, False, False, True]  # B sees the prompt and itself, never A
+    assert b.position_ids[0].tolist() == [0, 1, 2, 3, 2]  # B's positions continue from the prompt
+    assert b.src_pos.tolist() == [1, 2, 1] and b.tgt.tolist() == [3, 4, 5] and b.resp.tolist() == [0, 0, 1]
+
+
+@pytest.mark.integration
+def test_shared_equals_unshared_on_smollm2(smollm2_cache):
+    from rrhf_core.models import EMBEDDED_POLICY
+
+    examples = [
+        ListwiseExample(
+            "a",
+            [{"role": "user", "content": "How do I boil an egg?"}],
+            ["Put it in boiling water for nine minutes.", "No idea.", "Eggs are round."],
+            [1.0, 0.0, 0.5],
+            ["x"] * 3,
+        ),
+        ListwiseExample(
+            "b",
+            [{"role": "user", "content": "What is gravity?"}],
+            ["A force that pulls masses together.", "I can't help with that."],
+            [1.0, 0.0],
+            ["x"] * 2,
+        ),
+    ]
+    _compare(EMBEDDED_POLICY, examples, cache_dir=smollm2_cache, atol=2e-4)
+
+
+def test_the_trainer_uses_sharing_by_default_and_can_turn_it_off():
+    assert TrainConfig(data="-", output_dir="-").prefix_sharing is True
+    assert TrainConfig(data="-", output_dir="-", prefix_sharing=False).prefix_sharing is False
