@@ -138,6 +138,12 @@ def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
 
 
+def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_core.bench import main as bench_main
+
+    return bench_main(list(args.rest))
+
+
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_cli.demo import run_demo
 
@@ -195,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_config_flags(t, PipelineConfig)
         t.set_defaults(func=cmd_pipeline)
+
+    b = sub.add_parser("bench", help="benchmarks: `rrhf bench train-step --help`")
+    b.add_argument("what", choices=["train-step"])
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser(
         "demo", help="the embedded demo: train SmolLM2-135M on the built-in listwise set, no network"

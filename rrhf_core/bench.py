@@ -1,0 +1,255 @@
+"""Training-step benchmark: the reference implementation's step against this project's, side by side.
+
+    rrhf bench train-step [--model M] [--ks 2 4 6 8] [--steps 3] [--json]
+    python -m rrhf_core.bench ...            # the same, with only torch and transformers needed (GPU script)
+
+Both steps score the same HH-shaped batches (one prompt of 120-180 tokens with k responses of 40-80 tokens: prompts
+2-3x longer than responses, as in HH) with the RRHF loss and run backward:
+
+- ``reference``: every (query + response) row padded together, the full-vocabulary log-softmax materialised for every
+  token (the reference code's ``train.py``);
+- ``project``: the prompt encoded once for all k responses (block attention mask), label log-probabilities computed
+  from the scored positions' hidden states in chunks.
+
+Reported per (method, k): step time (median), tokens/s (logical tokens k(P+R) per second, the same work for both),
+peak memory (CUDA: max allocated; CPU: peak RSS growth of a fresh process running only that case), model FLOP rate
+(6 x parameters x tokens processed per step / step time) and its share of the machine's measured bf16 matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import torch
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Measured FLOP/s of an n x n x n matmul (best of ``reps``)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def hh_shaped(k: int, vocab: int, seed: int) -> tuple[list[int], list[list[int]], list[float]]:
+    g = torch.Generator().manual_seed(seed)
+    p = int(torch.randint(120, 181, (1,), generator=g))
+    prompt = torch.randint(3, vocab, (p,), generator=g).tolist()
+    responses = [
+        torch.randint(3, vocab, (int(torch.randint(40, 81, (1,), generator=g)),), generator=g).tolist()
+        for _ in range(k)
+    ]
+    rewards = torch.randn(k, generator=g).tolist()
+    return prompt, responses, rewards
+
+
+def reference_step(
+    model: Any,
+    prompt: list[int],
+    responses: list[list[int]],
+    rewards: list[float],
+    pad: int,
+    device: torch.device,
+    bf16: bool,
+) -> int:
+    """The reference code's computation: k padded (query + response) rows, full log_softmax."""
+    from rrhf_core.loss import rrhf_loss
+
+    rows = [prompt + r for r in responses]
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.bool)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, len(prompt) : len(row)] = True
+    ids, mask = ids.to(device), mask.to(device)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(input_ids=ids, attention_mask=(ids != pad).long(), use_cache=False).logits
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (k, T, V): the memory the reference's users ran out of
+    token_logps = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    out = rrhf_loss(
+        token_logps,
+        mask[:, 1:],
+        torch.tensor(rewards, device=device),
+        torch.zeros(len(rows), dtype=torch.long, device=device),
+        1,
+    )
+    out.loss.sum().backward()
+    return int(ids.numel())
+
+
+def project_step(
+    scorer: Any,
+    prompt: list[int],
+    responses: list[list[int]],
+    rewards: list[float],
+    pad: int,
+    device: torch.device,
+    bf16: bool,
+) -> int:
+    from rrhf_core.collate import EncodedExample, collate_shared
+    from rrhf_core.loss import rrhf_loss_from_sums, segment_logprobs
+
+    batch = collate_shared([EncodedExample("b", prompt, responses, rewards)], pad).to(device)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+        token_logps = scorer(batch)
+    sums, lengths = segment_logprobs(token_logps, batch.resp, len(responses))
+    out = rrhf_loss_from_sums(sums, lengths, batch.rewards, batch.group, 1)
+    out.loss.sum().backward()
+    return int(batch.input_ids.numel())
+
+
+def run_case(
+    model_name: str, method: str, k: int, steps: int, bf16: bool, cache_dir: str | None
+) -> dict[str, Any]:
+    """One (method, k) case in this process: median step time, throughput, peak memory, FLOP rate."""
+    from rrhf_core.models import load_causal_lm, load_tokenizer
+    from rrhf_core.train import PrefixSharedLM
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tok = load_tokenizer(model_name, cache_dir)
+    model = load_causal_lm(model_name, cache_dir).to(device)
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+    scorer = PrefixSharedLM(model) if method == "project" else model
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times, logical, processed = [], 0, 0
+    for step in range(steps + 1):  # the first step warms up
+        prompt, responses, rewards = hh_shaped(k, len(tok), seed=step)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn = project_step if method == "project" else reference_step
+        processed = fn(scorer, prompt, responses, rewards, tok.pad_token_id, device, bf16)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        model.zero_grad(set_to_none=True)
+        if step:
+            times.append(time.perf_counter() - t0)
+            logical += sum(len(prompt) + len(r) for r in responses)
+    step_s = statistics.median(times)
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.type == "cuda"
+        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024
+    )
+    return {
+        "method": method,
+        "k": k,
+        "step_s": step_s,
+        "tokens_per_s": logical / steps / step_s,
+        "peak_mem_mb": peak / 2**20,
+        "model_flops_per_s": 6 * params * processed / step_s,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run(
+    model: str, ks: list[int], steps: int, bf16: bool, cache_dir: str | None, as_json: bool
+) -> list[dict[str, Any]]:
+    """Each case in a fresh process (clean peak memory), interleaved by k so both methods see the same machine."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
+    results = []
+    for k in ks:
+        for method in ("reference", "project"):
+            cmd = (
+                [
+                    sys.executable,
+                    "-m",
+                    "rrhf_core.bench",
+                    "--one",
+                    method,
+                    "--k",
+                    str(k),
+                    "--steps",
+                    str(steps),
+                    "--model",
+                    model,
+                ]
+                + (["--cache-dir", cache_dir] if cache_dir else [])
+                + ([] if bf16 else ["--fp32"])
+            )
+            out = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            )
+            if out.returncode != 0:
+                raise RuntimeError(f"benchmark case {method} k={k} failed:\n{out.stderr[-3000:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r["mfu"] = r["model_flops_per_s"] / peak
+            results.append(r)
+    table = []
+    for k in ks:
+        ref = next(r for r in results if r["k"] == k and r["method"] == "reference")
+        ours = next(r for r in results if r["k"] == k and r["method"] == "project")
+        table.append(
+            {
+                "k": k,
+                "reference": ref,
+                "project": ours,
+                "speedup": ref["step_s"] / ours["step_s"],
+                "memory_ratio": ours["peak_mem_mb"] / max(ref["peak_mem_mb"], 1e-9),
+            }
+        )
+    if as_json:
+        print(json.dumps({"matmul_peak_flops": peak, "bf16": bf16, "cases": table}, indent=2))
+    else:
+        print(
+            f"device: {results[0]['device']}, {results[0]['threads']} threads, "
+            f"{'bf16 autocast' if bf16 else 'fp32'}; measured matmul peak {peak / 1e9:.0f} GFLOP/s"
+        )
+        head = (
+            f"{'k':>2} | {'ref step s':>10} {'ours step s':>11} | {'ref tok/s':>9} {'ours tok/s':>10} | "
+            f"{'speedup':>7} | {'ref MB':>7} {'ours MB':>7} {'mem ratio':>9} | {'ref MFU':>7} {'ours MFU':>8}"
+        )
+        print(head)
+        print("-" * len(head))
+        for row in table:
+            r, o = row["reference"], row["project"]
+            print(
+                f"{row['k']:>2} | {r['step_s']:>10.3f} {o['step_s']:>11.3f} | {r['tokens_per_s']:>9.0f} "
+                f"{o['tokens_per_s']:>10.0f} | {row['speedup']:>6.2f}x | {r['peak_mem_mb']:>7.0f} "
+                f"{o['peak_mem_mb']:>7.0f} {row['memory_ratio']:>9.2f} | {100 * r['mfu']:>6.1f}% {100 * o['mfu']:>7.1f}%"
+            )
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="rrhf bench train-step", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 6, 8])
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    ap.add_argument("--cache-dir")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--one", choices=["reference", "project"], help=argparse.SUPPRESS)
+    ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_case(args.model, args.one, args.k, args.steps, not args.fp32, args.cache_dir)))
+        return 0
+    run(args.model, args.ks, args.steps, not args.fp32, args.cache_dir, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
