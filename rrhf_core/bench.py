@@ -120,7 +120,7 @@ def run_case(
 ) -> dict[str, Any]:
     """One (method, k) case in this process: median step time, throughput, peak memory, FLOP rate."""
     from rrhf_core.models import load_causal_lm, load_tokenizer
-    from rrhf_core.train import PrefixSharedLM
+    from rrhf_core.prefix import PrefixSharedLM
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(model_name, cache_dir)

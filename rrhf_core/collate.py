@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from rrhf_core.data import ListwiseExample
 from rrhf_core.loss import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from rrhf_core.data import ListwiseExample
 
 PromptFormat = Literal["chat", "hh"]
 

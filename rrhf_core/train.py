@@ -36,13 +36,13 @@ from rrhf_core.distributed import DistEnv, all_reduce_sum, barrier, init_distrib
 from rrhf_core.errors import ConfigError, DataError, TrainingDivergedError
 from rrhf_core.loss import (
     gather_logprobs,
-    hidden_logprobs,
     ranking_pairs,
     rrhf_loss_from_sums,
     segment_logprobs,
     sequence_logprobs,
 )
 from rrhf_core.models import load_causal_lm, load_tokenizer
+from rrhf_core.prefix import PrefixSharedLM
 from rrhf_core.tracking import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger
 
 CHECKPOINTS = "checkpoints"
@@ -86,37 +86,6 @@ def _cpu_bf16_faster(n: int = 512, reps: int = 3) -> bool:
 
 def use_bf16(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and bf16_available(device))
-
-
-class PrefixSharedLM(torch.nn.Module):
-    """A causal LM scoring :class:`SharedBatch` rows: block-masked packed sequences, label log-probabilities from
-    the hidden states of the scored positions only (chunked, never ``B x T x V`` logits). Wrap this, not the LM, in
-    DDP so the gradient hooks see its forward."""
-
-    def __init__(self, lm: Any) -> None:
-        super().__init__()
-        self.lm = lm
-        inner = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # peft wraps the HF model
-        self.decoder = inner.base_model
-        self.head = inner.get_output_embeddings()
-        impl = getattr(inner.config, "_attn_implementation", "eager")
-        if impl not in ("sdpa", "eager"):
-            raise ConfigError(
-                f"prefix_sharing needs 'sdpa' or 'eager' attention (the model uses {impl!r}); "
-                "set prefix_sharing=false"
-            )
-        self.bool_mask = impl == "sdpa"
-
-    def forward(self, batch: SharedBatch) -> torch.Tensor:
-        mask = batch.attention_mask
-        if not self.bool_mask:  # eager attention adds the mask to the scores
-            mask = torch.zeros(mask.shape, dtype=self.head.weight.dtype, device=mask.device).masked_fill(
-                ~mask, torch.finfo(self.head.weight.dtype).min
-            )
-        hidden = self.decoder(
-            input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask, use_cache=False
-        ).last_hidden_state  # (G, L, H)
-        return hidden_logprobs(hidden[batch.src_row, batch.src_pos], self.head, batch.tgt)  # (M,)
 
 
 def make_batch(examples: Sequence[EncodedExample], pad_id: int, shared: bool) -> Batch | SharedBatch:

@@ -10,7 +10,8 @@ from rrhf_core.collate import Encoder, collate, collate_shared
 from rrhf_core.config import TrainConfig
 from rrhf_core.data import ListwiseExample, examples_from_records
 from rrhf_core.models import load_causal_lm, load_tokenizer
-from rrhf_core.train import PrefixSharedLM, encode_examples, forward_loss
+from rrhf_core.prefix import PrefixSharedLM
+from rrhf_core.train import encode_examples, forward_loss
 
 
 def _examples() -> list[ListwiseExample]:
@@ -93,3 +94,23 @@ def test_shared_equals_unshared_on_smollm2(smollm2_cache):
 def test_the_trainer_uses_sharing_by_default_and_can_turn_it_off():
     assert TrainConfig(data="-", output_dir="-").prefix_sharing is True
     assert TrainConfig(data="-", output_dir="-", prefix_sharing=False).prefix_sharing is False
+
+
+def test_the_benchmark_needs_only_torch_and_transformers():
+    """`python -m rrhf_core.bench` is the GPU script: it must not pull in pyarrow, pydantic, prefect or mlflow."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, rrhf_core.bench, rrhf_core.prefix, rrhf_core.collate, rrhf_core.models; "
+        "print(sorted(m for m in ('pyarrow', 'pydantic', 'yaml', 'pandas', 'prefect', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.stdout.strip() == "[]"
