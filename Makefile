@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (Python >= 3.11 and the package registries):
 #   make demo   - set up .venv once, then run the main job, a whole RRHF round, on embedded defaults (no network, no GPU)
-#   make test   - set up .venv once, then lint and run the whole test suite
+#   make test   - set up .venv once, then lint, type-check the library and run the whole test suite
 # Both are idempotent: the environment is rebuilt only when pyproject.toml or constraints.txt change.
 
 PYTHON ?= python3
@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-fast lint format
+.PHONY: setup demo test test-fast lint typecheck format
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/rrhf pipeline --config configs/demo.yaml
 
-test: setup lint
+test: setup lint typecheck
 	$(PY) -m pytest
 
 test-fast: setup
@@ -43,6 +43,9 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
 
 format: setup
 	$(VENV)/bin/ruff check --fix .

@@ -32,13 +32,15 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 
-    from rrhf_core.config import SampleConfig, ScoreConfig
-    from rrhf_core.ingest import ingest
+    from rrhf_core.data.contracts import read_samples
+    from rrhf_core.data.ingest import ingest
     from rrhf_core.models import EMBEDDED_POLICY, resolve_model
-    from rrhf_core.reward import EmbeddedReward, HFClassifierReward
     from rrhf_core.sampling import GenerationParams
+    from rrhf_core.sampling.config import SampleConfig
     from rrhf_core.sampling.stage import make_sampler, render_prompts, sample
-    from rrhf_core.score import read_samples, score
+    from rrhf_core.scoring.config import ScoreConfig
+    from rrhf_core.scoring.reward import EmbeddedReward, HFClassifierReward
+    from rrhf_core.scoring.stage import score
 
     work = Path(tempfile.mkdtemp(prefix="rrhf-bench-"))
     demo = Path(__file__).resolve().parents[1] / "rrhf_core" / "data" / "demo_prompts.jsonl"
@@ -64,7 +66,7 @@ def main() -> None:
             temperature=0.8,
         )
         sampler = make_sampler(cfg)
-        from rrhf_core.ingest import read_prompts
+        from rrhf_core.data.contracts import read_prompts
 
         rows = read_prompts(prompts, "train")[: args.prompts]
         texts, _ = render_prompts(rows, sampler.tokenizer, cfg)
@@ -87,7 +89,7 @@ def main() -> None:
     # Scoring set: every sampled response (or, with --no-sampling, the demo reference answers) cut at 10 %, 40 % and
     # 100 % of its words, so lengths are mixed as in a real candidate pool (equal lengths leave bucketing nothing to
     # gain). The same pairs go to the raw reward and, written as a samples table, through the scoring stage.
-    from rrhf_core.ingest import read_prompts
+    from rrhf_core.data.contracts import read_prompts
 
     rows = read_prompts(prompts)
     if args.no_sampling:
@@ -132,7 +134,8 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rrhf_core.sampling.stage import SAMPLES_SCHEMA, response_id
+    from rrhf_core.data.contracts import SAMPLES_SCHEMA
+    from rrhf_core.sampling.stage import response_id
 
     table = [
         {

@@ -45,8 +45,8 @@ def _is_nproc_arg(argv: Sequence[str], i: int) -> bool:
 
 
 def cmd_ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rrhf_core.config import IngestConfig
-    from rrhf_core.ingest import ingest
+    from rrhf_core.data.config import IngestConfig
+    from rrhf_core.data.ingest import ingest
 
     cfg = _config(args, IngestConfig, "ingest configuration")
     report = ingest(
@@ -65,7 +65,7 @@ def cmd_ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rrhf_core.config import SampleConfig
+    from rrhf_core.sampling.config import SampleConfig
     from rrhf_core.sampling.stage import sample
 
     r = sample(_config(args, SampleConfig, "sampling configuration"), progress=not args.no_progress)
@@ -77,8 +77,8 @@ def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_score(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rrhf_core.config import ScoreConfig
-    from rrhf_core.score import score
+    from rrhf_core.scoring.config import ScoreConfig
+    from rrhf_core.scoring.stage import score
 
     r = score(_config(args, ScoreConfig, "scoring configuration"), progress=not args.no_progress)
     print(
@@ -89,8 +89,8 @@ def cmd_score(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rrhf_core.build import build
-    from rrhf_core.config import BuildConfig
+    from rrhf_core.data.build import build
+    from rrhf_core.data.config import BuildConfig
 
     r = build(_config(args, BuildConfig, "build configuration"))
     dropped = ", ".join(f"{v} {k}" for k, v in r.dropped.items()) or "none"
@@ -114,8 +114,8 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             *rest,
         ]
         return subprocess.call(cmd)
-    from rrhf_core.config import TrainConfig
-    from rrhf_core.train import train
+    from rrhf_core.training.config import TrainConfig
+    from rrhf_core.training.trainer import train
 
     result = train(_config(args, TrainConfig, "training configuration"), progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -131,7 +131,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_cli.pipeline import run_pipeline
-    from rrhf_core.config import PipelineConfig
+    from rrhf_core.pipeline import PipelineConfig
 
     return run_pipeline(
         _config(args, PipelineConfig, "pipeline configuration"), retrain=args.command == "retrain"
@@ -139,7 +139,7 @@ def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rrhf_core.bench import main as bench_main
+    from rrhf_core.training.bench import main as bench_main
 
     return bench_main(list(args.rest))
 
@@ -151,7 +151,10 @@ def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from rrhf_core.config import BuildConfig, IngestConfig, SampleConfig, ScoreConfig, TrainConfig
+    from rrhf_core.data.config import BuildConfig, IngestConfig
+    from rrhf_core.sampling.config import SampleConfig
+    from rrhf_core.scoring.config import ScoreConfig
+    from rrhf_core.training.config import TrainConfig
 
     p = argparse.ArgumentParser(prog="rrhf", description="RRHF alignment pipeline")
     sub = p.add_subparsers(dest="command", required=True)
@@ -183,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_flags(t, cls)
         t.set_defaults(func=func)
 
-    from rrhf_core.config import PipelineConfig
+    from rrhf_core.pipeline import PipelineConfig
 
     for name, text in (
         ("pipeline", "run a whole RRHF round as a Prefect flow tracked in MLflow (embedded defaults)"),

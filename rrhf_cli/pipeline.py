@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from rrhf_core.config import PipelineConfig
+from rrhf_core.pipeline import PipelineConfig
 
 
 def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:

@@ -86,7 +86,7 @@ def ensure_embedded_policy(cache_dir: str | os.PathLike[str] | None = None) -> P
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The dequantised model is an ordinary LlamaForCausalLM; drop the GGUF quantizer so it can be saved.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))

@@ -10,7 +10,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from rrhf_core.promotion import Decision
+from rrhf_core.digest import file_digest
+from rrhf_core.evaluation.promotion import Decision
 
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.19.0", "safetensors", "accelerate"]
 
@@ -30,8 +31,26 @@ def champion(name: str) -> dict[str, Any] | None:
     return {"version": mv.version, "model_dir": model_dir}
 
 
+def _version_with_digest(client: MlflowClient, name: str, digest: str) -> str | None:
+    try:
+        versions = client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    return next((str(v.version) for v in versions if v.tags.get("rrhf.model_sha256") == digest), None)
+
+
 def register(model_dir: str | Path, name: str) -> str:
-    """Log the HF folder with the transformers flavour in the active run, register it, alias it `challenger`."""
+    """Log the HF folder with the transformers flavour in the active run, register it, alias it `challenger`.
+
+    A model whose content is already registered under ``name`` (a retried task, a reused training stage) is not
+    registered again: its version becomes `challenger`.
+    """
+    client = MlflowClient()
+    digest = file_digest(model_dir)
+    existing = _version_with_digest(client, name, digest)
+    if existing is not None:
+        client.set_registered_model_alias(name, "challenger", existing)
+        return existing
     info = mlflow.transformers.log_model(
         transformers_model=str(model_dir),
         name="model",
@@ -40,8 +59,8 @@ def register(model_dir: str | Path, name: str) -> str:
         pip_requirements=PIP_REQUIREMENTS,
     )
     version = str(info.registered_model_version)
-    client = MlflowClient()
     client.set_model_version_tag(name, version, "rrhf.model_dir", str(Path(model_dir).resolve()))
+    client.set_model_version_tag(name, version, "rrhf.model_sha256", digest)
     client.set_registered_model_alias(name, "challenger", version)
     return version
 

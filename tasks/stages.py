@@ -1,39 +1,49 @@
-"""Prefect tasks over the rrhf_core stages: each calls one entry point, tracks it in a child MLflow run, returns paths.
+"""Prefect tasks over the rrhf_core stages: each calls one entry point, tracks it in a child MLflow run and returns
+the stage's result (:mod:`rrhf_core.pipeline`: paths plus what the next stage needs).
 
-Retries are for transient failures only: user errors (RRHFError: bad data, bad settings) are never retried.
+Reuse happens in one place, :func:`reuse_or_run`: a stage's output folder is keyed on its input contents, its
+output-changing settings and its code (:mod:`rrhf_core.reuse`); a finished folder with the same key is reused with
+its stored result, and its MLflow run says so. Retries are for transient failures only: user errors (RRHFError:
+bad data, bad settings) are never retried.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import pyarrow.parquet as pq
 from prefect import get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from pydantic import BaseModel
 
-from rrhf_core import plots
-from rrhf_core.build import build
-from rrhf_core.config import BuildConfig, EvalConfig, SampleConfig, ScoreConfig, TrainConfig
+from rrhf_core.data.build import build
+from rrhf_core.data.config import BuildConfig, IngestConfig
+from rrhf_core.data.contracts import read_samples, read_scores
+from rrhf_core.data.ingest import ingest, input_fingerprint
+from rrhf_core.digest import file_digest, model_fingerprint
 from rrhf_core.errors import RRHFError
-from rrhf_core.evaluate import evaluate
-from rrhf_core.ingest import ingest
-from rrhf_core.promotion import Decision, GateConfig, decide
+from rrhf_core.evaluation import plots
+from rrhf_core.evaluation.config import EvalConfig
+from rrhf_core.evaluation.evaluate import evaluate
+from rrhf_core.evaluation.promotion import GateConfig, decide
+from rrhf_core.pipeline import Built, Ingested, Sampled, Scored, StageResult, Trained
+from rrhf_core.reuse import StageKey, StageStore
+from rrhf_core.sampling.config import SampleConfig
 from rrhf_core.sampling.stage import sample
-from rrhf_core.score import read_samples, score
-from rrhf_core.stagecache import is_done, mark_done
-from rrhf_core.tracking import FanOutLogger, read_metrics
-from rrhf_core.train import train
+from rrhf_core.scoring.config import ScoreConfig
+from rrhf_core.scoring.reward import reward_fingerprint
+from rrhf_core.scoring.stage import score
+from rrhf_core.training.config import TrainConfig
+from rrhf_core.training.metrics import FanOutLogger, read_metrics
+from rrhf_core.training.trainer import train
 from tasks import registry
 from tasks.tracking import MlflowLogger, log_parquet_input, numeric, stage_run
+
+C = TypeVar("C", bound=BaseModel)
+R = TypeVar("R", bound=StageResult)
 
 
 def transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -47,100 +57,163 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def _reused(folder: Path, name: str, parent: str | None) -> bool:
-    if is_done(folder):
-        with stage_run(name, parent, {"reused_from": str(folder)}):
+def _why_not_reused(store: StageStore, key: StageKey) -> str:
+    previous = store.previous(key.stage)
+    if not previous:
+        return "first run of this stage here"
+    return "changed since the last run: " + ", ".join(key.differences(previous[-1]) or ["(digest only)"])
+
+
+def reuse_or_run(
+    stage: str,
+    cfg: C,
+    inputs: Mapping[str, str],
+    stages: str | None,
+    parent: str | None,
+    work: Callable[[C, Any], R],
+    result_type: type[R],
+) -> R:
+    """Run ``work(cfg, mlflow_run)`` in the stage's keyed folder, or return the stored result of a finished one.
+
+    ``stages`` is the root of the stage folders; None runs in ``cfg.output_dir`` without reuse (standalone flows).
+    """
+    log = get_run_logger()
+    if stages is None:
+        with stage_run(stage, parent, cfg.model_dump()) as run:
+            result = work(cfg, run)
+            mlflow.log_metrics(result.metrics)
+        return result
+    store = StageStore(stages)
+    key = StageKey.of(stage, cfg, inputs)
+    folder = store.folder(key)
+    cfg = cfg.model_copy(update={"output_dir": str(folder)})
+    done = store.load(key, result_type)
+    if done is not None:
+        log.info(f"{stage}: reusing {folder} (same inputs, settings and code)")
+        with stage_run(stage, parent, {"reused_from": str(folder)}):
             mlflow.set_tag("rrhf.reused", "true")
-        return True
-    return False
+            mlflow.log_metrics(done.metrics)
+        return done.model_copy(update={"reused": True})
+    log.info(f"{stage}: running into {folder} ({_why_not_reused(store, key)})")
+    with stage_run(stage, parent, cfg.model_dump()) as run:
+        mlflow.log_dict(key.as_dict(), "stage_key.json")
+        result = work(cfg, run)
+        mlflow.log_metrics(result.metrics)
+    store.save(key, result)
+    return result
 
 
 @task(name="ingest", retries=1, retry_condition_fn=transient)
-def ingest_task(inputs: list[str], folder: str, eval_share: float, parent: str | None) -> str:
+def ingest_task(cfg: IngestConfig, stages: str | None, parent: str | None) -> Ingested:
     """Read the prompt inputs into prompts.parquet."""
-    out = Path(folder)
-    if not _reused(out, "ingest", parent):
-        with stage_run("ingest", parent, {"inputs": inputs, "eval_share": eval_share}):
-            report = ingest(inputs, out, eval_share=eval_share)
-            mlflow.log_metrics(
-                {
-                    "records": report.records,
-                    "valid": report.valid,
-                    "prompts": report.prompts,
-                    "rejected": sum(report.rejected.values()),
-                    **{f"split_{k}": v for k, v in report.splits.items()},
-                }
-            )
-            mlflow.log_artifact(str(out / "rejects.jsonl"))
-            log_parquet_input(out / "prompts.parquet", "prompts")
-        mark_done(out)
-    return str(out / "prompts.parquet")
+
+    def work(cfg: IngestConfig, run: Any) -> Ingested:
+        out = Path(cfg.output_dir)
+        report = ingest(
+            cfg.inputs,
+            out,
+            fmt=cfg.format,
+            prompt_field=cfg.prompt_field,
+            eval_share=cfg.eval_share,
+            max_prompt_chars=cfg.max_prompt_chars,
+        )
+        mlflow.log_artifact(str(out / "rejects.jsonl"))
+        log_parquet_input(out / "prompts.parquet", "prompts")
+        metrics = {
+            "records": report.records,
+            "valid": report.valid,
+            "prompts": report.prompts,
+            "rejected": sum(report.rejected.values()),
+            **{f"split_{k}": v for k, v in report.splits.items()},
+        }
+        return Ingested(folder=str(out), prompts=str(out / "prompts.parquet"), metrics=metrics)
+
+    inputs = {f"input{i}": input_fingerprint(src) for i, src in enumerate(cfg.inputs)}
+    return reuse_or_run("ingest", cfg, inputs, stages, parent, work, Ingested)
 
 
 @task(name="sample", retries=1, retry_condition_fn=transient)
-def sample_task(cfg: SampleConfig, parent: str | None) -> str:
+def sample_task(cfg: SampleConfig, stages: str | None, parent: str | None) -> Sampled:
     """Sample k responses per training prompt (resumable shards)."""
-    out = Path(cfg.output_dir)
-    if not _reused(out, "sample", parent):
-        with stage_run("sample", parent, cfg.model_dump()):
-            r = sample(cfg, progress=False)
-            mlflow.log_metrics(
-                {
-                    "prompts": r.prompts,
-                    "shards": r.shards_total,
-                    "shards_sampled": r.shards_done_now,
-                    "generated_tokens": r.generated_tokens,
-                    "tokens_per_s": r.tokens_per_s,
-                }
-            )
-            rows = pq.read_table(r.samples_path).to_pandas()
-            mlflow.log_table(
-                rows.head(200)[["prompt_id", "source", "finish_reason", "num_tokens", "text"]],
-                "samples_head.json",
-            )
-            log_parquet_input(r.samples_path, "samples")
-        mark_done(out)
-    return str(out / "samples.parquet")
+
+    def work(cfg: SampleConfig, run: Any) -> Sampled:
+        r = sample(cfg, progress=False)
+        rows = pq.read_table(r.samples_path).to_pandas()
+        mlflow.log_table(
+            rows.head(200)[["prompt_id", "source", "finish_reason", "num_tokens", "text"]],
+            "samples_head.json",
+        )
+        log_parquet_input(r.samples_path, "samples")
+        metrics = {
+            "prompts": r.prompts,
+            "shards": r.shards_total,
+            "shards_sampled": r.shards_done_now,
+            "generated_tokens": r.generated_tokens,
+            "tokens_per_s": r.tokens_per_s,
+        }
+        return Sampled(folder=cfg.output_dir, samples=str(r.samples_path), metrics=metrics)
+
+    inputs = {"prompts": file_digest(cfg.prompts), "model": model_fingerprint(cfg.model)}
+    return reuse_or_run("sample", cfg, inputs, stages, parent, work, Sampled)
 
 
 @task(name="score", retries=1, retry_condition_fn=transient)
-def score_task(cfg: ScoreConfig, parent: str | None) -> str:
+def score_task(cfg: ScoreConfig, stages: str | None, parent: str | None) -> Scored:
     """Score every candidate with the reward."""
-    out = Path(cfg.output_dir)
-    if not _reused(out, "score", parent):
-        with stage_run("score", parent, cfg.model_dump()):
-            r = score(cfg, progress=False)
-            mlflow.log_metrics(
-                {
-                    "responses": r.responses,
-                    "unique_pairs": r.unique_pairs,
-                    "scored_now": r.scored_now,
-                    "cached": r.cached,
-                    "seconds": r.seconds,
-                }
-            )
-            mlflow.set_tag("reward_model", r.reward_id)
-            rewards = {row["response_id"]: row["reward"] for row in pq.read_table(r.scores_path).to_pylist()}
-            mlflow.log_figure(
-                plots.rewards_by_source(read_samples(cfg.samples), rewards), "rewards_by_source.png"
-            )
-        mark_done(out)
-    return str(out / "scores.parquet")
+
+    def work(cfg: ScoreConfig, run: Any) -> Scored:
+        r = score(cfg, progress=False)
+        mlflow.set_tag("reward_model", r.reward_id)
+        rewards = read_scores([r.scores_path])
+        mlflow.log_figure(
+            plots.rewards_by_source(read_samples(cfg.samples), rewards), "rewards_by_source.png"
+        )
+        metrics = {
+            "responses": r.responses,
+            "unique_pairs": r.unique_pairs,
+            "scored_now": r.scored_now,
+            "cached": r.cached,
+            "seconds": r.seconds,
+        }
+        return Scored(
+            folder=cfg.output_dir, scores=str(r.scores_path), reward_id=r.reward_id, metrics=metrics
+        )
+
+    inputs = {
+        "prompts": file_digest(cfg.prompts),
+        **{f"samples{i}": file_digest(p) for i, p in enumerate(cfg.samples)},
+        "reward": reward_fingerprint(cfg.reward),
+    }
+    return reuse_or_run("score", cfg, inputs, stages, parent, work, Scored)
 
 
 @task(name="build", retries=1, retry_condition_fn=transient)
-def build_task(cfg: BuildConfig, parent: str | None) -> str:
+def build_task(cfg: BuildConfig, stages: str | None, parent: str | None) -> Built:
     """Join into the listwise training set."""
-    out = Path(cfg.output_dir)
-    if not _reused(out, "build", parent):
-        with stage_run("build", parent, cfg.model_dump()):
-            r = build(cfg)
-            stats = json.loads(r.stats_path.read_text())
-            mlflow.log_metrics(numeric(stats))
-            mlflow.log_artifact(str(r.stats_path))
-            log_parquet_input(r.train_path, "training")
-        mark_done(out)
-    return str(out / "train.parquet")
+
+    def work(cfg: BuildConfig, run: Any) -> Built:
+        r = build(cfg)
+        mlflow.log_artifact(str(r.stats_path))
+        log_parquet_input(r.train_path, "training")
+        return Built(
+            folder=cfg.output_dir,
+            train_set=str(r.train_path),
+            best_of_n_mean=r.best_of_n_mean,
+            metrics={
+                "prompts_in": r.prompts_in,
+                "prompts_out": r.prompts_out,
+                "reward_mean": r.reward_mean,
+                "best_of_n_mean": r.best_of_n_mean,
+                **{f"dropped.{k}": v for k, v in numeric(r.dropped).items()},
+            },
+        )
+
+    inputs = {
+        "prompts": file_digest(cfg.prompts),
+        **{f"samples{i}": file_digest(p) for i, p in enumerate(cfg.samples)},
+        **{f"scores{i}": file_digest(p) for i, p in enumerate(cfg.scores)},
+    }
+    return reuse_or_run("build", cfg, inputs, stages, parent, work, Built)
 
 
 class PrefectProgress:
@@ -165,26 +238,27 @@ class PrefectProgress:
 
 
 @task(name="train", retries=0)
-def train_stage_task(cfg: TrainConfig, parent: str | None) -> str:
-    """Train with RRHF; step metrics stream to MLflow."""
-    out = Path(cfg.output_dir)
-    if not _reused(out, "train", parent):
-        with stage_run("train", parent, cfg.model_dump()) as run:
-            log_parquet_input(cfg.data, "training")
-            train(
-                cfg, logger=FanOutLogger(MlflowLogger(run.info.run_id), PrefectProgress(cfg)), progress=False
-            )
-            mlflow.log_figure(
-                plots.training_curves(read_metrics(out / "metrics.jsonl")), "training_curves.png"
-            )
-            mlflow.log_artifact(str(out / "train_summary.json"))
-        mark_done(out)
-    return str(out / "model")
+def train_task(cfg: TrainConfig, stages: str | None, parent: str | None) -> Trained:
+    """Train with RRHF; step metrics stream to MLflow and to a Prefect progress artifact."""
+
+    def work(cfg: TrainConfig, run: Any) -> Trained:
+        log_parquet_input(cfg.data, "training")
+        r = train(
+            cfg, logger=FanOutLogger(MlflowLogger(run.info.run_id), PrefectProgress(cfg)), progress=False
+        )
+        out = Path(cfg.output_dir)
+        mlflow.log_figure(plots.training_curves(read_metrics(out / "metrics.jsonl")), "training_curves.png")
+        mlflow.log_artifact(str(out / "train_summary.json"))
+        final = {f"final_{k}": v for k, v in numeric(r.summary.get("final") or {}).items()}
+        return Trained(folder=str(out), model_dir=str(r.model_dir), metrics={"steps": r.steps, **final})
+
+    inputs = {"data": file_digest(cfg.data), "model": model_fingerprint(cfg.model)}
+    return reuse_or_run("train", cfg, inputs, stages, parent, work, Trained)
 
 
 @task(name="evaluate", retries=1, retry_condition_fn=transient)
 def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
-    """Candidate vs baseline on the held-out prompts."""
+    """Candidate vs baseline on the held-out prompts (always run: the baseline may have changed)."""
     with stage_run("evaluate", parent, cfg.model_dump()):
         report = evaluate(cfg).to_dict()
         mlflow.log_metrics(numeric(report))
@@ -214,12 +288,13 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
 
 @task(name="register-and-promote", retries=1, retry_condition_fn=transient)
 def promote_task(
-    model_dir: str, report: dict[str, Any] | None, gate: dict[str, float], name: str, parent: str | None
+    model_dir: str, report: dict[str, Any] | None, gate: GateConfig, name: str, parent: str | None
 ) -> dict[str, Any]:
-    """Register the model as challenger; move champion only if the gate passes."""
-    with stage_run("register", parent, {"registered_model": name, **gate}):
+    """Register the model as challenger (once per model content, so a retry registers nothing twice); move
+    champion only if the gate passes."""
+    with stage_run("register", parent, {"registered_model": name, **gate.model_dump()}):
         version = registry.register(model_dir, name)
-        decision: Decision = decide(report, GateConfig(**gate))
+        decision = decide(report, gate)
         promoted = registry.record_decision(name, version, decision)
         mlflow.log_dict(decision.to_dict(), "decision.json")
         mlflow.log_metrics({f"gate.{k}": v for k, v in decision.numbers.items()})
@@ -228,23 +303,3 @@ def promote_task(
         table=[{"version": version, "promoted": promoted, "reasons": "; ".join(decision.reasons)}],
     )
     return {"version": version, "promoted": promoted, "decision": decision.to_dict()}
-
-
-def summary_markdown(summary: dict[str, Any]) -> str:
-    e, d = summary["evaluation"], summary["promotion"]
-    lines = [
-        "# RRHF round",
-        "",
-        f"- policy trained: `{summary['start_model']}` -> model version {d['version']} (`challenger`)",
-        f"- held-out reward: baseline {e['baseline']['reward_mean']:.4f} -> trained {e['candidate']['reward_mean']:.4f} "
-        f"(gain {e['reward_gain']:+.4f}), win rate {e['win_rate']:.3f} ({e['wins']} wins, {e['ties']} ties, {e['losses']} losses)",
-        f"- promotion: {'**champion moved**' if d['promoted'] else 'champion kept'}: {'; '.join(d['decision']['reasons'])}",
-        f"- MLflow run: {summary['mlflow_run_id']} in {summary['tracking_uri']}",
-    ]
-    return "\n".join(lines)
-
-
-def publish_summary(summary: dict[str, Any]) -> None:
-    create_markdown_artifact(
-        key="rrhf-round", markdown=summary_markdown(summary), description="RRHF round summary"
-    )

@@ -83,10 +83,10 @@ class MlflowLogger:
 
 
 def log_parquet_input(path: str | Path, context: str, name: str | None = None) -> None:
-    """Dataset lineage: the Parquet file as an MLflow dataset input (schema, digest, source path)."""
+    """Dataset lineage: the Parquet (or JSON lines) file as an MLflow dataset input (schema, digest, source path)."""
     import pandas as pd
 
-    df = pd.read_parquet(path)
+    df = pd.read_json(path, lines=True) if str(path).endswith(".jsonl") else pd.read_parquet(path)
     for (
         col
     ) in df.columns:  # nested columns are logged as JSON text (MLflow's schema inference needs flat types)

@@ -114,7 +114,7 @@ def test_rrhf_core_never_imports_orchestration_or_tracking():
 
 def test_importing_the_core_pulls_in_no_prefect_or_mlflow():
     code = (
-        "import sys, rrhf_core.train, rrhf_core.loss, rrhf_core.collate, rrhf_core.models; "
+        "import sys, rrhf_core.training.trainer, rrhf_core.training.loss, rrhf_core.training.collate, rrhf_core.models; "
         "print(sorted(m for m in ('prefect','mlflow','vllm') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
@@ -127,3 +127,12 @@ def test_help_works(sub):
         [sys.executable, "-m", "rrhf_cli", sub, "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0 and "usage: rrhf" in out.stdout
+
+
+def test_ingest_reads_the_embedded_demo_prompts(capsys, tmp_path):
+    from rrhf_core.data.contracts import read_prompts
+
+    assert main(["ingest", "--inputs", "embedded:demo-prompts", "--output-dir", str(tmp_path)]) == 0
+    assert len(read_prompts(tmp_path / "prompts.parquet")) == 32
+    assert main(["ingest", "--inputs", "embedded:nope", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "unknown embedded prompt set 'embedded:nope'" in capsys.readouterr().err

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rrhf_core.collate import Dropped, EncodedExample, Encoder, collate, render_hh
-from rrhf_core.data import ListwiseExample
-from rrhf_core.loss import IGNORE_INDEX
+from rrhf_core.data.contracts import ListwiseExample
+from rrhf_core.training.collate import Dropped, EncodedExample, Encoder, collate, render_hh
+from rrhf_core.training.loss import IGNORE_INDEX
 
 
 def ex(messages, responses=("good answer", "bad"), rewards=(1.0, 0.0), pid="p1"):

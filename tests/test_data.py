@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rrhf_core.data import ListwiseExample, load_listwise, write_listwise
+from rrhf_core.data.contracts import ListwiseExample, load_listwise, write_listwise
 from rrhf_core.errors import DataError
 
 GOOD = {
@@ -109,3 +109,18 @@ def test_parquet_round_trip_and_missing_sources(tmp_path):
             [ListwiseExample("p", [{"role": "user", "content": "q"}], ["x"], [1.0], ["s"])],
             tmp_path / "b.parquet",
         )
+
+
+def test_stage_tables_are_checked_on_read_naming_file_column_and_writer(tmp_path):
+    from rrhf_core.data.contracts import read_prompts, read_samples, read_scores
+
+    pq.write_table(pa.table({"prompt_id": ["p"], "text": ["t"]}), tmp_path / "samples.parquet")
+    with pytest.raises(DataError, match=r"lacks column\(s\) \['response_id'.*written by `rrhf sample`"):
+        read_samples([tmp_path / "samples.parquet"])
+    pq.write_table(
+        pa.table({"response_id": ["r"], "prompt_id": ["p"], "reward": ["high"]}), tmp_path / "scores.parquet"
+    )
+    with pytest.raises(DataError, match=r"column 'reward' has type string, a scores file needs double"):
+        read_scores([tmp_path / "scores.parquet"])
+    with pytest.raises(DataError, match=r"prompts file .*missing.parquet does not exist; run `rrhf ingest`"):
+        read_prompts(tmp_path / "missing.parquet")

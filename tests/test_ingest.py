@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import HH_FILE
+from rrhf_core.data.contracts import read_prompts
+from rrhf_core.data.ingest import ingest, make_prompt_id
 from rrhf_core.errors import DataError
-from rrhf_core.ingest import ingest, make_prompt_id, read_prompts
 
 
 def jsonl(path: Path, rows: list) -> str:

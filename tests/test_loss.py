@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from rrhf_core.loss import (
+from rrhf_core.training.loss import (
     IGNORE_INDEX,
     best_response_weights,
     gather_logprobs,

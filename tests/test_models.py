@@ -11,12 +11,14 @@ import torch
 
 from conftest import HH_FILE
 from rrhf_core import models
-from rrhf_core.config import TrainConfig
-from rrhf_core.data import ListwiseExample, write_listwise
+from rrhf_core.data.contracts import ListwiseExample, write_listwise
+from rrhf_core.data.formats import split_hh
 from rrhf_core.errors import MissingPackageError
-from rrhf_core.formats import split_hh
 from rrhf_core.models import EMBEDDED_POLICY, load_causal_lm, load_tokenizer, resolve_model
-from rrhf_core.train import Encoder, encode_examples, evaluate_listwise, train
+from rrhf_core.training.collate import Encoder
+from rrhf_core.training.config import TrainConfig
+from rrhf_core.training.listwise import encode_examples, evaluate_listwise
+from rrhf_core.training.trainer import train
 
 
 def test_missing_package_gives_the_install_command(monkeypatch, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rrhf_core.config import PipelineConfig
+from rrhf_core.pipeline import PipelineConfig
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def tiny_config(workdir: Path, prompts: Path, model: Path, **train) -> PipelineC
     return PipelineConfig(
         workdir=str(workdir),
         prompts=[str(prompts)],
-        eval_share=0.25,
+        ingest={"eval_share": 0.25},
         policy=str(model),
         reward="reward_fns:checksum",
         registered_model="tiny-policy",
@@ -79,6 +79,7 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from rrhf_core.evaluation.promotion import GateConfig
     from tasks.stages import promote_task
     from tasks.tracking import configure
 
@@ -92,10 +93,15 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
             "win_rate": win,
         }
 
+    gate = GateConfig()
     with mlflow.start_run() as run:
-        better = promote_task.fn(str(tiny_model_dir), report(1.0, 0.5, 0.8), {}, "gate-test", run.info.run_id)
-        worse = promote_task.fn(str(tiny_model_dir), report(0.2, 1.0, 0.1), {}, "gate-test", run.info.run_id)
-        failed = promote_task.fn(str(tiny_model_dir), None, {}, "gate-test", run.info.run_id)
+        better = promote_task.fn(
+            str(tiny_model_dir), report(1.0, 0.5, 0.8), gate, "gate-test", run.info.run_id
+        )
+        worse = promote_task.fn(
+            str(tiny_model_dir), report(0.2, 1.0, 0.1), gate, "gate-test", run.info.run_id
+        )
+        failed = promote_task.fn(str(tiny_model_dir), None, gate, "gate-test", run.info.run_id)
     client = MlflowClient()
     assert better["promoted"] and not worse["promoted"] and not failed["promoted"]
     assert str(client.get_model_version_by_alias("gate-test", "champion").version) == better["version"]
@@ -128,3 +134,49 @@ def test_failure_in_training_fails_runs_and_the_rerun_reuses_data_stages(
         r for rs in runs_by_stage(work).values() for r in rs if r.data.tags.get("rrhf.reused") == "true"
     ]
     assert {r.data.tags["rrhf.stage"] for r in reused} == {"ingest", "sample", "score", "build"}
+
+
+def test_a_bad_gate_fails_the_flow_before_any_stage(prefect_harness, tmp_path):
+    from flows.pipeline import pipeline_flow
+
+    work = tmp_path / "w"
+    with pytest.raises(Exception, match="min_win_rat"):  # Prefect validates the typed parameters first
+        pipeline_flow(config={"workdir": str(work), "gate": {"min_win_rat": 0.6}})
+    assert not (work / "stages").exists() and not (work / "mlflow.db").exists()
+
+
+def test_reuse_follows_content_a_changed_reward_module_rescores_without_resampling(
+    prefect_harness, tmp_path, prompts_file, tiny_model_dir, monkeypatch
+):
+    import importlib
+    import sys
+
+    from flows.pipeline import pipeline_flow
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tmp_path / "round_reward.py"
+
+    def write_reward(factor: int) -> None:
+        module.write_text(
+            f"def score(messages, response):\n    return float(sum(map(ord, response)) * {factor} % 97)\n"
+        )
+        sys.modules.pop("round_reward", None)
+        importlib.invalidate_caches()
+
+    write_reward(1)
+    cfg = tiny_config(tmp_path / "w", prompts_file, tiny_model_dir).model_copy(
+        update={"reward": "round_reward:score", "registered_model": "reuse-policy"}
+    )
+    first = pipeline_flow(cfg)
+    assert first["reused"] == []
+    again = pipeline_flow(
+        cfg
+    )  # nothing changed: every stage is reused, and the model is not registered twice
+    assert again["reused"] == ["ingest", "sample", "score", "build", "train"]
+    assert again["promotion"]["version"] == first["promotion"]["version"]
+
+    write_reward(3)  # the reward's module changed: rescore and retrain, but do not sample again
+    changed = pipeline_flow(cfg)
+    assert changed["reused"] == ["ingest", "sample"]
+    stages = sorted(p.name.split("-")[0] for p in (tmp_path / "w" / "stages").iterdir())
+    assert stages.count("sample") == 1 and stages.count("score") == 2

@@ -6,12 +6,12 @@ import pytest
 from torch.testing import assert_close
 
 from conftest import learnable_records
-from rrhf_core.collate import Encoder, collate, collate_shared
-from rrhf_core.config import TrainConfig
-from rrhf_core.data import ListwiseExample, examples_from_records
+from rrhf_core.data.contracts import ListwiseExample, examples_from_records
 from rrhf_core.models import load_causal_lm, load_tokenizer
-from rrhf_core.prefix import PrefixSharedLM
-from rrhf_core.train import encode_examples, forward_loss
+from rrhf_core.training.collate import Encoder, collate, collate_shared
+from rrhf_core.training.config import TrainConfig
+from rrhf_core.training.listwise import encode_examples, forward_loss
+from rrhf_core.training.prefix import PrefixSharedLM
 
 
 def _examples() -> list[ListwiseExample]:
@@ -56,7 +56,7 @@ def test_shared_equals_unshared_on_a_tiny_model(tiny_model_dir):
 
 
 def test_block_mask_keeps_responses_apart():
-    from rrhf_core.collate import EncodedExample
+    from rrhf_core.training.collate import EncodedExample
 
     ex = EncodedExample("p", [1, 2], [[3, 4], [5]], [1.0, 0.0])
     b = collate_shared([ex], pad_id=0)
@@ -97,13 +97,13 @@ def test_the_trainer_uses_sharing_by_default_and_can_turn_it_off():
 
 
 def test_the_benchmark_needs_only_torch_and_transformers():
-    """`python -m rrhf_core.bench` is the GPU script: it must not pull in pyarrow, pydantic, prefect or mlflow."""
+    """`python -m rrhf_core.training.bench` is the GPU script: it must not pull in pyarrow, pydantic, prefect or mlflow."""
     import subprocess
     import sys
     from pathlib import Path
 
     code = (
-        "import sys, rrhf_core.bench, rrhf_core.prefix, rrhf_core.collate, rrhf_core.models; "
+        "import sys, rrhf_core.training.bench, rrhf_core.training.prefix, rrhf_core.training.collate, rrhf_core.models; "
         "print(sorted(m for m in ('pyarrow', 'pydantic', 'yaml', 'pandas', 'prefect', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from rrhf_core.config import SampleConfig
-from rrhf_core.ingest import ingest
+from rrhf_core.data.ingest import ingest
 from rrhf_core.sampling import cut_at_stop
+from rrhf_core.sampling.config import SampleConfig
 from rrhf_core.sampling.stage import sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,26 @@ def test_diverse_beam_search(tiny_model_dir):
         diverse_beam_search(model, ids, num_return=3, groups=2, diversity_penalty=1.0, **kw)
 
 
+class RecordingSampler:
+    """A real backend that also records the GenerationParams it receives."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.tokenizer, self.params = inner, inner.name, inner.tokenizer, []
+
+    def generate(self, prompts, params):
+        self.params.append(params)
+        return self.inner.generate(prompts, params)
+
+    def count_tokens(self, text):
+        return self.inner.count_tokens(text)
+
+    def close(self):
+        self.inner.close()
+
+
 def test_diverse_beam_through_the_stage(prompts, tmp_path, tiny_model_dir):
+    from rrhf_core.sampling.hf_backend import HFSampler
+
     cfg = SampleConfig(
         prompts=str(prompts),
         output_dir=str(tmp_path / "s"),
@@ -203,10 +222,15 @@ def test_diverse_beam_through_the_stage(prompts, tmp_path, tiny_model_dir):
         strategy="diverse_beam",
         k=4,
         num_beam_groups=2,
+        diversity_penalty=1.5,
         max_new_tokens=6,
         include_references=False,
     )
-    rows = read(sample(cfg, progress=False).samples_path)
+    backend = RecordingSampler(HFSampler(str(tiny_model_dir)))
+    rows = read(sample(cfg, sampler=backend, progress=False).samples_path)
+    assert backend.params, "the backend was never called"
+    for p in backend.params:  # what the backend receives, not just how many rows came back
+        assert (p.strategy, p.k, p.num_beam_groups, p.diversity_penalty) == ("diverse_beam", 4, 2, 1.5)
     assert len(rows) <= 6 * 4 and len({r["prompt_id"] for r in rows}) == 6
     with pytest.raises(ValueError, match="vLLM has no diverse beam search"):
         SampleConfig(prompts="p", output_dir="o", strategy="diverse_beam", backend="vllm")

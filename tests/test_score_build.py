@@ -9,12 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rrhf_core.build import build, cap_k
-from rrhf_core.config import BuildConfig, ScoreConfig
-from rrhf_core.data import load_listwise
+from rrhf_core.data.build import build, cap_k
+from rrhf_core.data.config import BuildConfig
+from rrhf_core.data.contracts import SAMPLES_SCHEMA, load_listwise
+from rrhf_core.data.ingest import ingest
 from rrhf_core.errors import ConfigError, DataError
-from rrhf_core.ingest import ingest
-from rrhf_core.reward import (
+from rrhf_core.sampling.stage import response_id
+from rrhf_core.scoring.config import ScoreConfig
+from rrhf_core.scoring.reward import (
     EmbeddedReward,
     FunctionReward,
     HFClassifierReward,
@@ -22,8 +24,7 @@ from rrhf_core.reward import (
     make_reward,
     repetition_share,
 )
-from rrhf_core.sampling.stage import SAMPLES_SCHEMA, response_id
-from rrhf_core.score import score
+from rrhf_core.scoring.stage import score
 
 Q = [{"role": "user", "content": "How do I boil an egg?"}]
 ANSWER = (
@@ -207,7 +208,7 @@ def test_build_joins_drops_and_writes_statistics(tmp_path):
     assert stats["per_source"]["policy:m"]["count"] == 5 and stats["best_of_n_mean"] == pytest.approx(
         (3 + 0 + 2) / 3
     )
-    from rrhf_core.score import SCORES_SCHEMA
+    from rrhf_core.data.contracts import SCORES_SCHEMA
 
     pq.write_table(pa.Table.from_pylist([], schema=SCORES_SCHEMA), tmp_path / "empty.parquet")
     with pytest.raises(DataError, match="has no score"):

@@ -8,7 +8,7 @@ references from the data as extra candidates, the samples table and progress.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class GenerationParams:
 
 class Sampler(Protocol):
     name: str
+    tokenizer: Any
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[list[Completion]]:
         """``k`` completions for each prompt text, in prompt order."""

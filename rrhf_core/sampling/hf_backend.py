@@ -20,7 +20,7 @@ class HFSampler:
         self.tokenizer.padding_side = "left"
         self.model = load_causal_lm(model, cache_dir)
         self.model.eval()
-        from rrhf_core.train import bf16_available
+        from rrhf_core.hardware import bf16_available
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)

@@ -23,24 +23,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from rrhf_core.collate import Encoder
-from rrhf_core.config import SampleConfig
-from rrhf_core.data import atomic_write_parquet
+from rrhf_core.data.contracts import SAMPLES_SCHEMA, atomic_write_parquet, read_prompts
 from rrhf_core.errors import ConfigError
-from rrhf_core.ingest import read_prompts
-from rrhf_core.sampling import GenerationParams, Sampler
-
-SAMPLES_SCHEMA = pa.schema(
-    [
-        ("prompt_id", pa.string()),
-        ("response_id", pa.string()),
-        ("text", pa.string()),
-        ("source", pa.string()),
-        ("num_tokens", pa.int64()),
-        ("finish_reason", pa.string()),
-        ("sampler", pa.string()),
-    ]
-)
+from rrhf_core.sampling import Sampler
+from rrhf_core.sampling.config import SampleConfig
+from rrhf_core.training.collate import Encoder
+from rrhf_core.types import PromptFormat
 
 
 def response_id(prompt_id: str, text: str) -> str:
@@ -63,20 +51,6 @@ class SampleResult:
 
 def model_tag(model: str) -> str:
     return model if model.startswith("embedded:") else Path(model).name or model
-
-
-def generation_params(cfg: SampleConfig) -> GenerationParams:
-    return GenerationParams(
-        cfg.k,
-        cfg.strategy,
-        cfg.temperature,
-        cfg.top_p,
-        cfg.max_new_tokens,
-        cfg.stop_strings(),
-        cfg.seed,
-        cfg.num_beam_groups,
-        cfg.diversity_penalty,
-    )
 
 
 def make_sampler(cfg: SampleConfig) -> Sampler:
@@ -102,18 +76,18 @@ def _vllm_importable() -> bool:
 
 
 def render_prompts(
-    rows: list[dict[str, Any]], tokenizer: Any, cfg: SampleConfig
+    rows: list[dict[str, Any]], tokenizer: Any, prompt_format: PromptFormat, max_prompt_tokens: int
 ) -> tuple[list[str], list[str]]:
     """Prompt texts within ``max_prompt_tokens`` (left-truncated at turn boundaries); ``(texts, skipped ids)``."""
     enc = Encoder(
         tokenizer,
-        max_length=cfg.max_prompt_tokens + 1,
+        max_length=max_prompt_tokens + 1,
         max_response_tokens=1,
-        prompt_format=cfg.prompt_format,
+        prompt_format=prompt_format,
     )
     texts, skipped = [], []
     for r in rows:
-        ids = enc.prompt_ids(r["messages"], cfg.max_prompt_tokens)
+        ids = enc.prompt_ids(r["messages"], max_prompt_tokens)
         if ids is None:
             skipped.append(r["prompt_id"])
             texts.append("")
@@ -122,104 +96,95 @@ def render_prompts(
     return texts, skipped
 
 
+def _record(pid: str, text: str, source: str, num_tokens: int, finish: str, sid: str) -> dict[str, Any]:
+    return {
+        "prompt_id": pid,
+        "response_id": response_id(pid, text),
+        "text": text,
+        "source": source,
+        "num_tokens": num_tokens,
+        "finish_reason": finish,
+        "sampler": sid,
+    }
+
+
+def sample_shard(
+    shard: list[dict[str, Any]], sampler: Sampler, cfg: SampleConfig, sid: str
+) -> tuple[list[dict[str, Any]], int, int]:
+    """Samples for one shard of prompts (plus their references): ``(records, generated tokens, prompts skipped)``."""
+    texts, skipped = render_prompts(shard, sampler.tokenizer, cfg.prompt_format, cfg.max_prompt_tokens)
+    keep = [j for j, t in enumerate(texts) if t]
+    completions = sampler.generate([texts[j] for j in keep], cfg.generation_params()) if keep else []
+    source = f"policy:{model_tag(cfg.model)}"
+    records, tokens = [], 0
+    for j, group in zip(keep, completions, strict=True):
+        for c in group:
+            tokens += c.num_tokens
+            if c.text:
+                records.append(
+                    _record(shard[j]["prompt_id"], c.text, source, c.num_tokens, c.finish_reason, sid)
+                )
+    if cfg.include_references:
+        for r in shard:
+            for ref in r.get("references") or []:
+                n = sampler.count_tokens(ref["text"]) + 1
+                records.append(_record(r["prompt_id"], ref["text"], ref["source"], n, "reference", sid))
+    return records, tokens, len(skipped)
+
+
 def sample(cfg: SampleConfig, sampler: Sampler | None = None, progress: bool = True) -> SampleResult:
     """Run the sampling stage; reuses finished shards. ``sampler`` may be passed in to reuse a loaded backend."""
-    split = None if cfg.split == "all" else cfg.split
-    rows = read_prompts(cfg.prompts, split)
-    if cfg.limit:
-        rows = rows[: cfg.limit]
+    rows = read_prompts(cfg.prompts, None if cfg.split == "all" else cfg.split)[: cfg.limit]
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r}")
     out = Path(cfg.output_dir)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
     sid = cfg.sampler_id()
     n_shards = (len(rows) + cfg.shard_size - 1) // cfg.shard_size
-    shard_paths = [shard_dir / f"shard-{i:05d}-{sid}.parquet" for i in range(n_shards)]
+    shard_paths = [out / "shards" / f"shard-{i:05d}-{sid}.parquet" for i in range(n_shards)]
     todo = [i for i, p in enumerate(shard_paths) if not p.exists()]
-    params = GenerationParams(
-        cfg.k, cfg.strategy, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.stop_strings(), cfg.seed
-    )
-    source = f"policy:{model_tag(cfg.model)}"
-    tokens = 0
-    t0 = time.perf_counter()
+    tokens, t0 = 0, time.perf_counter()
     owned = sampler is None
     if todo and sampler is None:
         sampler = make_sampler(cfg)
-    try:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        bar = tqdm(
-            total=len(rows),
-            initial=(n_shards - len(todo)) * cfg.shard_size if todo else len(rows),
-            desc=f"rrhf sample ({sampler.name if sampler else 'cached'})",
-            unit="prompt",
-            disable=not progress,
-        )
+    bar = tqdm(
+        total=len(rows),
+        initial=len(rows) - sum(len(rows[i * cfg.shard_size : (i + 1) * cfg.shard_size]) for i in todo),
+        desc=f"rrhf sample ({sampler.name if sampler else 'cached'})",
+        unit="prompt",
+        disable=not progress,
+    )
+    try:
         for i in todo:
+            assert sampler is not None
             shard = rows[i * cfg.shard_size : (i + 1) * cfg.shard_size]
-            texts, skipped = render_prompts(shard, sampler.tokenizer, cfg)
-            keep = [j for j, t in enumerate(texts) if t]
             torch.manual_seed(
                 cfg.seed + i
             )  # per-shard seed: a resumed run samples the same as an uninterrupted one
-            completions = sampler.generate([texts[j] for j in keep], params) if keep else []
-            records = []
-            for j, group in zip(keep, completions, strict=True):
-                pid = shard[j]["prompt_id"]
-                for c in group:
-                    tokens += c.num_tokens
-                    if c.text:
-                        records.append(
-                            {
-                                "prompt_id": pid,
-                                "response_id": response_id(pid, c.text),
-                                "text": c.text,
-                                "source": source,
-                                "num_tokens": c.num_tokens,
-                                "finish_reason": c.finish_reason,
-                                "sampler": sid,
-                            }
-                        )
-            if cfg.include_references:
-                for r in shard:
-                    for ref in r.get("references") or []:
-                        records.append(
-                            {
-                                "prompt_id": r["prompt_id"],
-                                "response_id": response_id(r["prompt_id"], ref["text"]),
-                                "text": ref["text"],
-                                "source": ref["source"],
-                                "num_tokens": sampler.count_tokens(ref["text"]) + 1,
-                                "finish_reason": "reference",
-                                "sampler": sid,
-                            }
-                        )
+            records, n_tokens, skipped = sample_shard(shard, sampler, cfg, sid)
+            tokens += n_tokens
             atomic_write_parquet(pa.Table.from_pylist(records, schema=SAMPLES_SCHEMA), shard_paths[i])
             bar.update(len(shard))
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(tok_s=f"{tokens / elapsed:.0f}", skipped=len(skipped))
-        bar.close()
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}", skipped=skipped)
     finally:
+        bar.close()
         if owned and sampler is not None:
             sampler.close()
     seconds = time.perf_counter() - t0
     table = pa.concat_tables([pq.read_table(p) for p in shard_paths])
     samples_path = out / "samples.parquet"
     atomic_write_parquet(table, samples_path)
-    (out / "sample_report.json").write_text(
-        json.dumps(
-            {
-                "prompts": len(rows),
-                "shards": n_shards,
-                "shards_done_now": len(todo),
-                "samples": table.num_rows,
-                "generated_tokens": tokens,
-                "seconds": seconds,
-                "sampler": sid,
-                "config": cfg.model_dump(),
-            },
-            indent=2,
-        )
-    )
+    report = {
+        "prompts": len(rows),
+        "shards": n_shards,
+        "shards_done_now": len(todo),
+        "samples": table.num_rows,
+        "generated_tokens": tokens,
+        "seconds": seconds,
+        "sampler": sid,
+        "config": cfg.model_dump(),
+    }
+    (out / "sample_report.json").write_text(json.dumps(report, indent=2))
     return SampleResult(samples_path, len(rows), n_shards, len(todo), tokens, seconds)

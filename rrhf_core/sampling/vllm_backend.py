@@ -57,7 +57,7 @@ class VLLMSampler:
         try:
             self.llm = LLM(
                 model=path,
-                dtype={"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}[dtype],
+                dtype={"auto": "auto", "bf16": "bfloat16", "fp32": "float32"}[dtype],  # type: ignore[arg-type]
                 seed=seed,  # per-request seeds crash the CPU build on larger batches: seed the engine
                 gpu_memory_utilization=memory_utilization,
                 max_model_len=max_model_len,
@@ -121,8 +121,9 @@ class VLLMSampler:
         for prompt, o in zip(prompts, outs, strict=True):
             group = []
             for seq in o.sequences[: params.k]:
-                text = seq.text[len(prompt) :] if seq.text.startswith(prompt) else seq.text
-                text = text.replace(self.tokenizer.eos_token or "\0", "")
+                text = seq.text or ""
+                text = text[len(prompt) :] if text.startswith(prompt) else text
+                text = text.replace(getattr(self.tokenizer, "eos_token", None) or "\0", "")
                 text, stopped = cut_at_stop(text, params.stop)
                 ended = stopped or (seq.tokens and seq.tokens[-1] == eos)
                 group.append(

@@ -24,16 +24,16 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from rrhf_core.collate import Encoder
-from rrhf_core.config import EvalConfig, SampleConfig, TrainConfig
-from rrhf_core.data import ListwiseExample, atomic_write_parquet
+from rrhf_core.data.contracts import ListwiseExample, atomic_write_parquet, read_prompts
 from rrhf_core.errors import ConfigError
-from rrhf_core.ingest import read_prompts
-from rrhf_core.reward import RewardBackend, make_reward
-from rrhf_core.sampling import GenerationParams
+from rrhf_core.evaluation.config import EvalConfig
+from rrhf_core.sampling.config import SampleSettings, generation_params
 from rrhf_core.sampling.hf_backend import HFSampler
 from rrhf_core.sampling.stage import render_prompts
-from rrhf_core.train import encode_examples, evaluate_listwise
+from rrhf_core.scoring.reward import RewardBackend, make_reward
+from rrhf_core.training.collate import Encoder
+from rrhf_core.training.config import TrainSettings
+from rrhf_core.training.listwise import encode_examples, evaluate_listwise
 
 
 @dataclass
@@ -69,13 +69,11 @@ class EvalReport:
 def _answers(
     sampler: HFSampler, rows: list[dict[str, Any]], cfg: EvalConfig
 ) -> tuple[list[str], list[int], list[str]]:
-    scfg = SampleConfig(
-        prompts="-", output_dir="-", prompt_format=cfg.prompt_format, max_prompt_tokens=cfg.max_prompt_tokens
+    texts, _ = render_prompts(rows, sampler.tokenizer, cfg.prompt_format, cfg.max_prompt_tokens)
+    answer = SampleSettings(
+        k=1, temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
     )
-    texts, _ = render_prompts(rows, sampler.tokenizer, scfg)
-    params = GenerationParams(
-        1, "sample", cfg.temperature, 1.0, cfg.max_new_tokens, scfg.stop_strings(), cfg.seed
-    )
+    params = generation_params(answer, cfg.prompt_format)
     torch.manual_seed(cfg.seed)
     outs = sampler.generate(texts, params)
     return [o[0].text for o in outs], [o[0].num_tokens for o in outs], [o[0].finish_reason for o in outs]
@@ -106,20 +104,16 @@ def preference_pairs(rows: list[dict[str, Any]]) -> list[ListwiseExample]:
 def _preference_accuracy(model: Any, tok: Any, pairs: list[ListwiseExample], cfg: EvalConfig) -> float | None:
     if not pairs:
         return None
-    tcfg = TrainConfig(
-        data="-",
-        output_dir="-",
+    scoring = TrainSettings(
         max_length=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
         max_response_tokens=cfg.max_new_tokens,
-        prompt_format=cfg.prompt_format,
         micro_batch_size=4,
     )
-    encoded, _, _ = encode_examples(
-        Encoder(tok, tcfg.max_length, tcfg.max_response_tokens, cfg.prompt_format), pairs
-    )
+    encoder = Encoder(tok, scoring.max_length, scoring.max_response_tokens, cfg.prompt_format)
+    encoded, _, _ = encode_examples(encoder, pairs)
     if not encoded:
         return None
-    return evaluate_listwise(model, encoded, tcfg, tok.pad_token_id)["ranking_accuracy"]
+    return evaluate_listwise(model, encoded, scoring, tok.pad_token_id)["ranking_accuracy"]
 
 
 def _summary(
@@ -145,7 +139,8 @@ def evaluate(cfg: EvalConfig, reward: RewardBackend | None = None) -> EvalReport
     reward = reward or make_reward(cfg.reward)
     messages = [r["messages"] for r in rows]
     pairs = preference_pairs(rows) if cfg.preference_accuracy else []
-    results, evals = {}, {}
+    results: dict[str, tuple[Any, ...]] = {}
+    evals: dict[str, ModelEval] = {}
     for role, model in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):
         sampler = HFSampler(
             model, cfg.cache_dir, batch_size=cfg.batch_size
@@ -175,7 +170,14 @@ def evaluate(cfg: EvalConfig, reward: RewardBackend | None = None) -> EvalReport
         report.best_of_n_ceiling = cfg.best_of_n_ceiling
         gap = cfg.best_of_n_ceiling - evals["baseline"].reward_mean
         report.gap_recovered = report.reward_gain / gap if gap > 0 else None
-    out = Path(cfg.output_dir)
+    write_outputs(Path(cfg.output_dir), rows, results, report)
+    return report
+
+
+def write_outputs(
+    out: Path, rows: list[dict[str, Any]], results: dict[str, tuple[Any, ...]], report: EvalReport
+) -> None:
+    """eval_samples.parquet (every answer with its reward) and eval_report.json."""
     out.mkdir(parents=True, exist_ok=True)
     sample_rows = [
         {
@@ -192,4 +194,3 @@ def evaluate(cfg: EvalConfig, reward: RewardBackend | None = None) -> EvalReport
     ]
     atomic_write_parquet(pa.Table.from_pylist(sample_rows), out / "eval_samples.parquet")
     (out / "eval_report.json").write_text(json.dumps(report.to_dict(), indent=2))
-    return report

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from rrhf_core.collate import SharedBatch
 from rrhf_core.errors import ConfigError
-from rrhf_core.loss import hidden_logprobs
+from rrhf_core.training.collate import SharedBatch
+from rrhf_core.training.loss import hidden_logprobs
 
 
 class PrefixSharedLM(torch.nn.Module):

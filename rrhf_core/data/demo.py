@@ -18,8 +18,8 @@ import json
 import re
 from importlib.resources import files
 
-from rrhf_core.data import ListwiseExample
-from rrhf_core.ingest import make_prompt_id, split_for
+from rrhf_core.data.contracts import ListwiseExample
+from rrhf_core.data.ingest import make_prompt_id, split_for
 
 REFUSALS = (
     "I'm sorry, but I can't help with that.",

@@ -22,16 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rrhf_core.loss import IGNORE_INDEX
+from rrhf_core.training.loss import IGNORE_INDEX
+from rrhf_core.types import PromptFormat
 
 if TYPE_CHECKING:
-    from rrhf_core.data import ListwiseExample
-
-PromptFormat = Literal["chat", "hh"]
+    from rrhf_core.data.contracts import ListwiseExample
 
 
 def render_hh(messages: Sequence[dict[str, str]]) -> str:
@@ -240,8 +239,12 @@ class SharedBatch:
         return self.real_tokens
 
     def to(self, device: torch.device | str) -> SharedBatch:
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
-        return SharedBatch(**moved)
+        import dataclasses
+
+        moved: dict[str, Any] = {
+            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
+        }
+        return dataclasses.replace(self, **moved)
 
 
 def collate_shared(examples: Sequence[EncodedExample], pad_id: int) -> SharedBatch:

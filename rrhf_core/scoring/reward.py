@@ -24,9 +24,7 @@ users point the score stage at an HF reward model (e.g. a sequence classifier tr
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -35,10 +33,11 @@ from typing import Any, Protocol
 
 import torch
 
+from rrhf_core.digest import file_digest, module_file
 from rrhf_core.errors import ConfigError
 from rrhf_core.models import package_dir
+from rrhf_core.scoring import EMBEDDED_REWARD
 
-EMBEDDED_REWARD = "embedded:minilm-helpfulness"
 Messages = list[dict[str, str]]
 
 HELPFUL_EXEMPLARS = (
@@ -166,11 +165,7 @@ class FunctionReward:
         if not callable(fn):
             raise ConfigError(f"{module_name!r} has no function {func_name!r}")
         self.fn: Callable[[Messages, str], float] = fn
-        try:
-            code = inspect.getsource(fn)
-        except (OSError, TypeError):
-            code = spec
-        self.reward_id = f"fn:{spec}@{hashlib.sha256(code.encode()).hexdigest()[:10]}"
+        self.reward_id = reward_fingerprint(spec)
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]:
         return [float(self.fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
@@ -188,7 +183,7 @@ class HFClassifierReward:
     def __init__(self, model: str, batch_size: int = 16, max_length: int = 1024, bucket: bool = True) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from rrhf_core.train import bf16_available
+        from rrhf_core.hardware import bf16_available
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
@@ -203,15 +198,17 @@ class HFClassifierReward:
         self.model.to(self.device)
         self.bf16 = bf16_available(self.device)
         self.batch_size, self.max_length, self.bucket = batch_size, max_length, bucket
-        revision = getattr(self.model.config, "_commit_hash", None) or "local"
-        self.reward_id = f"hf:{model}@{revision}"
+        revision = getattr(self.model.config, "_commit_hash", None)
+        self.reward_id = f"hf:{model}@{revision}" if revision else reward_fingerprint(model)
 
     def render(self, messages: Messages, response: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [*messages, {"role": "assistant", "content": response}], tokenize=False
+            return str(
+                self.tokenizer.apply_chat_template(
+                    [*messages, {"role": "assistant", "content": response}], tokenize=False
+                )
             )
-        from rrhf_core.collate import render_hh
+        from rrhf_core.training.collate import render_hh
 
         return render_hh(messages) + " " + response.strip()
 
@@ -239,14 +236,34 @@ class HFClassifierReward:
         return scores
 
 
+def _is_function_spec(spec: str) -> bool:
+    return spec.startswith("fn:") or (
+        ":" in spec and not Path(spec).exists() and "/" not in spec.split(":")[0]
+    )
+
+
+def reward_fingerprint(spec: str) -> str:
+    """What identifies a reward's behaviour, found without loading it: the embedded reward's version, a function's
+    module source (the whole file: helpers it calls change the reward too), a local reward model's weights
+    (content digest); for a hub id, the id (the loaded model's revision is in its ``reward_id``)."""
+    if spec == EMBEDDED_REWARD:
+        return EmbeddedReward.reward_id
+    if _is_function_spec(spec):
+        fn_spec = spec.removeprefix("fn:")
+        path = module_file(fn_spec.partition(":")[0])
+        digest = file_digest(path)[:12] if path else "unknown"
+        return f"fn:{fn_spec}@{digest}"
+    if Path(spec).exists():
+        return f"hf:{spec}@sha256:{file_digest(spec)[:12]}"
+    return f"hf:{spec}"
+
+
 def make_reward(spec: str, batch_size: int = 16, max_length: int = 1024, bucket: bool = True) -> Any:
     """``embedded:minilm-helpfulness``, ``fn:module:function`` or ``module:function``, or an HF model id/path."""
     if spec == EMBEDDED_REWARD:
         return EmbeddedReward(bucket=bucket)
     if spec.startswith("embedded:"):
         raise ConfigError(f"unknown embedded reward {spec!r}; available: {EMBEDDED_REWARD!r}")
-    if spec.startswith("fn:"):
-        return FunctionReward(spec[3:])
-    if ":" in spec and not Path(spec).exists() and "/" not in spec.split(":")[0]:
-        return FunctionReward(spec)
+    if _is_function_spec(spec):
+        return FunctionReward(spec.removeprefix("fn:"))
     return HFClassifierReward(spec, batch_size, max_length, bucket)

@@ -17,23 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from rrhf_core.config import ScoreConfig
-from rrhf_core.data import atomic_write_parquet
+from rrhf_core.data.contracts import SCORES_SCHEMA, atomic_write_parquet, read_prompts, read_samples
 from rrhf_core.errors import DataError
-from rrhf_core.ingest import read_prompts
 from rrhf_core.models import cache_root
-from rrhf_core.reward import RewardBackend, make_reward
-
-SCORES_SCHEMA = pa.schema(
-    [
-        ("response_id", pa.string()),
-        ("prompt_id", pa.string()),
-        ("reward", pa.float64()),
-        ("reward_model", pa.string()),
-    ]
-)
+from rrhf_core.scoring.config import ScoreConfig
+from rrhf_core.scoring.reward import RewardBackend, make_reward
 
 
 def content_hash(messages: list[dict[str, str]], response: str) -> str:
@@ -78,15 +67,6 @@ class ScoreResult:
     reward_id: str
 
 
-def read_samples(paths: list[str]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for p in paths:
-        if not Path(p).exists():
-            raise DataError(f"samples file {p} does not exist; run `rrhf sample` first")
-        rows.extend(pq.read_table(p).to_pylist())
-    return rows
-
-
 def score(cfg: ScoreConfig, reward: RewardBackend | None = None, progress: bool = True) -> ScoreResult:
     t0 = time.perf_counter()
     samples = read_samples(cfg.samples)
@@ -102,7 +82,9 @@ def score(cfg: ScoreConfig, reward: RewardBackend | None = None, progress: bool 
     unique: dict[str, dict[str, Any]] = {}
     for h, s in zip(hashes, samples, strict=True):
         unique.setdefault(h, s)
-    cache = ScoreCache(Path(cfg.cache_path) if cfg.cache_path else cache_root() / "scores.sqlite")
+    cache = ScoreCache(
+        Path(cfg.cache_path) if cfg.cache_path else cache_root(cfg.cache_dir) / "scores.sqlite"
+    )
     try:
         known = cache.get(reward.reward_id, list(unique))
         todo = [h for h in unique if h not in known]
@@ -110,8 +92,8 @@ def score(cfg: ScoreConfig, reward: RewardBackend | None = None, progress: bool 
 
         bar = tqdm(total=len(todo), desc="rrhf score", unit="response", disable=not progress or not todo)
         step = max(cfg.batch_size * 8, 64)
-        for s in range(0, len(todo), step):
-            chunk = todo[s : s + step]
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
             rows = [unique[h] for h in chunk]
             values = reward.score([messages[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
             for r, v in zip(rows, values, strict=True):

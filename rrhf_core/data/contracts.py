@@ -1,6 +1,16 @@
-"""The listwise training set: its contract, a validating reader and an atomic writer.
+"""The tables the stages hand to each other: their Arrow schemas, checked readers and an atomic writer.
 
-One row per prompt: ``prompt_id`` (string), ``messages`` (list of ``{role, content}``, ending with a
+Four contracts, one per stage output, each read back through :func:`read_checked`, which fails naming the file, the
+missing or mistyped column, and the stage that writes such a file:
+
+- **prompts** (``rrhf ingest`` -> prompts.parquet): ``prompt_id``, ``messages``, ``split``, ``source``,
+  ``references`` (``{text, source, reward}``), ``meta`` (JSON text);
+- **samples** (``rrhf sample`` -> samples.parquet): one row per candidate, ``prompt_id``, ``response_id``, ``text``,
+  ``source``, ``num_tokens``, ``finish_reason``, ``sampler``;
+- **scores** (``rrhf score`` -> scores.parquet): ``response_id``, ``prompt_id``, ``reward``, ``reward_model``;
+- **listwise** (``rrhf build`` -> train.parquet, or any user file): described below.
+
+The listwise training set has one row per prompt: ``prompt_id`` (string), ``messages`` (list of ``{role, content}``, ending with a
 user turn), ``responses`` (list of non-empty strings), ``rewards`` (list of finite numbers, one per
 response) and ``sources`` (list of strings, one per response; optional on read, filled with
 ``"unknown"``). ``k`` may differ per row but must be at least 2.
@@ -26,6 +36,39 @@ import pyarrow.parquet as pq
 
 from rrhf_core.errors import DataError
 
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+REFERENCE_TYPE = pa.struct([("text", pa.string()), ("source", pa.string()), ("reward", pa.float64())])
+
+PROMPTS_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("messages", MESSAGES_TYPE),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("references", pa.list_(REFERENCE_TYPE)),
+        ("meta", pa.string()),
+    ]
+)
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("response_id", pa.string()),
+        ("text", pa.string()),
+        ("source", pa.string()),
+        ("num_tokens", pa.int64()),
+        ("finish_reason", pa.string()),
+        ("sampler", pa.string()),
+    ]
+)
+SCORES_SCHEMA = pa.schema(
+    [
+        ("response_id", pa.string()),
+        ("prompt_id", pa.string()),
+        ("reward", pa.float64()),
+        ("reward_model", pa.string()),
+    ]
+)
+
 REQUIRED_COLUMNS = ("prompt_id", "messages", "responses", "rewards")
 OPTIONAL_COLUMNS = ("sources",)
 ROLES = ("system", "user", "assistant")
@@ -33,12 +76,90 @@ ROLES = ("system", "user", "assistant")
 LISTWISE_SCHEMA = pa.schema(
     [
         ("prompt_id", pa.string()),
-        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+        ("messages", MESSAGES_TYPE),
         ("responses", pa.list_(pa.string())),
         ("rewards", pa.list_(pa.float64())),
         ("sources", pa.list_(pa.string())),
     ]
 )
+
+
+@dataclass(frozen=True)
+class Contract:
+    """A table one stage writes and the next reads: what it is called, who writes it, its schema."""
+
+    name: str
+    writer: str
+    schema: pa.Schema
+    required: tuple[str, ...]
+
+
+PROMPTS = Contract("prompts", "rrhf ingest", PROMPTS_SCHEMA, ("prompt_id", "messages"))
+SAMPLES = Contract("samples", "rrhf sample", SAMPLES_SCHEMA, tuple(SAMPLES_SCHEMA.names))
+SCORES = Contract("scores", "rrhf score", SCORES_SCHEMA, ("response_id", "prompt_id", "reward"))
+
+
+def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    if actual.equals(expected):
+        return True
+    if pa.types.is_integer(expected) or pa.types.is_floating(expected):
+        return pa.types.is_integer(actual) or pa.types.is_floating(actual)
+    if pa.types.is_string(expected):
+        return pa.types.is_string(actual) or pa.types.is_large_string(actual)
+    if pa.types.is_list(expected) or pa.types.is_large_list(expected):
+        return pa.types.is_list(actual) or pa.types.is_large_list(actual)
+    return False
+
+
+def read_checked(path: str | os.PathLike[str], contract: Contract) -> pa.Table:
+    """Read a Parquet file and check it against ``contract``: required columns present and of the right type.
+
+    Raises DataError naming the file, the problem and the stage that writes such a file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{contract.name} file {path} does not exist; run `{contract.writer}` first")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"cannot read {contract.name} file {path}: {e}") from None
+    missing = [c for c in contract.required if c not in table.column_names]
+    if missing:
+        raise DataError(
+            f"{path} is not a {contract.name} file: it lacks column(s) {missing} "
+            f"(found {table.column_names}); such files are written by `{contract.writer}`"
+        )
+    for name in contract.required:
+        actual, expected = table.schema.field(name).type, contract.schema.field(name).type
+        if not _compatible(actual, expected):
+            raise DataError(
+                f"{path}: column {name!r} has type {actual}, a {contract.name} file needs {expected} "
+                f"(such files are written by `{contract.writer}`)"
+            )
+    return table
+
+
+def read_prompts(path: str | os.PathLike[str], split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a prompts file (optionally one split), checked against the prompts contract."""
+    rows = read_checked(path, PROMPTS).to_pylist()
+    return [r for r in rows if split is None or r.get("split") == split]
+
+
+def read_samples(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """Rows of one or more samples files, checked against the samples contract."""
+    rows: list[dict[str, Any]] = []
+    for p in paths:
+        rows.extend(read_checked(p, SAMPLES).to_pylist())
+    return rows
+
+
+def read_scores(paths: Sequence[str | os.PathLike[str]]) -> dict[str, float]:
+    """``response_id -> reward`` from one or more scores files, checked against the scores contract."""
+    rewards: dict[str, float] = {}
+    for p in paths:
+        for r in read_checked(p, SCORES).select(["response_id", "reward"]).to_pylist():
+            rewards[r["response_id"]] = r["reward"]
+    return rewards
 
 
 @dataclass(frozen=True)

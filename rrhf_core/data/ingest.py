@@ -42,23 +42,23 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rrhf_core.data import atomic_write_parquet
+from rrhf_core.data.contracts import PROMPTS_SCHEMA, atomic_write_parquet
+from rrhf_core.data.formats import split_hh
+from rrhf_core.digest import file_digest
 from rrhf_core.errors import DataError, MissingPackageError
-from rrhf_core.formats import split_hh
 
 Format = Literal["auto", "prompt", "messages", "hh", "rrhf"]
 
-REFERENCE_TYPE = pa.struct([("text", pa.string()), ("source", pa.string()), ("reward", pa.float64())])
-PROMPTS_SCHEMA = pa.schema(
-    [
-        ("prompt_id", pa.string()),
-        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
-        ("split", pa.string()),
-        ("source", pa.string()),
-        ("references", pa.list_(REFERENCE_TYPE)),
-        ("meta", pa.string()),
-    ]
-)
+EMBEDDED_PROMPTS = "embedded:demo-prompts"
+
+
+def resolve_input(source: str) -> str:
+    """``embedded:demo-prompts`` is the project's own prompt set, shipped in the package; other inputs as given."""
+    if source == EMBEDDED_PROMPTS:
+        return str(Path(__file__).with_name("demo_prompts.jsonl"))
+    if source.startswith("embedded:"):
+        raise DataError(f"unknown embedded prompt set {source!r}; available: {EMBEDDED_PROMPTS!r}")
+    return source
 
 
 class Reject(Exception):
@@ -186,6 +186,12 @@ def _iter_hf(spec: str) -> Iterator[tuple[int, Any]]:
     except Exception as e:  # network, missing dataset, bad split: all user-facing
         raise DataError(f"cannot load HF dataset {name!r} (split {split or 'train'!r}): {e}") from None
     yield from enumerate(ds, 1)
+
+
+def input_fingerprint(source: str) -> str:
+    """A content digest of a file input (embedded sets included); an ``hf:`` dataset is named by its spec."""
+    resolved = resolve_input(source)
+    return resolved if resolved.startswith("hf:") else f"sha256:{file_digest(resolved)}"
 
 
 # --- record formats -------------------------------------------------------------------------------------------
@@ -351,7 +357,7 @@ def ingest(
     by_id: dict[str, PromptRecord] = {}
     rejects: list[dict[str, Any]] = []
     for source in inputs:
-        for lineno, rec in iter_records(source):
+        for lineno, rec in iter_records(resolve_input(source)):
             report.records += 1
             try:
                 if isinstance(rec, Reject):
@@ -407,16 +413,3 @@ def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def read_prompts(path: str | os.PathLike[str], split: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a prompts.parquet (optionally one split)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"prompts file {path} does not exist; run `rrhf ingest` first")
-    table = pq.read_table(path)
-    missing = [c for c in ("prompt_id", "messages") if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path} is not a prompts file (lacks {missing})")
-    rows = table.to_pylist()
-    return [r for r in rows if split is None or r.get("split") == split]

@@ -1,7 +1,7 @@
 """Training-step benchmark: the reference implementation's step against this project's, side by side.
 
     rrhf bench train-step [--model M] [--ks 2 4 6 8] [--steps 3] [--json]
-    python -m rrhf_core.bench ...            # the same, with only torch and transformers needed (GPU script)
+    python -m rrhf_core.training.bench ...            # the same, with only torch and transformers needed (GPU script)
 
 Both steps score the same HH-shaped batches (one prompt of 120-180 tokens with k responses of 40-80 tokens: prompts
 2-3x longer than responses, as in HH) with the RRHF loss and run backward:
@@ -69,7 +69,7 @@ def reference_step(
     bf16: bool,
 ) -> int:
     """The reference code's computation: k padded (query + response) rows, full log_softmax."""
-    from rrhf_core.loss import rrhf_loss
+    from rrhf_core.training.loss import rrhf_loss
 
     rows = [prompt + r for r in responses]
     t = max(len(r) for r in rows)
@@ -103,8 +103,8 @@ def project_step(
     device: torch.device,
     bf16: bool,
 ) -> int:
-    from rrhf_core.collate import EncodedExample, collate_shared
-    from rrhf_core.loss import rrhf_loss_from_sums, segment_logprobs
+    from rrhf_core.training.collate import EncodedExample, collate_shared
+    from rrhf_core.training.loss import rrhf_loss_from_sums, segment_logprobs
 
     batch = collate_shared([EncodedExample("b", prompt, responses, rewards)], pad).to(device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -120,7 +120,7 @@ def run_case(
 ) -> dict[str, Any]:
     """One (method, k) case in this process: median step time, throughput, peak memory, FLOP rate."""
     from rrhf_core.models import load_causal_lm, load_tokenizer
-    from rrhf_core.prefix import PrefixSharedLM
+    from rrhf_core.training.prefix import PrefixSharedLM
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tok = load_tokenizer(model_name, cache_dir)
@@ -176,7 +176,7 @@ def run(
                 [
                     sys.executable,
                     "-m",
-                    "rrhf_core.bench",
+                    "rrhf_core.training.bench",
                     "--one",
                     method,
                     "--k",

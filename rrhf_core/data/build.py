@@ -1,0 +1,163 @@
+"""The build stage: prompts + samples + scores -> the listwise training set (train.parquet) and its statistics.
+
+Per prompt: candidates with identical text are merged (the first source is kept); prompts with fewer than two
+distinct responses, or whose rewards are all equal (gap not above ``min_reward_gap``), carry no ranking signal and
+are dropped and counted. ``max_k`` caps the responses per prompt: the best is always kept, the others are spread
+evenly over the reward order (so the range of rewards survives).
+
+Statistics (``build_stats.json``): per prompt, reward mean / std / max (the max over a prompt's candidates is the
+best-of-n ceiling that RRHF tracks); per source, count, mean reward and mean tokens; the drop reasons. The per-prompt
+numbers are also in ``prompt_stats.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from rrhf_core.data.config import BuildConfig
+from rrhf_core.data.contracts import (
+    ListwiseExample,
+    atomic_write_parquet,
+    read_prompts,
+    read_samples,
+    read_scores,
+    write_listwise,
+)
+from rrhf_core.errors import DataError
+
+
+@dataclass
+class BuildResult:
+    train_path: Path
+    stats_path: Path
+    prompts_in: int
+    prompts_out: int
+    dropped: dict[str, int]
+    best_of_n_mean: float
+    reward_mean: float
+
+
+def cap_k(cands: list[dict[str, Any]], max_k: int) -> list[dict[str, Any]]:
+    """The best candidate plus ``max_k - 1`` others spread evenly over the reward order."""
+    if len(cands) <= max_k:
+        return cands
+    ranked = sorted(cands, key=lambda c: -c["reward"])
+    rest = ranked[1:]
+    picks = (
+        [round(i * (len(rest) - 1) / (max_k - 2)) for i in range(max_k - 1)] if max_k > 2 else [len(rest) - 1]
+    )
+    return [ranked[0], *(rest[i] for i in sorted(set(picks)))]
+
+
+def candidates_by_prompt(
+    samples: list[dict[str, Any]], rewards: dict[str, float]
+) -> dict[str, list[dict[str, Any]]]:
+    """Each prompt's distinct candidates (first of identical texts kept) with their rewards."""
+    by_prompt: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for s in samples:
+        if s["response_id"] not in rewards:
+            raise DataError(
+                f"response {s['response_id']} of prompt {s['prompt_id']} has no score; score every samples file"
+            )
+        by_prompt[s["prompt_id"]].setdefault(s["text"], {**s, "reward": rewards[s["response_id"]]})
+    return {pid: list(c.values()) for pid, c in by_prompt.items()}
+
+
+def prompt_stat(pid: str, cands: list[dict[str, Any]]) -> dict[str, Any]:
+    rs = [c["reward"] for c in cands]
+    return {
+        "prompt_id": pid,
+        "k": len(cands),
+        "reward_mean": statistics.fmean(rs),
+        "reward_std": statistics.pstdev(rs),
+        "reward_max": max(rs),
+        "reward_min": min(rs),
+    }
+
+
+def drop_reason(cands: list[dict[str, Any]], min_reward_gap: float) -> str | None:
+    """Why a prompt carries no ranking signal, or None when it does."""
+    if len(cands) < 2:
+        return "fewer than 2 distinct responses"
+    rs = [c["reward"] for c in cands]
+    if max(rs) - min(rs) <= min_reward_gap:
+        return "all rewards equal (no ranking signal)"
+    return None
+
+
+def build_stats(
+    by_prompt: dict[str, list[dict[str, Any]]],
+    examples: list[ListwiseExample],
+    prompt_stats: list[dict[str, Any]],
+    dropped: dict[str, int],
+) -> dict[str, Any]:
+    per_source: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for cands in by_prompt.values():
+        for c in cands:
+            per_source[c["source"]].append((c["reward"], c["num_tokens"]))
+    return {
+        "prompts_in": len(by_prompt),
+        "prompts_out": len(examples),
+        "dropped": dict(dropped),
+        "responses_out": sum(len(e.responses) for e in examples),
+        "reward_mean": statistics.fmean(s["reward_mean"] for s in prompt_stats),
+        "best_of_n_mean": statistics.fmean(s["reward_max"] for s in prompt_stats),
+        "per_source": {
+            src: {
+                "count": len(v),
+                "reward_mean": statistics.fmean(r for r, _ in v),
+                "tokens_mean": statistics.fmean(t for _, t in v),
+            }
+            for src, v in sorted(per_source.items())
+        },
+    }
+
+
+def build(cfg: BuildConfig) -> BuildResult:
+    """Join prompts, samples and scores into train.parquet; write prompt_stats.parquet and build_stats.json."""
+    prompts = {r["prompt_id"]: r for r in read_prompts(cfg.prompts)}
+    by_prompt = candidates_by_prompt(read_samples(cfg.samples), read_scores(cfg.scores))
+    dropped: dict[str, int] = defaultdict(int)
+    examples, prompt_stats = [], []
+    for pid, cands in by_prompt.items():
+        if pid not in prompts:
+            raise DataError(f"sampled prompt {pid} is not in {cfg.prompts}")
+        prompt_stats.append(prompt_stat(pid, cands))
+        reason = drop_reason(cands, cfg.min_reward_gap)
+        if reason:
+            dropped[reason] += 1
+            continue
+        kept = cap_k(cands, cfg.max_k)
+        examples.append(
+            ListwiseExample(
+                pid,
+                prompts[pid]["messages"],
+                [c["text"] for c in kept],
+                [c["reward"] for c in kept],
+                [c["source"] for c in kept],
+            )
+        )
+    if not examples:
+        raise DataError(f"no prompt has a ranking signal ({dict(dropped)}); sample more responses per prompt")
+    out = Path(cfg.output_dir)
+    train_path = write_listwise(examples, out / "train.parquet")
+    atomic_write_parquet(pa.Table.from_pylist(prompt_stats), out / "prompt_stats.parquet")
+    stats = build_stats(by_prompt, examples, prompt_stats, dropped)
+    stats_path = out / "build_stats.json"
+    stats_path.write_text(json.dumps(stats, indent=2))
+    return BuildResult(
+        train_path,
+        stats_path,
+        len(by_prompt),
+        len(examples),
+        dict(dropped),
+        stats["best_of_n_mean"],
+        stats["reward_mean"],
+    )

@@ -1,0 +1,44 @@
+"""Typed configuration of the evaluation stage: :class:`EvalSettings` (composed by the pipeline) and
+:class:`EvalConfig` (plus the prompts, output folder, the two models, the reward and the prompt rendering)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rrhf_core.models import EMBEDDED_POLICY
+from rrhf_core.scoring import EMBEDDED_REWARD
+from rrhf_core.types import PromptFormat
+
+
+class EvalSettings(BaseModel):
+    """Every evaluation setting but the wiring (prompts, output folder, models, reward, prompt rendering)."""
+
+    model_config = ConfigDict(extra="forbid")
+    split: Literal["train", "eval"] = Field("eval", description="Which prompts to evaluate on.")
+    limit: int | None = Field(None, ge=1, description="Only the first N prompts.")
+    max_new_tokens: int = Field(96, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0: greedy, deterministic answers.")
+    seed: int = Field(0)
+    batch_size: int = Field(8, ge=1)
+    tie_margin: float = Field(1e-6, ge=0.0, description="Rewards closer than this count as a tie.")
+    preference_accuracy: bool = Field(
+        True, description="Score HH chosen/rejected pairs with each policy (Table 5)."
+    )
+
+
+class EvalConfig(EvalSettings):
+    """Held-out evaluation of a candidate policy against a baseline (champion or base model)."""
+
+    prompts: str = Field(..., description="prompts.parquet with an eval split.")
+    output_dir: str = Field(..., description="Where eval_samples.parquet and eval_report.json go.")
+    candidate: str = Field(..., description="The trained model (folder or id).")
+    baseline: str = Field(EMBEDDED_POLICY, description="The current champion, or the base model.")
+    reward: str = Field(EMBEDDED_REWARD, description="Reward spec (as for the score stage).")
+    prompt_format: PromptFormat = Field("chat")
+    max_prompt_tokens: int = Field(512, ge=8)
+    best_of_n_ceiling: float | None = Field(
+        None, description="Mean best-of-n reward of the training samples."
+    )
+    cache_dir: str | None = Field(None)

@@ -1,0 +1,38 @@
+"""What the hardware does well: whether bf16 is worth using here (measured on a CPU, asked of CUDA)."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+
+def bf16_available(device: torch.device) -> bool:
+    """True where bf16 matmul is faster than fp32: CUDA with bf16 support; on a CPU, measured once.
+
+    CPUs differ: with AMX-BF16 a bf16 matmul runs ~4x fp32, with AVX512-BF16 alone it can be slower than fp32
+    (measured on this project's 2-core machines: 162 vs 278 GFLOP/s), so a flag check is not enough.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return _cpu_bf16_faster()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_bf16_faster(n: int = 512, reps: int = 3) -> bool:
+    def best(dtype: torch.dtype) -> float:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        times = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        return min(times[1:])
+
+    return best(torch.bfloat16) < best(torch.float32)
+
+
+def use_bf16(setting: str, device: torch.device) -> bool:
+    """The ``bf16`` setting (``on``, ``off``, ``auto``) decided for a device."""
+    return setting == "on" or (setting == "auto" and bf16_available(device))

@@ -1,0 +1,116 @@
+"""The one reuse mechanism of the pipeline: a stage's output folder is keyed on everything that changes it.
+
+A :class:`StageKey` covers the stage's output-changing settings (paths and bookkeeping excluded), the content
+fingerprints of its inputs (files, models, rewards: :mod:`rrhf_core.digest`) and the digest of the library code
+behind the stage. The :class:`StageStore` keeps each stage's output in ``<root>/<stage>-<key digest>/`` and writes
+``_DONE`` (the key and the stage's result, as JSON) only after the stage returned, so a crash never leaves an
+output that looks complete; a stage whose ``_DONE`` matches its key is reused, with its result, instead of rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from rrhf_core.digest import code_digest, digest_json
+
+# fields of stage configurations that name where things are, not what is computed
+WIRING_PATHS = frozenset(
+    {"inputs", "prompts", "samples", "scores", "data", "output_dir", "cache_dir", "cache_path", "model"}
+)
+# fields that change how a stage reports or where it stops to rest, not what it produces
+BOOKKEEPING = frozenset(
+    {"fail_at_step", "resume", "log_every", "checkpoint_every", "keep_checkpoints", "threads"}
+)
+
+# the module behind each stage; the code digest follows its rrhf_core imports
+STAGE_MODULES = {
+    "ingest": "rrhf_core.data.ingest",
+    "sample": "rrhf_core.sampling.stage",
+    "score": "rrhf_core.scoring.stage",
+    "build": "rrhf_core.data.build",
+    "train": "rrhf_core.training.trainer",
+}
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def output_settings(cfg: BaseModel) -> dict[str, Any]:
+    """The settings of a stage configuration that change its output (paths and bookkeeping left out)."""
+    return cfg.model_dump(mode="json", exclude=set(WIRING_PATHS | BOOKKEEPING))
+
+
+@dataclass(frozen=True)
+class StageKey:
+    """What a stage's output depends on. ``inputs`` maps input names to content fingerprints."""
+
+    stage: str
+    settings: Mapping[str, Any]
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    code: str = ""
+
+    @classmethod
+    def of(cls, stage: str, cfg: BaseModel, inputs: Mapping[str, str]) -> StageKey:
+        """The key of ``cfg`` for ``stage``, with the code digest of the stage's module."""
+        return cls(stage, output_settings(cfg), dict(inputs), code_digest(STAGE_MODULES[stage]))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "settings": self.settings, "inputs": self.inputs, "code": self.code}
+
+    def digest(self) -> str:
+        return digest_json(self.as_dict())[:12]
+
+    def differences(self, other: Mapping[str, Any]) -> list[str]:
+        """What differs from a stored key (for the log line of a stage that runs again)."""
+        ours = self.as_dict()
+        diffs = []
+        for part in ("settings", "inputs"):
+            a, b = ours[part], other.get(part, {})
+            diffs += [f"{part}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if ours["code"] != other.get("code"):
+            diffs.append("code")
+        return diffs
+
+
+class StageStore:
+    """Stage folders under ``root``; a folder is done once its ``_DONE`` record is written."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def folder(self, key: StageKey) -> Path:
+        return self.root / f"{key.stage}-{key.digest()}"
+
+    def load(self, key: StageKey, result_type: type[R]) -> R | None:
+        """The stored result of a finished stage with this key, or None."""
+        done = self.folder(key) / "_DONE"
+        if not done.exists():
+            return None
+        record = json.loads(done.read_text())
+        if record.get("key") != json.loads(json.dumps(key.as_dict(), default=str)):
+            return None  # a digest collision or a hand-edited folder: never reuse on a mismatch
+        return result_type.model_validate(record["result"])
+
+    def save(self, key: StageKey, result: BaseModel) -> None:
+        folder = self.folder(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "._DONE.tmp"
+        record = {"key": key.as_dict(), "result": result.model_dump(mode="json")}
+        tmp.write_text(json.dumps(record, indent=2, default=str))
+        os.replace(tmp, folder / "_DONE")
+
+    def previous(self, stage: str) -> list[dict[str, Any]]:
+        """Keys of this stage's finished folders (to say why a stage was not reused)."""
+        out = []
+        for done in sorted(self.root.glob(f"{stage}-*/_DONE")):
+            try:
+                out.append(json.loads(done.read_text())["key"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return out

@@ -1,0 +1,173 @@
+"""Typed configuration of the training stage (pydantic: validated, documented, shown as a form by Prefect).
+
+:class:`TrainSettings` holds every setting of the stage except what the pipeline wires from elsewhere (the model,
+the data, the output folder, the cache and the prompt format); :class:`TrainConfig` adds those, and is what
+``rrhf train`` reads. The pipeline composes ``TrainSettings`` as its ``train`` section, so every training setting is
+reachable from a pipeline run and none is defined twice.
+
+Defaults follow the paper's final recipe where it has one (rrhf_weight = sft_weight = 1, lr 2e-5,
+3 % warmup, cosine decay, length_penalty 1) and are sized for a laptop CPU elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rrhf_core.models import EMBEDDED_POLICY
+from rrhf_core.types import PromptFormat
+
+
+class LoraConfig(BaseModel):
+    """Low-rank adapters (peft). When enabled only the adapters train; the saved model is merged."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters."
+    )
+    merge_on_save: bool = Field(
+        True, description="Save the merged full model (True) or only the adapter (False)."
+    )
+
+
+class TrainSettings(BaseModel):
+    """Every training setting but the wiring (model, data, output folder, cache, prompt format)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error", description="Invalid training rows: fail naming them, or skip and report."
+    )
+
+    # the loss (paper Eq. 1-4)
+    length_penalty: float = Field(
+        1.0, ge=0.0, description="Score = summed log-prob / length ** length_penalty (Eq. 1)."
+    )
+    rrhf_weight: float = Field(1.0, ge=0.0, description="Weight of the ranking loss (paper: 1).")
+    sft_weight: float = Field(
+        1.0, ge=0.0, description="Weight of the SFT loss on the best response (paper: 1)."
+    )
+    sft_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="SFT NLL per token ('mean') or summed over tokens ('sum', Eq. 4)."
+    )
+    tie_policy: Literal["mean", "first"] = Field(
+        "mean", description="Tied best rewards: share the SFT term ('mean') or take the first."
+    )
+
+    # tokenisation
+    max_length: int = Field(512, ge=8, description="Maximum tokens per (prompt + response) row.")
+    max_response_tokens: int = Field(
+        256, ge=2, description="Responses are cut to this many tokens (EOS included)."
+    )
+
+    # optimisation
+    learning_rate: float = Field(2e-5, gt=0.0, description="Peak learning rate (paper: 2e-5).")
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 turns it off).")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_ratio: float = Field(
+        0.03, ge=0.0, le=1.0, description="Share of steps with linear warmup (paper: 3 %)."
+    )
+    epochs: float = Field(1.0, gt=0.0, description="Passes over the training set (fractional allowed).")
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    micro_batch_size: int = Field(
+        1, ge=1, description="Prompts per forward pass per process (all their responses)."
+    )
+    grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step per process.")
+    seed: int = Field(0, description="Seed for data order, initialisation of adapters and dropout.")
+
+    # hardware and memory
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto", description="bf16 autocast: 'auto' uses it where the hardware has fast bf16."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory."
+    )
+    prefix_sharing: bool = Field(
+        True, description="Encode each prompt once for all its responses (block attention mask; same loss)."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    threads: int | None = Field(
+        None, ge=1, description="torch CPU threads per process (default: torch's choice)."
+    )
+
+    # bookkeeping
+    log_every: int = Field(1, ge=1, description="Optimizer steps between metric records.")
+    checkpoint_every: int = Field(
+        0, ge=0, description="Optimizer steps between checkpoints (0: only at the end)."
+    )
+    keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep.")
+    resume: bool = Field(
+        True, description="Resume from the latest checkpoint in output_dir when there is one."
+    )
+    save_model: bool = Field(True, description="Save the trained model as an HF folder in output_dir/model.")
+    fail_at_step: int | None = Field(
+        None, ge=1, description="Fault injection for testing failure handling: raise at this step."
+    )
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bool_to_switch(cls, v: Any) -> Any:
+        # YAML reads on/off as booleans
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainSettings:
+        if self.max_response_tokens >= self.max_length:
+            raise ValueError(
+                f"max_response_tokens ({self.max_response_tokens}) must be below max_length ({self.max_length})"
+            )
+        return self
+
+    def global_batch_size(self, world_size: int) -> int:
+        """Prompts per optimizer step over all processes."""
+        return self.micro_batch_size * self.grad_accum * world_size
+
+
+# settings that do not change what a run computes (where it writes, how often it reports, when it stops)
+NOT_OUTPUT_CHANGING = frozenset(
+    {
+        "fail_at_step",
+        "output_dir",
+        "cache_dir",
+        "resume",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "threads",
+    }
+)
+
+
+class TrainConfig(TrainSettings):
+    """Everything the RRHF training stage needs: its settings plus the model, the data and the run folder."""
+
+    model: str = Field(
+        EMBEDDED_POLICY, description="HF hub id, local folder, or 'embedded:smollm2-135m-instruct'."
+    )
+    data: str = Field(
+        ...,
+        description="Listwise training set (.parquet or .jsonl): prompt_id, messages, responses, rewards, sources.",
+    )
+    output_dir: str = Field(
+        ..., description="Run folder: checkpoints/, model/, metrics.jsonl, train_summary.json."
+    )
+    cache_dir: str | None = Field(
+        None, description="Cache for converted models (default $RRHF_CACHE_DIR or ~/.cache/rrhf)."
+    )
+    prompt_format: PromptFormat = Field(
+        "chat", description="Render prompts with the chat template, or as HH text."
+    )
+
+    def resume_fingerprint(self) -> dict[str, Any]:
+        """Fields that must match for a checkpoint to be resumed (what changes the trajectory)."""
+        return self.model_dump(exclude=set(NOT_OUTPUT_CHANGING | {"save_model", "max_steps", "epochs"}))

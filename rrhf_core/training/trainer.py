@@ -1,0 +1,378 @@
+"""The RRHF trainer: any HF causal LM, the listwise set, torch DDP (torchrun) or one process.
+
+Batching: an optimizer step consumes ``G = micro_batch_size * grad_accum * world_size`` prompts (with
+all their responses), taken in a seeded per-epoch order; each process takes every ``world_size``-th of
+them. The loss of a micro-batch is ``sum over its prompts of L_prompt * world_size / G``, so after
+DDP's gradient averaging the step minimises the mean over the G prompts, whatever the number of
+processes or micro-batches (1 process x 4 micro-batches == 2 processes x 2).
+
+Checkpoints (:mod:`rrhf_core.training.checkpoint`): trainable weights, optimizer, scheduler, each process's RNG
+states and the step (which fixes the data position, since the order is a function of seed and epoch). A killed run
+restarted with the same ``output_dir`` resumes from the latest complete checkpoint, if the configuration and the
+training data's content are the same.
+
+The run is four steps, each a function: :func:`setup` (data, model, optimizer), :func:`resume`,
+:func:`train_step` (one optimizer step over all micro-batches, with the NaN guard) and :func:`summarize`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from rrhf_core.data.contracts import LoadReport, load_listwise
+from rrhf_core.digest import file_digest
+from rrhf_core.errors import ConfigError, DataError, TrainingDivergedError
+from rrhf_core.hardware import use_bf16
+from rrhf_core.models import load_causal_lm, load_tokenizer
+from rrhf_core.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
+from rrhf_core.training.collate import (
+    Dropped,
+    EncodedExample,
+    Encoder,
+)
+from rrhf_core.training.config import TrainConfig
+from rrhf_core.training.distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
+from rrhf_core.training.listwise import METRIC_KEYS, encode_examples, forward_loss, make_batch
+from rrhf_core.training.loss import (
+    ranking_pairs,
+)
+from rrhf_core.training.metrics import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger
+from rrhf_core.training.prefix import PrefixSharedLM
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path | None
+    steps: int
+    resumed_from: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def step_indices(n: int, global_batch: int, seed: int, step: int) -> list[int]:
+    """The prompts (indices) of one optimizer step; incomplete tail batches of an epoch are skipped."""
+    per_epoch = n // global_batch
+    epoch, pos = divmod(step, per_epoch)
+    return epoch_order(n, seed, epoch)[pos * global_batch : (pos + 1) * global_batch]
+
+
+def _prepare_model(cfg: TrainConfig, env: DistEnv) -> Any:
+    model = load_causal_lm(cfg.model, cfg.cache_dir)
+    if getattr(model.config, "use_cache", None) is not None:
+        model.config.use_cache = False
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(
+            model,
+            PeftLoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=cfg.lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
+    model.to(env.device)
+    model.train()
+    if cfg.prefix_sharing:
+        model = PrefixSharedLM(model)
+    if env.world_size > 1:
+        model = DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None
+        )
+    return model
+
+
+def _save_model(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Path) -> Path:
+    model = unwrap(model)
+    if cfg.lora.enabled and cfg.lora.merge_on_save:
+        model = model.merge_and_unload()
+    target = output_dir / "model"
+    tmp = output_dir / ".tmp-model"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def _micro_batches(indices: Sequence[int], env: DistEnv, micro_batch_size: int) -> Iterator[list[int]]:
+    mine = list(indices[env.rank :: env.world_size])
+    for i in range(0, len(mine), micro_batch_size):
+        yield mine[i : i + micro_batch_size]
+
+
+# --- the run: setup, resume, step, summary ----------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """Everything a training run holds between steps."""
+
+    cfg: TrainConfig
+    env: DistEnv
+    output_dir: Path
+    encoded: list[EncodedExample]
+    dropped: list[Dropped]
+    enc_stats: dict[str, int]
+    report: LoadReport
+    tokenizer: Any
+    model: Any
+    trainable: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    bf16: bool
+    fingerprint: dict[str, Any]
+
+
+def load_encoded(
+    cfg: TrainConfig,
+) -> tuple[list[EncodedExample], list[Dropped], dict[str, int], LoadReport, Any]:
+    """Read, validate and tokenise the listwise set: ``(encoded, dropped, stats, load report, tokenizer)``."""
+    examples, report = load_listwise(cfg.data, on_bad_row=cfg.on_bad_row)
+    tokenizer = load_tokenizer(cfg.model, cfg.cache_dir)
+    try:
+        encoder = Encoder(tokenizer, cfg.max_length, cfg.max_response_tokens, cfg.prompt_format)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    encoded, dropped, stats = encode_examples(encoder, examples)
+    if not encoded:
+        raise DataError(
+            f"every prompt of {cfg.data} was dropped by the length policy; first: {dropped[0].reason}"
+        )
+    return encoded, dropped, stats, report, tokenizer
+
+
+def plan_steps(n_prompts: int, cfg: TrainConfig, world_size: int) -> tuple[int, int, int]:
+    """``(global batch, steps per epoch, total steps)``; a clear error when the data is less than one step."""
+    global_batch = cfg.global_batch_size(world_size)
+    steps_per_epoch = n_prompts // global_batch
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{n_prompts} usable prompts is fewer than one optimizer step of {global_batch} "
+            f"(micro_batch_size {cfg.micro_batch_size} x grad_accum {cfg.grad_accum} x {world_size} process(es)); "
+            "lower micro_batch_size or grad_accum, or add data"
+        )
+    return global_batch, steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def make_optimizer(model: Any, cfg: TrainConfig, total_steps: int) -> tuple[list[Any], Any, Any]:
+    """AdamW over the trainable parameters and the warmup-then-decay schedule."""
+    from transformers import get_scheduler
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        trainable, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+    )
+    sched_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
+    scheduler = get_scheduler(
+        sched_name,
+        optimizer,
+        num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    return trainable, optimizer, scheduler
+
+
+def setup(cfg: TrainConfig, env: DistEnv) -> Run:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    encoded, dropped, enc_stats, report, tokenizer = load_encoded(cfg)
+    global_batch, steps_per_epoch, total_steps = plan_steps(len(encoded), cfg, env.world_size)
+    model = _prepare_model(cfg, env)
+    trainable, optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    fingerprint = cfg.resume_fingerprint() | {"data_sha256": file_digest(cfg.data)}
+    return Run(
+        cfg,
+        env,
+        output_dir,
+        encoded,
+        dropped,
+        enc_stats,
+        report,
+        tokenizer,
+        model,
+        trainable,
+        optimizer,
+        scheduler,
+        global_batch,
+        steps_per_epoch,
+        total_steps,
+        use_bf16(cfg.bf16, env.device),
+        fingerprint,
+    )
+
+
+def resume(run: Run, metrics_log: JsonlLogger) -> int:
+    """Restore the latest checkpoint when there is one (and ``resume`` is on); the step to continue from."""
+    ckpt = latest_checkpoint(run.output_dir) if run.cfg.resume else None
+    start = (
+        load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, run.fingerprint, run.env)
+        if ckpt is not None
+        else 0
+    )
+    if run.env.is_main:
+        if start:
+            metrics_log.truncate_after(start)
+        elif metrics_log.path.exists():
+            metrics_log.path.unlink()
+    return start
+
+
+def _accumulate(run: Run, indices: list[int]) -> dict[str, float]:
+    """Forward and backward over this process's micro-batches of one step; loss sums over all processes."""
+    micros = list(_micro_batches(indices, run.env, run.cfg.micro_batch_size))
+    sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64)
+    pad_id = int(run.tokenizer.pad_token_id)
+    for m, micro in enumerate(micros):
+        batch = make_batch([run.encoded[i] for i in micro], pad_id, run.cfg.prefix_sharing).to(run.env.device)
+        sync = m == len(micros) - 1 or not isinstance(run.model, DistributedDataParallel)
+        with contextlib.nullcontext() if sync else run.model.no_sync():
+            out, scores = forward_loss(run.model, batch, run.cfg, run.bf16)
+            (out.loss.sum() * run.env.world_size / run.global_batch).backward()
+        agree, pairs = ranking_pairs(scores.detach(), batch.rewards, batch.group)
+        values = [out.loss.sum().item(), out.rank.sum().item(), out.sft.sum().item(), agree, pairs]
+        sums += torch.tensor([*values, batch.num_tokens(), batch.num_groups], dtype=torch.float64)
+    all_reduce_sum(sums, run.env)
+    return dict(zip(METRIC_KEYS, sums.tolist(), strict=True))
+
+
+def train_step(run: Run, step: int) -> dict[str, float]:
+    """Optimizer step ``step + 1``: accumulate, refuse a non-finite loss before any update, clip, step."""
+    t0 = time.perf_counter()
+    if run.cfg.fail_at_step is not None and step + 1 == run.cfg.fail_at_step:
+        raise RuntimeError(f"injected failure at step {step + 1} (fail_at_step is set)")
+    indices = step_indices(len(run.encoded), run.global_batch, run.cfg.seed, step)
+    s = _accumulate(run, indices)
+    if not math.isfinite(s["loss"]):
+        where = latest_checkpoint(run.output_dir)
+        raise TrainingDivergedError(
+            f"the loss became {s['loss']} at step {step + 1} (prompts {[run.encoded[i].prompt_id for i in indices][:8]}); "
+            "no update was applied. "
+            + (f"The last good checkpoint is {where}. " if where else "")
+            + "Lower learning_rate, check the rewards and responses of those prompts, or turn bf16 off."
+        )
+    max_norm = run.cfg.max_grad_norm
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable, max_norm).item() if max_norm > 0 else math.nan
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": s["loss"] / s["prompts"],
+        "rank_loss": s["rank_loss"] / s["prompts"],
+        "sft_loss": s["sft_loss"] / s["prompts"],
+        "ranking_accuracy": s["agree_pairs"] / s["pairs"] if s["pairs"] else math.nan,
+        "tokens_per_s": s["tokens"] / (time.perf_counter() - t0),
+        "learning_rate": run.scheduler.get_last_lr()[0],
+        "grad_norm": grad_norm,
+        "epoch": (step + 1) / run.steps_per_epoch,
+    }
+
+
+def summarize(
+    run: Run, steps: int, start: int, history: list[dict[str, float]], model_dir: Path | None, wall_s: float
+) -> dict[str, Any]:
+    return {
+        "steps": steps,
+        "resumed_from": start,
+        "world_size": run.env.world_size,
+        "global_batch_prompts": run.global_batch,
+        "bf16": run.bf16,
+        "rows_read": run.report.rows,
+        "rows_skipped": [str(b) for b in run.report.skipped],
+        "prompts_used": len(run.encoded),
+        "prompts_dropped": len(run.dropped),
+        "dropped_reasons": [f"{d.prompt_id}: {d.reason}" for d in run.dropped[:20]],
+        **run.enc_stats,
+        "final": history[-1] if history else None,
+        "wall_s": wall_s,
+        "model_dir": str(model_dir) if model_dir else None,
+    }
+
+
+def train(cfg: TrainConfig, logger: MetricsLogger | None = None, progress: bool = True) -> TrainResult:
+    """Train a policy with RRHF as configured; returns where the model and metrics went."""
+    env = init_distributed()
+    try:
+        return _train(cfg, env, logger or NullLogger(), progress)
+    finally:
+        shutdown(env)
+
+
+def _train(cfg: TrainConfig, env: DistEnv, logger: MetricsLogger, progress: bool) -> TrainResult:
+    started = time.perf_counter()
+    run = setup(cfg, env)
+    metrics_log = JsonlLogger(run.output_dir / "metrics.jsonl")
+    start = step = resume(run, metrics_log)
+    log: MetricsLogger = FanOutLogger(metrics_log, logger) if env.is_main else NullLogger()
+    history: list[dict[str, float]] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=run.total_steps,
+        initial=start,
+        desc="rrhf train",
+        unit="step",
+        disable=not (progress and env.is_main),
+        dynamic_ncols=True,
+    )
+    while step < run.total_steps:
+        record = train_step(run, step)
+        step += 1
+        history.append({"step": step, **record})
+        if step % cfg.log_every == 0 or step == run.total_steps:
+            log.log(record, step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['ranking_accuracy']:.2f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < run.total_steps:
+            save_checkpoint(
+                run.output_dir,
+                step,
+                run.model,
+                run.optimizer,
+                run.scheduler,
+                run.fingerprint,
+                cfg.keep_checkpoints,
+                env,
+            )
+    bar.close()
+    model_dir = (
+        _save_model(run.model, run.tokenizer, cfg, run.output_dir) if env.is_main and cfg.save_model else None
+    )
+    barrier(env)
+    summary = summarize(run, step, start, history, model_dir, time.perf_counter() - started)
+    if env.is_main:
+        (run.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    return TrainResult(run.output_dir, model_dir, step, start, history, summary)

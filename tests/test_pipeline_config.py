@@ -1,0 +1,160 @@
+"""The pipeline configuration composes the stages' own: every stage setting is reachable, the wiring is explicit,
+and a bad setting anywhere (the gate included) is rejected before any stage runs."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from rrhf_core import pipeline as plan
+from rrhf_core.config import load_yaml
+from rrhf_core.data.config import BuildConfig, IngestConfig
+from rrhf_core.evaluation.config import EvalConfig
+from rrhf_core.pipeline import PipelineConfig
+from rrhf_core.sampling.config import SampleConfig
+from rrhf_core.scoring.config import ScoreConfig
+from rrhf_core.training.config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# pipeline section -> (stage config, fields the pipeline wires from elsewhere)
+STAGES: dict[str, tuple[type[BaseModel], set[str]]] = {
+    "ingest": (IngestConfig, {"inputs", "output_dir"}),
+    "sample": (
+        SampleConfig,
+        {"prompts", "output_dir", "split", "model", "cache_dir", "prompt_format", "max_prompt_tokens"},
+    ),
+    "score": (ScoreConfig, {"samples", "prompts", "output_dir", "reward", "cache_dir"}),
+    "build": (BuildConfig, {"prompts", "samples", "scores", "output_dir"}),
+    "train": (TrainConfig, {"model", "data", "output_dir", "cache_dir", "prompt_format"}),
+    "evaluate": (
+        EvalConfig,
+        {
+            "prompts",
+            "output_dir",
+            "candidate",
+            "baseline",
+            "reward",
+            "prompt_format",
+            "max_prompt_tokens",
+            "best_of_n_ceiling",
+            "cache_dir",
+        },
+    ),
+}
+
+
+def stage_configs(cfg: PipelineConfig) -> dict[str, BaseModel]:
+    """Every stage configuration the pipeline makes, with stand-in paths."""
+    return {
+        "ingest": plan.ingest_config(cfg),
+        "sample": plan.sample_config(cfg, "p.parquet", "policy-x"),
+        "score": plan.score_config(cfg, "p.parquet", "s.parquet"),
+        "build": plan.build_config(cfg, "p.parquet", "s.parquet", "r.parquet"),
+        "train": plan.train_config(cfg, "t.parquet", "policy-x"),
+        "evaluate": plan.eval_config(cfg, "p.parquet", "cand", "base", "out", 0.5),
+    }
+
+
+def other_value(model: type[BaseModel], name: str) -> Any:
+    """A valid value of a settings field that differs from its default."""
+    field = model.model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    ann = field.annotation
+    options: list[Any] = []
+    for t in (ann, *typing.get_args(ann)):
+        if typing.get_origin(t) is typing.Literal:
+            options += list(typing.get_args(t))
+    if ann is bool:
+        options = [not default]
+    if isinstance(default, BaseModel):
+        return None  # nested sections are walked on their own
+    options += [2, 3, 0.5, 0.25, 7, 0.0, 1, 128, 100000, "other", ["x"]]
+    for v in options:
+        if v == default or (isinstance(v, bool) != isinstance(default, bool) and default is not None):
+            continue
+        try:
+            if getattr(model.model_validate({name: v}), name) == v:
+                return v
+        except ValidationError:
+            continue
+    raise AssertionError(f"no other valid value found for {model.__name__}.{name}")
+
+
+@pytest.mark.parametrize("section", list(STAGES))
+def test_every_stage_setting_is_reachable_from_the_pipeline(section):
+    stage_cls, wiring = STAGES[section]
+    settings_cls = type(getattr(PipelineConfig(), section))
+    # the pipeline section is the stage's own settings model, and the stage config adds only the wiring
+    assert issubclass(stage_cls, settings_cls)
+    assert set(stage_cls.model_fields) == set(settings_cls.model_fields) | wiring
+    for name in settings_cls.model_fields:
+        value = other_value(settings_cls, name)
+        if value is None:
+            continue
+        cfg = PipelineConfig.model_validate({section: {name: value}})
+        assert getattr(stage_configs(cfg)[section], name) == value, (
+            f"{section}.{name} does not reach the stage"
+        )
+
+
+def test_nested_training_settings_reach_the_stage():
+    cfg = PipelineConfig.model_validate({"train": {"lora": {"enabled": True, "r": 4}}})
+    assert stage_configs(cfg)["train"].lora.r == 4
+
+
+def test_shared_settings_are_wired_to_every_stage_that_uses_them():
+    cfg = PipelineConfig(
+        prompts=["a.jsonl", "b.jsonl"],
+        prompt_format="hh",
+        max_prompt_tokens=99,
+        cache_dir="/c",
+        reward="mod:fn",
+    )
+    st = stage_configs(cfg)
+    assert st["ingest"].inputs == ["a.jsonl", "b.jsonl"]
+    assert {st[s].prompt_format for s in ("sample", "train", "evaluate")} == {"hh"}
+    assert st["sample"].max_prompt_tokens == st["evaluate"].max_prompt_tokens == 99
+    assert {st[s].cache_dir for s in ("sample", "score", "train", "evaluate")} == {"/c"}
+    assert st["score"].reward == st["evaluate"].reward == "mod:fn"
+    assert st["sample"].model == st["train"].model == "policy-x"
+    assert st["evaluate"].best_of_n_ceiling == 0.5
+
+
+def test_the_papers_diverse_beam_search_reaches_the_backend_parameters():
+    cfg = PipelineConfig.model_validate(load_yaml(ROOT / "configs" / "hh-paper.yaml"))
+    params = plan.sample_config(cfg, "p.parquet", "m").generation_params()
+    assert (params.strategy, params.k, params.num_beam_groups, params.diversity_penalty) == (
+        "diverse_beam",
+        4,
+        4,
+        1.0,
+    )
+    assert params.stop == ("\n\nHuman:",)  # the HH default stop, from the pipeline's prompt_format
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_presets_validate(preset):
+    stage_configs(PipelineConfig.model_validate(load_yaml(ROOT / "configs" / preset)))
+
+
+def test_a_bad_gate_key_is_rejected_with_its_name():
+    with pytest.raises(ValidationError, match="min_win_rat"):
+        PipelineConfig.model_validate({"gate": {"min_win_rat": 0.6}})
+    with pytest.raises(ValidationError, match="min_win_rate"):
+        PipelineConfig.model_validate({"gate": {"min_win_rate": 2.0}})
+
+
+def test_the_cli_rejects_a_bad_gate_before_any_stage(tmp_path, capsys):
+    from rrhf_cli import main
+
+    work = tmp_path / "w"
+    code = main(["pipeline", "--workdir", str(work), "--set", "gate.min_win_rat=0.6"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "gate.min_win_rat" in err and "Extra inputs are not permitted" in err
+    assert not work.exists()
