@@ -93,15 +93,22 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
             "win_rate": win,
         }
 
+    import shutil
+
+    def model_copy(tag: str) -> str:  # three distinct models (content differs), one architecture
+        folder = tmp_path / f"model-{tag}"
+        shutil.copytree(tiny_model_dir, folder)
+        (folder / "note.txt").write_text(tag)
+        return str(folder)
+
     gate = GateConfig()
     with mlflow.start_run() as run:
-        better = promote_task.fn(
-            str(tiny_model_dir), report(1.0, 0.5, 0.8), gate, "gate-test", run.info.run_id
-        )
-        worse = promote_task.fn(
-            str(tiny_model_dir), report(0.2, 1.0, 0.1), gate, "gate-test", run.info.run_id
-        )
-        failed = promote_task.fn(str(tiny_model_dir), None, gate, "gate-test", run.info.run_id)
+        rid = run.info.run_id
+        better = promote_task.fn(model_copy("better"), report(1.0, 0.5, 0.8), gate, "gate-test", rid)
+        worse = promote_task.fn(model_copy("worse"), report(0.2, 1.0, 0.1), gate, "gate-test", rid)
+        failed = promote_task.fn(model_copy("failed"), None, gate, "gate-test", rid)
+        retried = promote_task.fn(str(tmp_path / "model-failed"), None, gate, "gate-test", rid)
+    assert retried["version"] == failed["version"]  # a retried registration registers nothing twice
     client = MlflowClient()
     assert better["promoted"] and not worse["promoted"] and not failed["promoted"]
     assert str(client.get_model_version_by_alias("gate-test", "champion").version) == better["version"]
