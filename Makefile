@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-fast lint typecheck format
+.PHONY: setup demo demo-matrix test test-fast lint typecheck format
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,19 @@ setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/rrhf pipeline --config configs/demo.yaml
+
+# the README's main-job table: the demo for 3 seeds x (fp32, bf16), each in its own workdir, then the table rendered
+# from the runs' summaries (about 6 x 8 min on 2 CPU cores)
+SEEDS ?= 0 1 2
+PRECISIONS ?= fp32 bf16
+demo-matrix: setup
+	@for p in $(PRECISIONS); do for s in $(SEEDS); do \
+	  b=$$( [ $$p = bf16 ] && echo on || echo off ); \
+	  $(VENV)/bin/rrhf pipeline --config configs/demo.yaml --workdir runs/demo-$$p-s$$s \
+	    --set sample.seed=$$s --set train.seed=$$s --set evaluate.seed=$$s \
+	    --set sample.dtype=$$p --set train.bf16=$$b --set evaluate.dtype=$$p || exit 1; \
+	done; done
+	$(VENV)/bin/rrhf report $(foreach p,$(PRECISIONS),$(foreach s,$(SEEDS),runs/demo-$(p)-s$(s)))
 
 test: setup lint typecheck
 	$(PY) -m pytest

@@ -14,9 +14,10 @@ from prefect.runtime import flow_run
 
 from rrhf_core import pipeline as plan
 from rrhf_core.evaluation.config import EvalConfig
+from rrhf_core.hardware import describe_machine
 from rrhf_core.pipeline import PipelineConfig
 from rrhf_core.training.config import TrainConfig
-from tasks.round import finish_round, log_round_start, start_and_baseline
+from tasks.round import finish_round, log_round_start, resolved_precision, start_and_baseline
 from tasks.stages import (
     build_task,
     evaluate_task,
@@ -73,6 +74,9 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
             "mlflow_run_id": pid,
             "tracking_uri": uri,
             "seconds": time.perf_counter() - t0,
+            "precision": resolved_precision(config),
+            "machine": describe_machine(),
+            "config": config.model_dump(mode="json"),
         }
         finish_round(summary, work)
     return summary

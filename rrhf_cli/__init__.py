@@ -144,6 +144,12 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return bench_main(list(args.rest))
 
 
+def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_cli.report import run_report
+
+    return run_report(args.summaries)
+
+
 def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_cli.demo import run_demo
 
@@ -209,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", choices=["train-step"])
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
     b.set_defaults(func=cmd_bench)
+
+    r = sub.add_parser("report", help="render the result table (markdown) from runs' last_summary.json files")
+    r.add_argument("summaries", nargs="+", help="last_summary.json files or run workdirs")
+    r.set_defaults(func=cmd_report)
 
     d = sub.add_parser(
         "demo", help="the embedded demo: train SmolLM2-135M on the built-in listwise set, no network"

@@ -21,13 +21,27 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
     work = Path(cfg.workdir).resolve()
     print()
     print(f"RRHF round done in {time.perf_counter() - t0:.0f} s (pipeline time)")
+    judge = e["judge"] + ("  (the training reward itself)" if e["judge_is_training_reward"] else "")
+    lo, hi = e["reward_gain_ci"]
+    print(f"  held-out prompts: {e['prompts']}   judge: {judge}")
     print(
-        f"  held-out prompts: {e['prompts']}   reward: baseline {e['baseline']['reward_mean']:.4f} -> "
-        f"trained {e['candidate']['reward_mean']:.4f}  (gain {e['reward_gain']:+.4f})"
+        f"  judge score: baseline {e['baseline']['reward_mean']:.4f} -> trained {e['candidate']['reward_mean']:.4f}"
+        f"  (gain {e['reward_gain']:+.4f}, 95 % CI {lo:+.4f}..{hi:+.4f})"
     )
+    wlo, whi = e["win_rate_ci"]
     print(
-        f"  win rate (ties half): {e['win_rate']:.3f}  ({e['wins']} wins, {e['ties']} ties, {e['losses']} losses)"
+        f"  win rate (ties half): {e['win_rate']:.3f} (95 % CI {wlo:.3f}..{whi:.3f}; "
+        f"{e['wins']} wins, {e['ties']} ties, {e['losses']} losses)"
     )
+    if e.get("baseline_best_of_k") is not None:
+        print(f"  baseline best-of-{e['best_of_k']} by the judge: {e['baseline_best_of_k']:.4f}")
+    for spec, value in e["candidate"]["also"].items():
+        print(f"  {spec}: baseline {e['baseline']['also'][spec]:.4f} -> trained {value:.4f}")
+    if not e["judge_is_training_reward"]:
+        tlo, thi = e["training_reward_gain_ci"]
+        print(
+            f"  training reward ({e['reward']}): gain {e['training_reward_gain']:+.4f} (95 % CI {tlo:+.4f}..{thi:+.4f})"
+        )
     if e.get("gap_recovered") is not None:
         print(
             f"  best-of-n ceiling {e['best_of_n_ceiling']:.4f}: the trained model recovered "

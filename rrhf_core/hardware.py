@@ -36,3 +36,26 @@ def _cpu_bf16_faster(n: int = 512, reps: int = 3) -> bool:
 def use_bf16(setting: str, device: torch.device) -> bool:
     """The ``bf16`` setting (``on``, ``off``, ``auto``) decided for a device."""
     return setting == "on" or (setting == "auto" and bf16_available(device))
+
+
+def describe_machine() -> str:
+    """One line naming the machine a figure came from: accelerator or CPU model, cores, torch build."""
+    import os
+    import platform
+
+    if torch.cuda.is_available():
+        device = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    else:
+        model = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+        except OSError:
+            pass
+        device = f"{model}, {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores"
+    bf16 = (
+        "fast bf16"
+        if bf16_available(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+        else "fp32 faster than bf16"
+    )
+    return f"{device}; torch {torch.__version__}; {bf16}"

@@ -34,14 +34,36 @@ def log_round_start(config: PipelineConfig, start_model: str, baseline: str) -> 
     mlflow.log_dict(config.model_dump(mode="json"), "pipeline_config.json")
 
 
+def resolved_precision(config: PipelineConfig) -> dict[str, str]:
+    """What each stage computes in, with ``auto`` decided for this machine."""
+    import torch
+
+    from rrhf_core.hardware import use_bf16
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def word(setting: str) -> str:
+        return "bf16" if use_bf16(setting, device) else "fp32"
+
+    dtype_to_setting = {"bf16": "on", "fp32": "off", "auto": "auto"}
+    return {
+        "sample": word(dtype_to_setting[config.sample.dtype]),
+        "train": word(config.train.bf16),
+        "evaluate": word(dtype_to_setting[config.evaluate.dtype]),
+    }
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     e, d = summary["evaluation"], summary["promotion"]
     lines = [
         "# RRHF round",
         "",
         f"- policy trained: `{summary['start_model']}` -> model version {d['version']} (`challenger`)",
-        f"- held-out reward: baseline {e['baseline']['reward_mean']:.4f} -> trained {e['candidate']['reward_mean']:.4f} "
-        f"(gain {e['reward_gain']:+.4f}), win rate {e['win_rate']:.3f} ({e['wins']} wins, {e['ties']} ties, {e['losses']} losses)",
+        f"- held-out judge `{e['judge']}`"
+        + (" (**the training reward itself**)" if e["judge_is_training_reward"] else "")
+        + f": baseline {e['baseline']['reward_mean']:.4f} -> trained {e['candidate']['reward_mean']:.4f} "
+        f"(gain {e['reward_gain']:+.4f}, 95 % CI {e['reward_gain_ci'][0]:+.4f}..{e['reward_gain_ci'][1]:+.4f}), "
+        f"win rate {e['win_rate']:.3f} ({e['wins']} wins, {e['ties']} ties, {e['losses']} losses)",
         f"- promotion: {'**champion moved**' if d['promoted'] else 'champion kept'}: {'; '.join(d['decision']['reasons'])}",
         f"- reused stages: {', '.join(summary['reused']) or 'none'}",
         f"- MLflow run: {summary['mlflow_run_id']} in {summary['tracking_uri']}",
@@ -55,6 +77,8 @@ def finish_round(summary: dict[str, Any], workdir: Path) -> None:
     mlflow.log_metrics(
         {
             "held_out_reward_gain": e["reward_gain"],
+            "held_out_reward_gain_ci_lo": e["reward_gain_ci"][0],
+            "held_out_reward_gain_ci_hi": e["reward_gain_ci"][1],
             "win_rate": e["win_rate"],
             "promoted": float(summary["promotion"]["promoted"]),
         }

@@ -46,6 +46,15 @@ C = TypeVar("C", bound=BaseModel)
 R = TypeVar("R", bound=StageResult)
 
 
+def interval_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """The report's confidence intervals as ``<name>_lo`` / ``<name>_hi`` metrics."""
+    out = {}
+    for key, value in report.items():
+        if key.endswith("_ci") and isinstance(value, list | tuple) and len(value) == 2:
+            out[f"{key}_lo"], out[f"{key}_hi"] = float(value[0]), float(value[1])
+    return out
+
+
 def transient(task: Any, task_run: Any, state: Any) -> bool:
     """Retry condition: anything but a user error (bad input is never retried)."""
     try:
@@ -261,27 +270,34 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
     """Candidate vs baseline on the held-out prompts (always run: the baseline may have changed)."""
     with stage_run("evaluate", parent, cfg.model_dump()):
         report = evaluate(cfg).to_dict()
-        mlflow.log_metrics(numeric(report))
+        mlflow.set_tags(
+            {"judge": report["judge"], "judge_is_training_reward": report["judge_is_training_reward"]}
+        )
+        mlflow.log_metrics(numeric(report) | interval_metrics(report))
         mlflow.log_dict(report, "eval_report.json")
         rows = pq.read_table(Path(cfg.output_dir) / "eval_samples.parquet").to_pandas()
         mlflow.log_table(rows, "eval_samples.json")
-        groups = {role: rows[rows.role == role].reward.tolist() for role in ("baseline", "candidate")}
-        mlflow.log_figure(
-            plots.reward_histograms(groups, "Held-out reward: baseline vs trained"), "eval_rewards.png"
-        )
+        groups = {role: rows[rows.role == role].judge.tolist() for role in ("baseline", "candidate")}
+        title = f"Held-out judge ({report['judge']}): baseline vs trained"
+        mlflow.log_figure(plots.reward_histograms(groups, title, xlabel="judge score"), "eval_rewards.png")
     create_table_artifact(
         key="evaluation",
         table=[
             {
                 "model": role,
-                "reward_mean": report[role]["reward_mean"],
+                "judge_mean": report[role]["reward_mean"],
+                "training_reward_mean": report[role]["training_reward_mean"],
                 "reward_median": report[role]["reward_median"],
                 "tokens_mean": report[role]["tokens_mean"],
                 "preference_accuracy": report[role]["preference_accuracy"],
             }
             for role in ("baseline", "candidate")
         ],
-        description=f"win rate {report['win_rate']:.3f}",
+        description=(
+            f"judge {report['judge']}: gain {report['reward_gain']:+.4f} "
+            f"(95 % CI {report['reward_gain_ci'][0]:+.4f}..{report['reward_gain_ci'][1]:+.4f}), "
+            f"win rate {report['win_rate']:.3f}"
+        ),
     )
     return report
 

@@ -136,3 +136,43 @@ def test_ingest_reads_the_embedded_demo_prompts(capsys, tmp_path):
     assert len(read_prompts(tmp_path / "prompts.parquet")) == 32
     assert main(["ingest", "--inputs", "embedded:nope", "--output-dir", str(tmp_path / "x")]) == 2
     assert "unknown embedded prompt set 'embedded:nope'" in capsys.readouterr().err
+
+
+def test_the_report_renders_from_stored_summaries(capsys, tmp_path):
+    def summary(seed: int, gain: float, lo: float, promoted: bool) -> dict:
+        side = {"reward_mean": 0.3, "tokens_mean": 20.0}
+        return {
+            "evaluation": {
+                "prompts": 64,
+                "judge": "embedded:constraint-pass",
+                "judge_is_training_reward": False,
+                "baseline": side,
+                "candidate": {**side, "reward_mean": 0.3 + gain},
+                "baseline_best_of_k": 0.45,
+                "best_of_k": 4,
+                "reward_gain": gain,
+                "reward_gain_ci": [lo, gain + 0.1],
+                "win_rate": 0.6,
+                "wins": 20,
+                "ties": 40,
+                "losses": 4,
+            },
+            "promotion": {"promoted": promoted},
+            "config": {"train": {"seed": seed}},
+            "precision": {"sample": "fp32", "train": "fp32", "evaluate": "fp32"},
+            "machine": "test machine, 2 cores",
+            "seconds": 300.0,
+        }
+
+    for seed, (gain, lo, promoted) in enumerate([(0.25, 0.15, True), (0.05, -0.05, False)]):
+        (tmp_path / f"run{seed}").mkdir()
+        (tmp_path / f"run{seed}" / "last_summary.json").write_text(
+            json.dumps(summary(seed, gain, lo, promoted))
+        )
+    assert main(["report", str(tmp_path / "run0"), str(tmp_path / "run1" / "last_summary.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| 0 | fp32 | 64 | 0.300 | 0.450 (k=4) | 0.550 | +0.250 [+0.150, +0.350] |" in out
+    assert "**not promoted**" in out and "(not the training reward)" in out
+    assert "2 run(s): mean gain +0.150 (s.d. 0.141); CI lower bound above 0 in 1; promoted in 1." in out
+    assert "Machines: test machine, 2 cores." in out
+    assert main(["report", str(tmp_path / "missing")]) == 2

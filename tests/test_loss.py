@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.testing import assert_close
@@ -174,3 +176,38 @@ def test_ranking_pairs_counts_agreement():
     assert ranking_pairs(p, t(0.9, 0.9, 0.1), g) == (2, 2)  # the tied pair is not counted
     # pairs never cross prompts
     assert ranking_pairs(t(-1.0, -2.0), t(0.0, 1.0), torch.tensor([0, 1])) == (0, 0)
+
+
+def test_best_worst_rows_pick_first_on_ties_and_flag_equal_prompts():
+    from rrhf_core.training.loss import best_worst_rows
+
+    rewards = torch.tensor([0.5, 1.0, 1.0, 0.0, 2.0, 2.0])
+    group = torch.tensor([0, 0, 0, 0, 1, 1])
+    best, worst, has_pair = best_worst_rows(rewards, group, 2)
+    assert best.tolist() == [1, 4] and worst.tolist() == [3, 4] and has_pair.tolist() == [True, False]
+
+
+def test_simpo_against_hand_derived_values():
+    from rrhf_core.training.loss import simpo_loss
+
+    # prompt 0: best row 1 (p=-1.0), worst row 0 (p=-2.0): z = 2 * (1.0) - 1 = 1 -> -log sigmoid(1) = log(1 + e^-1)
+    scores = torch.tensor([-2.0, -1.0, -3.0, -3.0])
+    rewards = torch.tensor([0.0, 1.0, 5.0, 5.0])
+    group = torch.tensor([0, 0, 1, 1])
+    out = simpo_loss(scores, rewards, group, 2, beta=2.0, gamma=1.0)
+    assert out[0].item() == pytest.approx(math.log(1 + math.exp(-1.0)))
+    assert out[1].item() == 0.0  # all-equal rewards: no pair
+
+
+def test_dpo_against_hand_derived_values():
+    from rrhf_core.training.loss import dpo_loss
+
+    # best row 0: policy -10, reference -12 (+2); worst row 1: policy -8, reference -9 (+1); margin 1, beta 0.5
+    sums = torch.tensor([-10.0, -8.0])
+    ref = torch.tensor([-12.0, -9.0])
+    out = dpo_loss(sums, ref, torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), 1, beta=0.5)
+    assert out.item() == pytest.approx(math.log(1 + math.exp(-0.5)))
+    # the policy equal to the reference: loss log 2, whatever the log-probabilities
+    assert dpo_loss(sums, sums, torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), 1).item() == pytest.approx(
+        math.log(2)
+    )

@@ -72,7 +72,7 @@ def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
 
     mv = MlflowClient().get_model_version_by_alias("tiny-policy", "challenger")
     assert str(mv.version) == summary["promotion"]["version"]
-    assert mv.tags["rrhf.promotion"] in ("promoted", "rejected") and "reward gain" in mv.description
+    assert mv.tags["rrhf.promotion"] in ("promoted", "rejected") and "judge gain" in mv.description
 
 
 def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, tmp_path, tiny_model_dir):

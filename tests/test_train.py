@@ -234,3 +234,31 @@ def test_two_processes_give_the_loss_trajectory_of_one(tmp_path, learnable_set):
     assert l2 == pytest.approx(l1, rel=1e-4)
     assert l1[-1] < l1[0]  # and it is really training
     assert json.loads((tmp_path / "two" / "train_summary.json").read_text())["world_size"] == 2
+
+
+def test_sft_best_is_rrhf_with_ranking_weight_zero(tiny_model_dir, learnable_set, tmp_path):
+    import torch
+
+    from rrhf_core.training.collate import collate_shared
+    from rrhf_core.training.listwise import objective
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    examples, _ = load_listwise(learnable_set)
+    encoded, _, _ = encode_examples(Encoder(tok, 64, 16, "chat"), examples[:3])
+    batch = collate_shared(encoded, tok.pad_token_id)
+    sums, lengths = -torch.rand(batch.rewards.numel()) * 10, torch.full((batch.rewards.numel(),), 4.0)
+    c = cfg(tiny_model_dir, learnable_set, tmp_path)
+    sft_best = objective(sums, lengths, batch, c.model_copy(update={"loss": "sft_best"}))
+    zero_rank = objective(sums, lengths, batch, c.model_copy(update={"rrhf_weight": 0.0}))
+    assert torch.equal(sft_best.loss, zero_rank.loss) and torch.equal(sft_best.loss, sft_best.sft)
+
+
+@pytest.mark.parametrize("loss", ["dpo", "simpo"])
+def test_the_pairwise_baselines_train_on_the_listwise_set(tiny_model_dir, learnable_set, tmp_path, loss):
+    c = cfg(tiny_model_dir, learnable_set, tmp_path / "run", epochs=24, learning_rate=3e-3, loss=loss)
+    before = ranking_accuracy(tiny_model_dir, learnable_set, c)
+    result = train(c, progress=False)
+    after = ranking_accuracy(result.model_dir, learnable_set, c)
+    assert after["ranking_accuracy"] > before["ranking_accuracy"] + 0.2, (before, after)
+    history = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert history[-1]["loss"] < history[0]["loss"]

@@ -50,14 +50,20 @@ from rrhf_core.errors import DataError, MissingPackageError
 Format = Literal["auto", "prompt", "messages", "hh", "rrhf"]
 
 EMBEDDED_PROMPTS = "embedded:demo-prompts"
+# the project's own prompt sets, shipped in the package: name -> file beside this module
+EMBEDDED_SETS = {
+    EMBEDDED_PROMPTS: "demo_prompts.jsonl",
+    "embedded:instructions": "instructions.jsonl",  # verifiable instructions (rrhf_core.instructions.suite)
+}
 
 
 def resolve_input(source: str) -> str:
-    """``embedded:demo-prompts`` is the project's own prompt set, shipped in the package; other inputs as given."""
-    if source == EMBEDDED_PROMPTS:
-        return str(Path(__file__).with_name("demo_prompts.jsonl"))
+    """An ``embedded:`` prompt set's file in the package; other inputs as given."""
+    if source in EMBEDDED_SETS:
+        return str(Path(__file__).with_name(EMBEDDED_SETS[source]))
     if source.startswith("embedded:"):
-        raise DataError(f"unknown embedded prompt set {source!r}; available: {EMBEDDED_PROMPTS!r}")
+        known = ", ".join(repr(s) for s in EMBEDDED_SETS)
+        raise DataError(f"unknown embedded prompt set {source!r}; available: {known}")
     return source
 
 
@@ -72,6 +78,7 @@ class PromptRecord:
     source: str
     references: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None  # the record's own split; None: decided by the id hash
 
 
 @dataclass
@@ -269,6 +276,7 @@ def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> Pr
         messages = [{"role": "user", "content": _text(rec, prompt_field)}]
         if isinstance(rec.get("system"), str) and rec["system"].strip():
             messages.insert(0, {"role": "system", "content": rec["system"]})
+        references = _prompt_references(rec)
     elif kind == "messages":
         messages = _messages(rec.get("messages"))
         if messages[-1]["role"] == "assistant":
@@ -331,7 +339,24 @@ def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> Pr
     messages = normalise_messages(messages)
     if any(not m["content"] for m in messages if m["role"] == "user"):
         raise Reject("a user turn is empty")
-    return PromptRecord(make_prompt_id(messages), messages, "", references, meta)
+    if isinstance(rec.get("meta"), dict):
+        meta = {**rec["meta"], **meta}
+    split = rec.get("split")
+    if split is not None and split not in ("train", "eval"):
+        raise Reject(f"field 'split' is {split!r}; use 'train' or 'eval' (or leave it out to split by id)")
+    return PromptRecord(make_prompt_id(messages), messages, "", references, meta, split)
+
+
+def _prompt_references(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A plain prompt's reference answers: ``reference`` (a string) and/or ``references`` (a list of strings)."""
+    given = rec.get("references", [])
+    if not isinstance(given, list) or not all(isinstance(r, str) for r in given):
+        raise Reject("field 'references' must be a list of strings")
+    ref = rec.get("reference")
+    if ref is not None and not isinstance(ref, str):
+        raise Reject(f"field 'reference' is {type(ref).__name__}, not a string")
+    texts = [t.strip() for t in ([ref] if ref else []) + given if t and t.strip()]
+    return [{"text": t, "source": "dataset:reference", "reward": None} for t in dict.fromkeys(texts)]
 
 
 def _reason_key(reason: str) -> str:
@@ -391,7 +416,7 @@ def ingest(
         )
     rows = []
     for pr in by_id.values():
-        split = split_for(pr.prompt_id, eval_share)
+        split = pr.split or split_for(pr.prompt_id, eval_share)
         report.splits[split] = report.splits.get(split, 0) + 1
         rows.append(
             {

@@ -26,6 +26,22 @@ class EvalSettings(BaseModel):
     preference_accuracy: bool = Field(
         True, description="Score HH chosen/rejected pairs with each policy (Table 5)."
     )
+    judge: str | None = Field(
+        None,
+        description="Reward spec that judges the answers (unset: the training reward, reported as such).",
+    )
+    also_report: list[str] = Field(
+        default_factory=list,
+        description="Further reward specs whose means are reported (e.g. embedded:relevance).",
+    )
+    best_of_k: int = Field(
+        0, ge=0, description="Also judge the baseline's best of k sampled answers per prompt (0: off)."
+    )
+    best_of_k_temperature: float = Field(1.0, gt=0.0, description="Sampling temperature for best-of-k.")
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="Precision of generation and scoring in evaluation (auto: bf16 where it is faster).",
+    )
 
 
 class EvalConfig(EvalSettings):

@@ -1,16 +1,20 @@
 """Evaluation of a candidate policy against a baseline (the current champion, or the base model) on held-out prompts.
 
-Both models answer every held-out prompt (greedy decoding by default, so the comparison is deterministic) and the
-reward scores the answers. Reported:
+Both models answer every held-out prompt (greedy decoding by default, so the comparison is deterministic). A
+**judge** scores the answers; it is kept apart from the training **reward** (``judge``: a reward spec; left unset,
+the training reward judges and the report says so, since a gain judged by the reward that was optimised can be pure
+reward hacking). Reported, with paired bootstrap 95 % CIs over prompts (:mod:`rrhf_core.evaluation.stats`):
 
-- per model: mean and median reward, mean and median response tokens, share of answers cut at the length limit;
-- reward-judged win rate of the candidate: ``(wins + ties / 2) / prompts``, with wins, ties (equal rewards within
-  ``tie_margin``) and losses also reported;
+- per model: the judge's mean and median, the training reward's mean, response length statistics, the share of
+  answers cut at the length limit, and the mean of every extra reward in ``also_report`` (e.g. relevance);
+- the judge's gain (``reward_gain``, ``reward_gain_ci``) and win rate (ties half; ``win_rate``, ``win_rate_ci``, with
+  wins, ties and losses), and the training reward's gain (``training_reward_gain``, ``training_reward_gain_ci``);
+- with ``best_of_k``: the baseline's best-of-k judge score (k answers sampled per prompt, the best one judged): the
+  ceiling that reranking alone reaches, which RRHF tries to move into greedy decoding;
 - when the prompts carry preference pairs (HH ``dataset:chosen`` / ``dataset:rejected``): the policy-as-reward-model
-  accuracy (paper Table 5), the share of pairs where the policy's length-normalised log-likelihood is higher for the
-  chosen response;
-- when the training set's best-of-n reward is given: that ceiling and the share of the gap ``ceiling - baseline``
-  that the candidate recovered.
+  accuracy (paper Table 5) with its CI;
+- when the training set's best-of-n reward is given: that ceiling and the share of ``ceiling - baseline`` (by the
+  training reward) that the candidate recovered.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from rrhf_core.data.contracts import ListwiseExample, atomic_write_parquet, read_prompts
 from rrhf_core.errors import ConfigError
 from rrhf_core.evaluation.config import EvalConfig
+from rrhf_core.evaluation.stats import bootstrap_mean_ci, gain_ci, win_rate_ci, win_scores
 from rrhf_core.sampling.config import SampleSettings, generation_params
 from rrhf_core.sampling.hf_backend import HFSampler
 from rrhf_core.sampling.stage import render_prompts
@@ -35,48 +40,92 @@ from rrhf_core.training.collate import Encoder
 from rrhf_core.training.config import TrainSettings
 from rrhf_core.training.listwise import encode_examples, evaluate_listwise
 
+CI = tuple[float, float]
+
 
 @dataclass
 class ModelEval:
     model: str
-    reward_mean: float
+    reward_mean: float  # the judge's
     reward_median: float
+    reward_mean_ci: CI
+    training_reward_mean: float
     tokens_mean: float
     tokens_median: float
     truncated_share: float
     preference_accuracy: float | None = None
+    preference_accuracy_ci: CI | None = None
+    also: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class EvalReport:
     prompts: int
+    judge: str
+    reward: str
+    judge_is_training_reward: bool
     candidate: ModelEval
     baseline: ModelEval
     wins: int
     ties: int
     losses: int
     win_rate: float
-    reward_gain: float
+    win_rate_ci: CI
+    reward_gain: float  # by the judge
+    reward_gain_ci: CI
+    training_reward_gain: float
+    training_reward_gain_ci: CI
+    best_of_k: int = 0
+    baseline_best_of_k: float | None = None
     best_of_n_ceiling: float | None = None
     gap_recovered: float | None = None
     preference_pairs: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _answers(
-    sampler: HFSampler, rows: list[dict[str, Any]], cfg: EvalConfig
-) -> tuple[list[str], list[int], list[str]]:
-    texts, _ = render_prompts(rows, sampler.tokenizer, cfg.prompt_format, cfg.max_prompt_tokens)
-    answer = SampleSettings(
+@dataclass
+class Answers:
+    texts: list[str]
+    tokens: list[int]
+    finish: list[str]
+
+
+def _generate(sampler: HFSampler, texts: list[str], answer: SampleSettings, cfg: EvalConfig) -> list[Any]:
+    torch.manual_seed(answer.seed)
+    return sampler.generate(texts, generation_params(answer, cfg.prompt_format))
+
+
+def _answers(sampler: HFSampler, prompt_texts: list[str], cfg: EvalConfig) -> Answers:
+    greedy = SampleSettings(
         k=1, temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed
     )
-    params = generation_params(answer, cfg.prompt_format)
-    torch.manual_seed(cfg.seed)
-    outs = sampler.generate(texts, params)
-    return [o[0].text for o in outs], [o[0].num_tokens for o in outs], [o[0].finish_reason for o in outs]
+    outs = _generate(sampler, prompt_texts, greedy, cfg)
+    return Answers(
+        [o[0].text for o in outs], [o[0].num_tokens for o in outs], [o[0].finish_reason for o in outs]
+    )
+
+
+def _best_of_k(
+    sampler: HFSampler, prompt_texts: list[str], messages: list[Any], judge: RewardBackend, cfg: EvalConfig
+) -> list[float]:
+    """Per prompt, the best judge score among ``best_of_k`` sampled answers."""
+    sampled = SampleSettings(
+        k=cfg.best_of_k,
+        temperature=cfg.best_of_k_temperature,
+        top_p=0.95,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+    )
+    outs = _generate(sampler, prompt_texts, sampled, cfg)
+    flat_msgs = [m for m, group in zip(messages, outs, strict=True) for _ in group]
+    scores = judge.score(flat_msgs, [c.text for group in outs for c in group])
+    best, i = [], 0
+    for group in outs:
+        best.append(max(scores[i : i + len(group)]) if group else float("-inf"))
+        i += len(group)
+    return best
 
 
 def preference_pairs(rows: list[dict[str, Any]]) -> list[ListwiseExample]:
@@ -84,16 +133,13 @@ def preference_pairs(rows: list[dict[str, Any]]) -> list[ListwiseExample]:
     out = []
     for r in rows:
         refs = {ref["source"]: ref["text"] for ref in r.get("references") or []}
-        if (
-            "dataset:chosen" in refs
-            and "dataset:rejected" in refs
-            and refs["dataset:chosen"] != refs["dataset:rejected"]
-        ):
+        chosen, rejected = refs.get("dataset:chosen"), refs.get("dataset:rejected")
+        if chosen and rejected and chosen != rejected:
             out.append(
                 ListwiseExample(
                     r["prompt_id"],
                     r["messages"],
-                    [refs["dataset:chosen"], refs["dataset:rejected"]],
+                    [chosen, rejected],
                     [1.0, 0.0],
                     ["dataset:chosen", "dataset:rejected"],
                 )
@@ -101,96 +147,148 @@ def preference_pairs(rows: list[dict[str, Any]]) -> list[ListwiseExample]:
     return out
 
 
-def _preference_accuracy(model: Any, tok: Any, pairs: list[ListwiseExample], cfg: EvalConfig) -> float | None:
+def _preference_accuracy(
+    model: Any, tok: Any, pairs: list[ListwiseExample], cfg: EvalConfig
+) -> tuple[float | None, CI | None]:
+    """Share of pairs where the policy's length-normalised log-likelihood prefers the chosen response, with CI."""
     if not pairs:
-        return None
+        return None, None
     scoring = TrainSettings(
         max_length=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
         max_response_tokens=cfg.max_new_tokens,
-        micro_batch_size=4,
+        micro_batch_size=1,
+        bf16="on" if cfg.dtype == "bf16" else "off" if cfg.dtype == "fp32" else "auto",
     )
     encoder = Encoder(tok, scoring.max_length, scoring.max_response_tokens, cfg.prompt_format)
     encoded, _, _ = encode_examples(encoder, pairs)
     if not encoded:
-        return None
-    return evaluate_listwise(model, encoded, scoring, tok.pad_token_id)["ranking_accuracy"]
+        return None, None
+    agree = [evaluate_listwise(model, [e], scoring, tok.pad_token_id)["ranking_accuracy"] for e in encoded]
+    return statistics.fmean(agree), bootstrap_mean_ci(agree, seed=cfg.seed)
 
 
-def _summary(
-    model: str, rewards: list[float], tokens: list[int], finish: list[str], acc: float | None
-) -> ModelEval:
-    return ModelEval(
-        model,
-        statistics.fmean(rewards),
-        statistics.median(rewards),
-        statistics.fmean(tokens),
-        statistics.median(tokens),
-        sum(f == "length" for f in finish) / len(finish),
-        acc,
-    )
+@dataclass
+class Side:
+    """One model's answers and every score of them."""
+
+    model: str
+    answers: Answers
+    judged: list[float]
+    rewarded: list[float]
+    also: dict[str, list[float]]
+    acc: tuple[float | None, CI | None]
+
+    def summary(self, seed: int) -> ModelEval:
+        a = self.answers
+        return ModelEval(
+            self.model,
+            statistics.fmean(self.judged),
+            statistics.median(self.judged),
+            bootstrap_mean_ci(self.judged, seed=seed),
+            statistics.fmean(self.rewarded),
+            statistics.fmean(a.tokens),
+            statistics.median(a.tokens),
+            sum(f == "length" for f in a.finish) / len(a.finish),
+            self.acc[0],
+            self.acc[1],
+            {spec: statistics.fmean(v) for spec, v in self.also.items()},
+        )
 
 
-def evaluate(cfg: EvalConfig, reward: RewardBackend | None = None) -> EvalReport:
+def evaluate(
+    cfg: EvalConfig, reward: RewardBackend | None = None, judge: RewardBackend | None = None
+) -> EvalReport:
     """Compare ``cfg.candidate`` with ``cfg.baseline`` on the held-out prompts; writes eval_samples.parquet and
     eval_report.json in ``cfg.output_dir``."""
     rows = read_prompts(cfg.prompts, cfg.split)[: cfg.limit]
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r} to evaluate on")
+    judge_spec = cfg.judge or cfg.reward
     reward = reward or make_reward(cfg.reward)
+    judge = judge or (reward if judge_spec == cfg.reward else make_reward(judge_spec))
+    extra = {spec: make_reward(spec) for spec in cfg.also_report}
     messages = [r["messages"] for r in rows]
     pairs = preference_pairs(rows) if cfg.preference_accuracy else []
-    results: dict[str, tuple[Any, ...]] = {}
-    evals: dict[str, ModelEval] = {}
+    sides: dict[str, Side] = {}
+    best_of_k: list[float] | None = None
     for role, model in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):
         sampler = HFSampler(
-            model, cfg.cache_dir, batch_size=cfg.batch_size
-        )  # one load serves both measurements
-        texts, tokens, finish = _answers(sampler, rows, cfg)
+            model, cfg.cache_dir, dtype=cfg.dtype, batch_size=cfg.batch_size
+        )  # one load serves all
+        texts, _ = render_prompts(rows, sampler.tokenizer, cfg.prompt_format, cfg.max_prompt_tokens)
+        answers = _answers(sampler, texts, cfg)
         acc = _preference_accuracy(sampler.model, sampler.tokenizer, pairs, cfg)
+        if role == "baseline" and cfg.best_of_k:
+            best_of_k = _best_of_k(sampler, texts, messages, judge, cfg)
         sampler.close()
-        rewards = reward.score(messages, texts)
-        results[role] = (model, texts, rewards, tokens, finish)
-        evals[role] = _summary(model, rewards, tokens, finish, acc)
-    cand_r, base_r = results["candidate"][2], results["baseline"][2]
-    wins = sum(c > b + cfg.tie_margin for c, b in zip(cand_r, base_r, strict=True))
-    losses = sum(b > c + cfg.tie_margin for c, b in zip(cand_r, base_r, strict=True))
-    ties = len(rows) - wins - losses
-    report = EvalReport(
-        prompts=len(rows),
-        candidate=evals["candidate"],
-        baseline=evals["baseline"],
-        wins=wins,
-        ties=ties,
-        losses=losses,
-        win_rate=(wins + ties / 2) / len(rows),
-        reward_gain=evals["candidate"].reward_mean - evals["baseline"].reward_mean,
-        preference_pairs=len(pairs),
-    )
-    if cfg.best_of_n_ceiling is not None:
-        report.best_of_n_ceiling = cfg.best_of_n_ceiling
-        gap = cfg.best_of_n_ceiling - evals["baseline"].reward_mean
-        report.gap_recovered = report.reward_gain / gap if gap > 0 else None
-    write_outputs(Path(cfg.output_dir), rows, results, report)
+        judged = judge.score(messages, answers.texts)
+        rewarded = judged if judge is reward else reward.score(messages, answers.texts)
+        also = {spec: r.score(messages, answers.texts) for spec, r in extra.items()}
+        sides[role] = Side(model, answers, judged, rewarded, also, acc)
+    report = compare(sides["candidate"], sides["baseline"], cfg, judge_spec, len(pairs), best_of_k)
+    write_outputs(Path(cfg.output_dir), rows, sides, report)
     return report
 
 
-def write_outputs(
-    out: Path, rows: list[dict[str, Any]], results: dict[str, tuple[Any, ...]], report: EvalReport
-) -> None:
-    """eval_samples.parquet (every answer with its reward) and eval_report.json."""
+def compare(
+    cand: Side, base: Side, cfg: EvalConfig, judge_spec: str, n_pairs: int, best_of_k: list[float] | None
+) -> EvalReport:
+    """The report's numbers from both sides' scores (a pure function)."""
+    scores = win_scores(cand.judged, base.judged, cfg.tie_margin)
+    wins, losses = scores.count(1.0), scores.count(0.0)
+    base_eval, cand_eval = base.summary(cfg.seed), cand.summary(cfg.seed)
+    report = EvalReport(
+        prompts=len(scores),
+        judge=judge_spec,
+        reward=cfg.reward,
+        judge_is_training_reward=judge_spec == cfg.reward,
+        candidate=cand_eval,
+        baseline=base_eval,
+        wins=wins,
+        ties=len(scores) - wins - losses,
+        losses=losses,
+        win_rate=statistics.fmean(scores),
+        win_rate_ci=win_rate_ci(cand.judged, base.judged, cfg.tie_margin, seed=cfg.seed),
+        reward_gain=cand_eval.reward_mean - base_eval.reward_mean,
+        reward_gain_ci=gain_ci(cand.judged, base.judged, seed=cfg.seed),
+        training_reward_gain=cand_eval.training_reward_mean - base_eval.training_reward_mean,
+        training_reward_gain_ci=gain_ci(cand.rewarded, base.rewarded, seed=cfg.seed),
+        best_of_k=cfg.best_of_k,
+        baseline_best_of_k=statistics.fmean(best_of_k) if best_of_k else None,
+        preference_pairs=n_pairs,
+    )
+    if cfg.best_of_n_ceiling is not None:
+        report.best_of_n_ceiling = cfg.best_of_n_ceiling
+        gap = cfg.best_of_n_ceiling - base_eval.training_reward_mean
+        report.gap_recovered = report.training_reward_gain / gap if gap > 0 else None
+    return report
+
+
+def write_outputs(out: Path, rows: list[dict[str, Any]], sides: dict[str, Side], report: EvalReport) -> None:
+    """eval_samples.parquet (per prompt and model: prompt, answer, judge score, training reward) and the report."""
     out.mkdir(parents=True, exist_ok=True)
-    sample_rows = [
+    table = [
         {
             "prompt_id": r["prompt_id"],
+            "prompt": r["messages"][-1]["content"],
             "role": role,
-            "model": m,
+            "model": side.model,
             "text": t,
+            "judge": j,
             "reward": rw,
             "num_tokens": n,
             "finish_reason": f,
         }
-        for role, (m, texts, rews, toks, fins) in results.items()
-        for r, t, rw, n, f in zip(rows, texts, rews, toks, fins, strict=True)
+        for role, side in sides.items()
+        for r, t, j, rw, n, f in zip(
+            rows,
+            side.answers.texts,
+            side.judged,
+            side.rewarded,
+            side.answers.tokens,
+            side.answers.finish,
+            strict=True,
+        )
     ]
-    atomic_write_parquet(pa.Table.from_pylist(sample_rows), out / "eval_samples.parquet")
+    atomic_write_parquet(pa.Table.from_pylist(table), out / "eval_samples.parquet")
     (out / "eval_report.json").write_text(json.dumps(report.to_dict(), indent=2))

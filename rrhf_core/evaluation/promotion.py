@@ -1,7 +1,8 @@
 """The promotion gate: does a candidate replace the champion? A pure decision over evaluation numbers.
 
 Rules (all must hold; each is configurable):
-1. mean held-out reward beats the baseline's by more than ``min_reward_gain``;
+1. the held-out gain by the judge beats ``min_reward_gain``: its 95 % CI lower bound does (``decide_on: ci_lower``,
+   the default: a gain that could be noise does not promote), or its mean (``decide_on: mean``);
 2. the reward-judged win rate (ties count half) is above ``min_win_rate``;
 3. length guard: the candidate's mean answer length is at most ``max_length_ratio`` times the baseline's (a reward
    that pays for length is the classic way a policy games its reward);
@@ -11,7 +12,7 @@ Rules (all must hold; each is configurable):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +25,10 @@ class GateConfig(BaseModel):
     min_win_rate: float = Field(0.5, ge=0.0, le=1.0, description="Win rate (ties half) must be above this.")
     max_length_ratio: float = Field(
         2.0, gt=0.0, description="Candidate mean tokens / champion mean tokens at most this."
+    )
+    decide_on: Literal["ci_lower", "mean"] = Field(
+        "ci_lower",
+        description="Compare the gain's CI lower bound (default) or its mean with min_reward_gain.",
     )
 
 
@@ -47,9 +52,13 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
         return Decision(False, ["the evaluation failed: nothing to compare"])
     cand, base = report["candidate"], report["baseline"]
     gain = cand["reward_mean"] - base["reward_mean"]
+    lo, hi = report.get("reward_gain_ci") or (gain, gain)
+    tested = lo if gate.decide_on == "ci_lower" else gain
     ratio = cand["tokens_mean"] / max(base["tokens_mean"], 1e-9)
     numbers = {
         "reward_gain": gain,
+        "reward_gain_ci_lo": lo,
+        "reward_gain_ci_hi": hi,
         "win_rate": report["win_rate"],
         "length_ratio": ratio,
         "candidate_reward_mean": cand["reward_mean"],
@@ -57,8 +66,10 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
     }
     checks = [
         (
-            gain > gate.min_reward_gain,
-            f"reward gain {gain:+.4f} {'>' if gain > gate.min_reward_gain else '<='} {gate.min_reward_gain}",
+            tested > gate.min_reward_gain,
+            f"judge gain {gain:+.4f} (95 % CI {lo:+.4f}..{hi:+.4f}): "
+            f"{'CI lower bound' if gate.decide_on == 'ci_lower' else 'mean'} "
+            f"{'>' if tested > gate.min_reward_gain else '<='} {gate.min_reward_gain}",
         ),
         (
             report["win_rate"] > gate.min_win_rate,

@@ -36,7 +36,7 @@ import torch
 from rrhf_core.digest import file_digest, module_file
 from rrhf_core.errors import ConfigError
 from rrhf_core.models import package_dir
-from rrhf_core.scoring import EMBEDDED_REWARD
+from rrhf_core.scoring import EMBEDDED_REWARD, INSTRUCTION_REWARDS
 
 Messages = list[dict[str, str]]
 
@@ -248,6 +248,8 @@ def reward_fingerprint(spec: str) -> str:
     (content digest); for a hub id, the id (the loaded model's revision is in its ``reward_id``)."""
     if spec == EMBEDDED_REWARD:
         return EmbeddedReward.reward_id
+    if spec in INSTRUCTION_REWARDS:
+        return f"{spec}@v1"
     if _is_function_spec(spec):
         fn_spec = spec.removeprefix("fn:")
         path = module_file(fn_spec.partition(":")[0])
@@ -259,11 +261,18 @@ def reward_fingerprint(spec: str) -> str:
 
 
 def make_reward(spec: str, batch_size: int = 16, max_length: int = 1024, bucket: bool = True) -> Any:
-    """``embedded:minilm-helpfulness``, ``fn:module:function`` or ``module:function``, or an HF model id/path."""
+    """``embedded:minilm-helpfulness``, the instruction rewards (``embedded:constraint-reward``,
+    ``embedded:constraint-pass``, ``embedded:relevance``), ``fn:module:function`` or ``module:function``, or an HF
+    model id/path."""
     if spec == EMBEDDED_REWARD:
         return EmbeddedReward(bucket=bucket)
+    if spec in INSTRUCTION_REWARDS:
+        from rrhf_core.instructions.reward import InstructionReward
+
+        return InstructionReward(spec)
     if spec.startswith("embedded:"):
-        raise ConfigError(f"unknown embedded reward {spec!r}; available: {EMBEDDED_REWARD!r}")
+        known = ", ".join(repr(s) for s in (EMBEDDED_REWARD, *INSTRUCTION_REWARDS))
+        raise ConfigError(f"unknown embedded reward {spec!r}; available: {known}")
     if _is_function_spec(spec):
         return FunctionReward(spec.removeprefix("fn:"))
     return HFClassifierReward(spec, batch_size, max_length, bucket)

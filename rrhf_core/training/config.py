@@ -58,6 +58,15 @@ class TrainSettings(BaseModel):
     tie_policy: Literal["mean", "first"] = Field(
         "mean", description="Tied best rewards: share the SFT term ('mean') or take the first."
     )
+    loss: Literal["rrhf", "sft_best", "dpo", "simpo"] = Field(
+        "rrhf",
+        description="rrhf (ranking + SFT), or a baseline on the same data: sft_best (SFT on the best response "
+        "only), dpo (best vs worst, frozen reference model), simpo (best vs worst, length-normalised, margin).",
+    )
+    beta: float | None = Field(
+        None, gt=0.0, description="dpo/simpo temperature (default: 0.1 for dpo, 2.0 for simpo)."
+    )
+    simpo_gamma: float = Field(1.0, ge=0.0, description="SimPO target margin gamma.")
 
     # tokenisation
     max_length: int = Field(512, ge=8, description="Maximum tokens per (prompt + response) row.")

@@ -20,11 +20,14 @@ from rrhf_core.training.collate import (
 )
 from rrhf_core.training.config import TrainSettings
 from rrhf_core.training.loss import (
+    RRHFLoss,
+    dpo_loss,
     gather_logprobs,
     ranking_pairs,
     rrhf_loss_from_sums,
     segment_logprobs,
     sequence_logprobs,
+    simpo_loss,
 )
 from rrhf_core.training.prefix import PrefixSharedLM
 
@@ -35,10 +38,10 @@ def make_batch(examples: Sequence[EncodedExample], pad_id: int, shared: bool) ->
     return collate_shared(examples, pad_id) if shared else collate(examples, pad_id)
 
 
-def forward_loss(
-    model: Any, batch: Batch | SharedBatch, settings: TrainSettings, bf16: bool
-) -> tuple[Any, torch.Tensor]:
-    """One forward pass over a batch: the per-prompt RRHF terms and the ``(N,)`` scores.
+def response_logprobs(
+    model: Any, batch: Batch | SharedBatch, bf16: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass: each response's summed log-probability and its length, ``(N,)`` each.
 
     ``model`` is a :class:`PrefixSharedLM` (possibly in DDP) for a SharedBatch, a causal LM for a Batch.
     """
@@ -50,9 +53,22 @@ def forward_loss(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
             ).logits
     if isinstance(batch, SharedBatch):
-        sums, lengths = segment_logprobs(token_logps, batch.resp, batch.rewards.numel())
-    else:
-        sums, lengths = sequence_logprobs(gather_logprobs(logits, batch.targets), batch.response_mask)
+        return segment_logprobs(token_logps, batch.resp, batch.rewards.numel())
+    return sequence_logprobs(gather_logprobs(logits, batch.targets), batch.response_mask)
+
+
+def objective(
+    sums: torch.Tensor,
+    lengths: torch.Tensor,
+    batch: Batch | SharedBatch,
+    settings: TrainSettings,
+    ref_sums: torch.Tensor | None = None,
+) -> RRHFLoss:
+    """The configured loss per prompt: RRHF (Eq. 1-4), or a baseline (``sft_best``, ``dpo``, ``simpo``).
+
+    For the baselines ``rank`` holds the preference term and ``sft`` the SFT term that RRHF would add (logged
+    only). ``ref_sums``: ``(N,)`` the frozen reference model's summed log-probabilities (``dpo`` only).
+    """
     out = rrhf_loss_from_sums(
         sums,
         lengths,
@@ -60,12 +76,57 @@ def forward_loss(
         batch.group,
         batch.num_groups,
         length_penalty=settings.length_penalty,
-        rrhf_weight=settings.rrhf_weight,
+        rrhf_weight=0.0 if settings.loss == "sft_best" else settings.rrhf_weight,
         sft_weight=settings.sft_weight,
         tie_policy=settings.tie_policy,
         sft_reduction=settings.sft_reduction,
     )
+    if settings.loss in ("rrhf", "sft_best"):
+        return out
+    if settings.loss == "simpo":
+        pref = simpo_loss(
+            out.scores,
+            batch.rewards,
+            batch.group,
+            batch.num_groups,
+            settings.beta or 2.0,
+            settings.simpo_gamma,
+        )
+    else:
+        if ref_sums is None:
+            raise ValueError("loss 'dpo' needs the reference model's log-probabilities (ref_sums)")
+        pref = dpo_loss(sums, ref_sums, batch.rewards, batch.group, batch.num_groups, settings.beta or 0.1)
+    return RRHFLoss(pref, pref, out.sft, out.scores)
+
+
+def forward_loss(
+    model: Any,
+    batch: Batch | SharedBatch,
+    settings: TrainSettings,
+    bf16: bool,
+    ref_sums: torch.Tensor | None = None,
+) -> tuple[RRHFLoss, torch.Tensor]:
+    """One forward pass over a batch: the per-prompt loss terms and the ``(N,)`` scores."""
+    sums, lengths = response_logprobs(model, batch, bf16)
+    out = objective(sums, lengths, batch, settings, ref_sums)
     return out, out.scores
+
+
+@torch.no_grad()
+def reference_logprobs(
+    model: Any, encoded: Sequence[EncodedExample], pad_id: int, shared: bool, bf16: bool
+) -> dict[str, list[float]]:
+    """Each example's responses' summed log-probabilities under ``model`` (DPO's frozen reference), by prompt id."""
+    was_training = model.training
+    model.eval()
+    scorer = PrefixSharedLM(model) if shared else model
+    device = next(model.parameters()).device
+    out = {}
+    for ex in encoded:
+        sums, _ = response_logprobs(scorer, make_batch([ex], pad_id, shared).to(device), bf16)
+        out[ex.prompt_id] = [float(v) for v in sums.float().tolist()]
+    model.train(was_training)
+    return out
 
 
 @torch.no_grad()
@@ -78,8 +139,11 @@ def evaluate_listwise(
 ) -> dict[str, float]:
     """Mean loss terms and ranking accuracy of a model on encoded examples (no gradient).
 
-    ``settings`` gives the loss, batching, prefix sharing and bf16 choices (a :class:`TrainSettings`).
+    ``settings`` gives the loss, batching, prefix sharing and bf16 choices (a :class:`TrainSettings`); with
+    ``loss: dpo``, which needs a reference model, the loss terms reported are RRHF's.
     """
+    if settings.loss == "dpo":
+        settings = settings.model_copy(update={"loss": "rrhf"})
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()

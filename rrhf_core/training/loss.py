@@ -297,3 +297,56 @@ def rrhf_loss_from_sums(
     weights = best_response_weights(rewards, group, num_groups, tie_policy)
     sft = sft_loss(sums, lengths, weights, group, num_groups, sft_reduction)
     return RRHFLoss(rrhf_weight * rank + sft_weight * sft, rank, sft, scores)
+
+
+# --- the baselines RRHF is compared with, on the same listwise data ----------------------------------------------
+# Each reduces a prompt's k responses to one pair: its best response (highest reward, first on ties) against its
+# worst (lowest reward, first on ties); a prompt whose rewards are all equal has no pair and contributes 0.
+
+
+def best_worst_rows(
+    rewards: torch.Tensor, group: torch.Tensor, num_groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(N,), (N,) -> (G,), (G,), (G,)``: row of each prompt's best and worst response, and whether they differ
+    in reward (a prompt with all-equal rewards has no preference pair)."""
+    best_w = best_response_weights(rewards, group, num_groups, "first")
+    worst_w = best_response_weights(-rewards, group, num_groups, "first")
+    rows = torch.arange(rewards.numel(), device=rewards.device)
+    zeros = torch.zeros(num_groups, dtype=torch.long, device=rewards.device)
+    best = zeros.index_add(0, group, rows * best_w.long())
+    worst = zeros.index_add(0, group, rows * worst_w.long())
+    return best, worst, rewards[best] > rewards[worst]
+
+
+def simpo_loss(
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    beta: float = 2.0,
+    gamma: float = 1.0,
+) -> torch.Tensor:
+    """SimPO (Meng et al., 2024, Eq. 6) per prompt: ``-log sigmoid(beta (p_w - p_l) - gamma)`` on the
+    length-normalised log-likelihoods ``p`` (``scores``, ``(N,)``) of the best (w) and worst (l) response; no
+    reference model. Returns ``(G,)``, 0 for a prompt without a pair."""
+    _check_flat(scores, rewards, group)
+    best, worst, has_pair = best_worst_rows(rewards, group, num_groups)
+    z = beta * (scores[best] - scores[worst]) - gamma
+    return -torch.nn.functional.logsigmoid(z) * has_pair.to(scores.dtype)
+
+
+def dpo_loss(
+    sums: torch.Tensor,
+    ref_sums: torch.Tensor,
+    rewards: torch.Tensor,
+    group: torch.Tensor,
+    num_groups: int,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """DPO (Rafailov et al., 2023, Eq. 7) per prompt: ``-log sigmoid(beta ((s_w - s0_w) - (s_l - s0_l)))`` where
+    ``s`` are the policy's and ``s0`` the frozen reference model's summed response log-probabilities (``(N,)``
+    each) of the best (w) and worst (l) response. Returns ``(G,)``, 0 for a prompt without a pair."""
+    _check_flat(sums, rewards, group)
+    best, worst, has_pair = best_worst_rows(rewards, group, num_groups)
+    margin = (sums[best] - ref_sums[best]) - (sums[worst] - ref_sums[worst])
+    return -torch.nn.functional.logsigmoid(beta * margin) * has_pair.to(sums.dtype)

@@ -44,7 +44,13 @@ from rrhf_core.training.collate import (
 )
 from rrhf_core.training.config import TrainConfig
 from rrhf_core.training.distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
-from rrhf_core.training.listwise import METRIC_KEYS, encode_examples, forward_loss, make_batch
+from rrhf_core.training.listwise import (
+    METRIC_KEYS,
+    encode_examples,
+    forward_loss,
+    make_batch,
+    reference_logprobs,
+)
 from rrhf_core.training.loss import (
     ranking_pairs,
 )
@@ -151,6 +157,7 @@ class Run:
     total_steps: int
     bf16: bool
     fingerprint: dict[str, Any]
+    reference: dict[str, list[float]] | None = None  # DPO: the frozen base model's response log-probabilities
 
 
 def load_encoded(
@@ -202,6 +209,17 @@ def make_optimizer(model: Any, cfg: TrainConfig, total_steps: int) -> tuple[list
     return trainable, optimizer, scheduler
 
 
+def _reference(
+    cfg: TrainConfig, encoded: list[EncodedExample], tokenizer: Any, env: DistEnv
+) -> dict[str, list[float]]:
+    """DPO's reference: the base model's log-probabilities, computed once (from the base weights, also on resume)."""
+    base = load_causal_lm(cfg.model, cfg.cache_dir).to(env.device)
+    pad_id = int(tokenizer.pad_token_id)
+    out = reference_logprobs(base, encoded, pad_id, cfg.prefix_sharing, use_bf16(cfg.bf16, env.device))
+    del base
+    return out
+
+
 def setup(cfg: TrainConfig, env: DistEnv) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -214,6 +232,7 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
     model = _prepare_model(cfg, env)
     trainable, optimizer, scheduler = make_optimizer(model, cfg, total_steps)
     fingerprint = cfg.resume_fingerprint() | {"data_sha256": file_digest(cfg.data)}
+    reference = _reference(cfg, encoded, tokenizer, env) if cfg.loss == "dpo" else None
     return Run(
         cfg,
         env,
@@ -232,6 +251,7 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
         total_steps,
         use_bf16(cfg.bf16, env.device),
         fingerprint,
+        reference,
     )
 
 
@@ -257,10 +277,16 @@ def _accumulate(run: Run, indices: list[int]) -> dict[str, float]:
     sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64)
     pad_id = int(run.tokenizer.pad_token_id)
     for m, micro in enumerate(micros):
-        batch = make_batch([run.encoded[i] for i in micro], pad_id, run.cfg.prefix_sharing).to(run.env.device)
+        examples = [run.encoded[i] for i in micro]
+        batch = make_batch(examples, pad_id, run.cfg.prefix_sharing).to(run.env.device)
+        ref = (
+            torch.tensor([v for ex in examples for v in run.reference[ex.prompt_id]], device=run.env.device)
+            if run.reference is not None
+            else None
+        )
         sync = m == len(micros) - 1 or not isinstance(run.model, DistributedDataParallel)
         with contextlib.nullcontext() if sync else run.model.no_sync():
-            out, scores = forward_loss(run.model, batch, run.cfg, run.bf16)
+            out, scores = forward_loss(run.model, batch, run.cfg, run.bf16, ref)
             (out.loss.sum() * run.env.world_size / run.global_batch).backward()
         agree, pairs = ranking_pairs(scores.detach(), batch.rewards, batch.group)
         values = [out.loss.sum().item(), out.rank.sum().item(), out.sft.sum().item(), agree, pairs]

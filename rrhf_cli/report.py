@@ -1,0 +1,104 @@
+"""``rrhf report SUMMARY...``: the README's result table, rendered from the ``last_summary.json`` files of runs.
+
+Each argument is a ``last_summary.json`` or a run folder holding one. One row per run (seed and precision read from
+the run's own configuration), then the machine each run came from; nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rrhf_core.errors import DataError
+
+
+def load_summary(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "last_summary.json"
+    if not p.exists():
+        raise DataError(f"{p} does not exist; give a run's last_summary.json or its workdir")
+    try:
+        summary = json.loads(p.read_text())
+    except ValueError as e:
+        raise DataError(f"{p} is not a run summary (invalid JSON: {e})") from None
+    missing = [k for k in ("evaluation", "promotion", "config") if not summary.get(k)]
+    if missing:
+        raise DataError(f"{p} lacks {missing}: was it written by `rrhf pipeline` of this version?")
+    return p, summary
+
+
+def _precision(s: dict[str, Any]) -> str:
+    p = s.get("precision") or {}
+    kinds = set(p.values())
+    return next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{k} {v}" for k, v in p.items())
+
+
+def row(s: dict[str, Any]) -> list[str]:
+    e, cfg = s["evaluation"], s["config"]
+    lo, hi = e["reward_gain_ci"]
+    bok = e.get("baseline_best_of_k")
+    return [
+        str(cfg["train"]["seed"]),
+        _precision(s),
+        str(e["prompts"]),
+        f"{e['baseline']['reward_mean']:.3f}",
+        f"{bok:.3f} (k={e['best_of_k']})" if bok is not None else "-",
+        f"{e['candidate']['reward_mean']:.3f}",
+        f"{e['reward_gain']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
+        f"{e['win_rate']:.3f} ({e['wins']} W, {e['ties']} T, {e['losses']} L)",
+        "promoted" if s["promotion"]["promoted"] else "**not promoted**",
+        f"{s['seconds']:.0f}",
+    ]
+
+
+HEADER = [
+    "seed",
+    "precision",
+    "held-out prompts",
+    "base (greedy)",
+    "base best-of-k",
+    "trained (greedy)",
+    "gain [95 % CI]",
+    "win rate",
+    "gate",
+    "pipeline s",
+]
+
+
+def render(paths: Sequence[str | Path]) -> str:
+    summaries = [load_summary(p)[1] for p in paths]
+    if not summaries:
+        raise DataError("no run summaries given")
+    judges = sorted({s["evaluation"]["judge"] for s in summaries})
+    lines = [
+        f"Judge: {', '.join(f'`{j}`' for j in judges)}"
+        + (
+            " (the training reward itself)"
+            if any(s["evaluation"]["judge_is_training_reward"] for s in summaries)
+            else " (not the training reward)"
+        ),
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "| " + " | ".join("---" for _ in HEADER) + " |",
+    ]
+    lines += ["| " + " | ".join(row(s)) + " |" for s in summaries]
+    gains = [s["evaluation"]["reward_gain"] for s in summaries]
+    promoted = sum(bool(s["promotion"]["promoted"]) for s in summaries)
+    spread = f" (s.d. {statistics.stdev(gains):.3f})" if len(gains) > 1 else ""
+    lines += [
+        "",
+        f"{len(summaries)} run(s): mean gain {statistics.fmean(gains):+.3f}{spread}; "
+        f"CI lower bound above 0 in {sum(s['evaluation']['reward_gain_ci'][0] > 0 for s in summaries)}; "
+        f"promoted in {promoted}.",
+        "Machines: " + "; ".join(sorted({s.get("machine", "not recorded") for s in summaries})) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def run_report(paths: Sequence[str]) -> int:
+    print(render(paths))
+    return 0

@@ -1,0 +1,193 @@
+"""Constraints on an answer that a program can check (the idea behind IFEval-style verifiable instructions).
+
+Each constraint kind has an instruction sentence (appended to a question to make a prompt), a pattern that finds
+that sentence again in a prompt, and a checker. Checkers never raise, whatever the string, and an empty answer
+fails every constraint. :func:`parse_constraints` recovers a prompt's constraints from its text, so a reward needs
+only the prompt and the answer (the scoring interface), never a side table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rrhf_core.errors import ConfigError
+
+_WORD = re.compile(r"[A-Za-z0-9']+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+def _first_word(text: str) -> str:
+    w = words(text)
+    return w[0].lower() if w else ""
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _sentences(text: str) -> list[str]:
+    parts = re.split(r"(?<=[.!?])\s+", text.strip())
+    return [p for p in parts if words(p)]
+
+
+def _json_object(text: str) -> dict | None:
+    body = text.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.S)
+    if fenced:
+        body = fenced.group(1)
+    try:
+        value = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _has_keys(obj: dict | None, keys: list[str]) -> bool:
+    return obj is not None and set(keys) <= set(obj)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A constraint kind: its instruction template (``{arg}`` is the argument), argument pattern and checker."""
+
+    name: str
+    template: str
+    check: Callable[[str, str], bool]
+    arg_pattern: str = ""
+
+    def instruction(self, arg: str = "") -> str:
+        return self.template.format(arg=arg)
+
+    def regex(self) -> re.Pattern[str]:
+        escaped = re.escape(self.template).replace(re.escape("{arg}"), f"({self.arg_pattern})")
+        return re.compile(escaped)
+
+
+def _nonempty(check: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
+    def guarded(text: str, arg: str) -> bool:
+        if not isinstance(text, str) or not text.strip():
+            return False
+        try:
+            return bool(check(text, arg))
+        except (ValueError, TypeError, IndexError, RecursionError):
+            return False
+
+    return guarded
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("max_words", "Answer in fewer than {arg} words.", lambda t, a: len(words(t)) < int(a), r"\d+"),
+        Kind("min_words", "Answer in at least {arg} words.", lambda t, a: len(words(t)) >= int(a), r"\d+"),
+        Kind(
+            "start_yes_no",
+            "Start your answer with the word Yes or No.",
+            lambda t, a: _first_word(t) in ("yes", "no"),
+        ),
+        Kind(
+            "lowercase",
+            "Write your whole answer in lowercase letters only.",
+            lambda t, a: any(c.isalpha() for c in t) and t == t.lower(),
+        ),
+        Kind("end_question", "End your answer with a question.", lambda t, a: t.rstrip().endswith("?")),
+        Kind(
+            "bullets",
+            "Answer with exactly {arg} bullet points, each on its own line starting with '- '.",
+            lambda t, a: sum(line.startswith("- ") for line in _lines(t)) == int(a),
+            r"\d+",
+        ),
+        Kind(
+            "numbered",
+            "Answer with a numbered list of exactly {arg} items (1., 2., ...).",
+            lambda t, a: sum(bool(re.match(r"\d+[.)]\s", line)) for line in _lines(t)) == int(a),
+            r"\d+",
+        ),
+        Kind(
+            "no_letter",
+            "Do not use the letter '{arg}' anywhere in your answer.",
+            lambda t, a: a.lower() not in t.lower(),
+            r"[a-z]",
+        ),
+        Kind(
+            "include_word",
+            "Use the word '{arg}' in your answer.",
+            lambda t, a: a.lower() in (w.lower() for w in words(t)),
+            r"[A-Za-z]+",
+        ),
+        Kind("no_comma", "Do not use any commas in your answer.", lambda t, a: "," not in t),
+        Kind(
+            "sentences",
+            "Answer in exactly {arg} sentences.",
+            lambda t, a: len(_sentences(t)) == int(a),
+            r"\d+",
+        ),
+        Kind(
+            "title",
+            "Start with a title wrapped in double angular brackets, like <<a title>>.",
+            lambda t, a: bool(re.match(r"<<[^<>\n]*\w[^<>\n]*>>", t.strip())),
+        ),
+        Kind(
+            "end_phrase",
+            "Finish your answer with the exact phrase '{arg}'.",
+            lambda t, a: t.rstrip().endswith(a),
+            r"[^']+",
+        ),
+        Kind(
+            "json_keys",
+            "Answer only with a JSON object that has the keys {arg}.",
+            lambda t, a: _has_keys(_json_object(t), a.split(" and ")),
+            r"[a-z_]+(?: and [a-z_]+)*",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    kind: str
+    arg: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(
+                f"unknown constraint kind {self.kind!r}; known kinds: {', '.join(sorted(KINDS))}"
+            )
+
+    def instruction(self) -> str:
+        return KINDS[self.kind].instruction(self.arg)
+
+    def check(self, text: str) -> bool:
+        """True when ``text`` satisfies the constraint (never raises; an empty text never satisfies it)."""
+        return _nonempty(KINDS[self.kind].check)(text, self.arg)
+
+    @classmethod
+    def parse(cls, spec: str) -> Constraint:
+        """``kind`` or ``kind:arg`` (e.g. ``max_words:12``), as the suite's specs are written."""
+        kind, _, arg = spec.partition(":")
+        return cls(kind.strip(), arg.strip())
+
+    def spec(self) -> str:
+        return f"{self.kind}:{self.arg}" if self.arg else self.kind
+
+
+def parse_constraints(prompt: str) -> list[Constraint]:
+    """The constraints whose instruction sentences occur in ``prompt``, in order of appearance."""
+    found: list[tuple[int, Constraint]] = []
+    for kind in KINDS.values():
+        for m in kind.regex().finditer(prompt):
+            found.append((m.start(), Constraint(kind.name, m.group(1) if m.groups() else "")))
+    return [c for _, c in sorted(found, key=lambda x: x[0])]
+
+
+def strip_instructions(prompt: str) -> str:
+    """The prompt without its constraint sentences: the question the answer should be relevant to."""
+    for kind in KINDS.values():
+        prompt = kind.regex().sub("", prompt)
+    return " ".join(prompt.split())

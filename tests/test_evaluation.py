@@ -1,0 +1,101 @@
+"""Evaluation statistics and the judge: bootstrap CIs on cases with known answers, the gate deciding on the CI, and
+a judge kept apart from the training reward through a real evaluation on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+
+from rrhf_core.evaluation.promotion import GateConfig, decide
+from rrhf_core.evaluation.stats import bootstrap_mean_ci, gain_ci, win_rate_ci, win_scores
+
+
+def test_a_constant_gain_has_a_zero_width_interval():
+    assert gain_ci([1.0, 2.0, 3.0], [0.5, 1.5, 2.5]) == (0.5, 0.5)
+
+
+def test_the_bootstrap_interval_matches_the_normal_approximation():
+    # differences of +1 and -1 in equal numbers: mean 0, standard error 1/sqrt(n), so the 95 % CI is about +-1.96/sqrt(n)
+    n = 400
+    lo, hi = gain_ci([1.0, -1.0] * (n // 2), [0.0] * n)
+    half = 1.96 / math.sqrt(n)
+    assert lo == pytest.approx(-half, abs=0.02) and hi == pytest.approx(half, abs=0.02)
+
+
+def test_pairing_makes_a_small_consistent_gain_significant():
+    base = [float(i) for i in range(30)]  # prompts differ a lot, the candidate is better on each by 0.1
+    cand = [b + 0.1 for b in base]
+    lo, _ = gain_ci(cand, base)
+    assert lo == pytest.approx(0.1)
+    unpaired_lo, _ = bootstrap_mean_ci(cand)  # the spread across prompts alone is far wider than the gain
+    assert unpaired_lo < sum(base) / len(base)
+
+
+def test_win_scores_and_their_interval():
+    assert win_scores([1.0, 0.0, 0.5], [0.0, 1.0, 0.5], tie_margin=1e-6) == [1.0, 0.0, 0.5]
+    lo, hi = win_rate_ci([1.0] * 10, [0.0] * 10, tie_margin=0.0)
+    assert (lo, hi) == (1.0, 1.0)
+
+
+def report(gain_mean: float, ci: tuple[float, float], win: float = 0.8) -> dict:
+    side = {"tokens_mean": 10.0}
+    return {
+        "candidate": {**side, "reward_mean": 0.5 + gain_mean},
+        "baseline": {**side, "reward_mean": 0.5},
+        "win_rate": win,
+        "reward_gain_ci": list(ci),
+    }
+
+
+def test_the_gate_decides_on_the_ci_lower_bound():
+    noisy = report(0.2, (-0.05, 0.45))
+    assert not decide(noisy, GateConfig()).promote  # a positive mean whose CI includes 0 does not promote
+    assert decide(noisy, GateConfig(decide_on="mean")).promote
+    clear = decide(report(0.2, (0.05, 0.35)), GateConfig())
+    assert clear.promote and clear.numbers["reward_gain_ci_lo"] == 0.05
+    assert "CI lower bound > 0.0" in clear.reasons[0]
+    assert not decide(report(0.2, (0.05, 0.35)), GateConfig(min_reward_gain=0.1)).promote
+
+
+@pytest.mark.integration
+def test_the_judge_is_kept_apart_from_the_training_reward(tmp_path, tiny_model_dir):
+    from reward_fns import checksum, count_a
+
+    from rrhf_core.data.ingest import ingest
+    from rrhf_core.evaluation.config import EvalConfig
+    from rrhf_core.evaluation.evaluate import evaluate
+
+    src = tmp_path / "p.jsonl"
+    src.write_text(
+        "".join(json.dumps({"prompt": f"say something {i}", "split": "eval"}) + "\n" for i in range(6))
+    )
+    ingest([str(src)], tmp_path / "ingest")
+    cfg = EvalConfig(
+        prompts=str(tmp_path / "ingest" / "prompts.parquet"),
+        output_dir=str(tmp_path / "eval"),
+        candidate=str(tiny_model_dir),
+        baseline=str(tiny_model_dir),
+        reward="reward_fns:count_a",
+        judge="reward_fns:checksum",
+        also_report=["embedded:constraint-pass"],
+        best_of_k=2,
+        max_new_tokens=6,
+        dtype="fp32",
+    )
+    rep = evaluate(cfg)
+    assert rep.judge == "reward_fns:checksum" and not rep.judge_is_training_reward
+    assert (
+        rep.prompts == 6 and rep.reward_gain == 0.0 and rep.reward_gain_ci == (0.0, 0.0)
+    )  # same model both sides
+    assert rep.baseline_best_of_k is not None and rep.baseline_best_of_k >= rep.baseline.reward_mean - 1e-9
+    assert set(rep.candidate.also) == {"embedded:constraint-pass"}
+    rows = pq.read_table(tmp_path / "eval" / "eval_samples.parquet").to_pylist()
+    assert {"prompt", "text", "judge", "reward"} <= set(rows[0])
+    for r in rows:  # each column holds its own reward's score of the answer
+        msgs = [{"role": "user", "content": r["prompt"]}]
+        assert r["judge"] == checksum(msgs, r["text"]) and r["reward"] == count_a(msgs, r["text"])
+    same = evaluate(cfg.model_copy(update={"judge": None, "best_of_k": 0, "also_report": []}))
+    assert same.judge == "reward_fns:count_a" and same.judge_is_training_reward
