@@ -17,7 +17,14 @@ from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.hardware import describe_machine
 from rrhf_core.pipeline import PipelineConfig
 from rrhf_core.training.config import TrainConfig
-from tasks.round import finish_round, log_round_start, resolved_precision, start_and_baseline
+from tasks.round import (
+    comparison_row,
+    finish_round,
+    log_round_start,
+    publish_comparison,
+    resolved_precision,
+    start_and_baseline,
+)
 from tasks.stages import (
     build_task,
     evaluate_task,
@@ -112,3 +119,32 @@ def train_flow(
     configure(workdir, experiment, tracking_uri)
     with mlflow.start_run(run_name="rrhf-train") as run:
         return train_task(config, None, run.info.run_id).model_dir
+
+
+@flow(name="rrhf-compare", log_prints=True)
+def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> list[dict[str, Any]]:
+    """RRHF beside its baselines: one built dataset (the round's data stages, reused when done), then each loss
+    trained with the same settings and steps and evaluated by the same judge against the same base policy; one
+    comparison table and plot in MLflow and as a Prefect artifact."""
+    losses = losses or ["rrhf", "sft_best", "dpo", "simpo"]
+    work = Path(config.workdir).resolve()
+    stages = str(work / "stages")
+    configure(work, config.experiment, config.tracking_uri)
+    with mlflow.start_run(run_name="rrhf-compare") as parent:
+        pid = parent.info.run_id
+        log_round_start(config, config.policy, config.policy)
+        prompts = ingest_task(plan.ingest_config(config), stages, pid).prompts
+        samples = sample_task(plan.sample_config(config, prompts, config.policy), stages, pid).samples
+        scores = score_task(plan.score_config(config, prompts, samples), stages, pid).scores
+        built = build_task(plan.build_config(config, prompts, samples, scores), stages, pid)
+        rows = []
+        for loss in losses:
+            variant = config.model_copy(update={"train": config.train.model_copy(update={"loss": loss})})
+            trained = train_task(plan.train_config(variant, built.train_set, config.policy), stages, pid)
+            out = str(work / "eval" / pid / loss)
+            cfg = plan.eval_config(
+                variant, prompts, trained.model_dir, config.policy, out, built.best_of_n_mean
+            )
+            rows.append(comparison_row(loss, evaluate_task(cfg, pid)))
+        publish_comparison(rows, work)
+    return rows

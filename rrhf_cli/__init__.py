@@ -138,6 +138,13 @@ def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
 
 
+def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_cli.pipeline import run_compare
+    from rrhf_core.pipeline import PipelineConfig
+
+    return run_compare(_config(args, PipelineConfig, "pipeline configuration"), args.losses)
+
+
 def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_core.training.bench import main as bench_main
 
@@ -210,6 +217,24 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_config_flags(t, PipelineConfig)
         t.set_defaults(func=cmd_pipeline)
+
+    c = sub.add_parser(
+        "compare",
+        help="RRHF beside sft_best, dpo and simpo: same data, steps and judge; one table",
+        description="Train each loss on the round's built data set and judge each against the base policy. "
+        "Settings: --config FILE, then flags, then --set key=value.",
+    )
+    c.add_argument("--config", help="YAML file with settings (see configs/)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting")
+    c.add_argument(
+        "--losses",
+        nargs="+",
+        default=["rrhf", "sft_best", "dpo", "simpo"],
+        choices=["rrhf", "sft_best", "dpo", "simpo"],
+        help="the training losses to compare (default: all four)",
+    )
+    _add_config_flags(c, PipelineConfig)
+    c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="benchmarks: `rrhf bench train-step --help`")
     b.add_argument("what", choices=["train-step"])

@@ -62,3 +62,22 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
     )
     print(f"  files:   {work}/stages, {work}/last_summary.json")
     return 0
+
+
+def run_compare(cfg: PipelineConfig, losses: list[str]) -> int:
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    from flows.pipeline import compare_flow
+
+    t0 = time.perf_counter()
+    rows = compare_flow(cfg, losses)
+    print()
+    print(f"Training methods compared in {time.perf_counter() - t0:.0f} s; judge: {rows[0]['judge']}")
+    print(f"  {'loss':<10}{'base':>8}{'trained':>9}  {'gain [95 % CI]':<26}{'win rate':>9}{'tokens':>8}")
+    for r in rows:
+        ci = f"{r['gain']:+.3f} [{r['gain_ci'][0]:+.3f}, {r['gain_ci'][1]:+.3f}]"
+        print(
+            f"  {r['loss']:<10}{r['base']:>8.3f}{r['trained']:>9.3f}  {ci:<26}{r['win_rate']:>9.3f}"
+            f"{r['tokens_mean']:>8.1f}"
+        )
+    print(f"  table: {Path(cfg.workdir).resolve() / 'last_comparison.json'}")
+    return 0

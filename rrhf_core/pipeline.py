@@ -13,9 +13,11 @@ result.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Any
 
-from rrhf_core.config import one_or_many
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rrhf_core.config import load_yaml, one_or_many
 from rrhf_core.data.config import BuildConfig, BuildSettings, IngestConfig, IngestSettings
 from rrhf_core.evaluation.config import EvalConfig, EvalSettings
 from rrhf_core.evaluation.promotion import GateConfig
@@ -34,6 +36,10 @@ class PipelineConfig(BaseModel):
     """One RRHF round: ingest -> sample -> score -> build -> train -> evaluate -> register/promote."""
 
     model_config = ConfigDict(extra="forbid")
+    preset: str | None = Field(
+        None,
+        description="A YAML preset (e.g. configs/demo.yaml) whose settings apply under the ones given here.",
+    )
     workdir: str = Field(
         "runs/pipeline", description="Stage outputs, the MLflow store and the run summaries."
     )
@@ -67,6 +73,24 @@ class PipelineConfig(BaseModel):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite in workdir).")
 
     _prompts = field_validator("prompts", mode="before")(one_or_many)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("preset"):
+            return data
+        base = load_yaml(data["preset"])
+        if base.get("preset"):
+            raise ValueError(f"preset {data['preset']} names another preset; presets do not chain")
+        return deep_merge(base, data)
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``, section by section."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 # --- what one stage hands the next -----------------------------------------------------------------------------

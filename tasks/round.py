@@ -88,3 +88,35 @@ def finish_round(summary: dict[str, Any], workdir: Path) -> None:
         key="rrhf-round", markdown=summary_markdown(summary), description="RRHF round summary"
     )
     (workdir / "last_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def comparison_row(loss: str, report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "loss": loss,
+        "judge": report["judge"],
+        "base": report["baseline"]["reward_mean"],
+        "trained": report["candidate"]["reward_mean"],
+        "gain": report["reward_gain"],
+        "gain_ci": report["reward_gain_ci"],
+        "win_rate": report["win_rate"],
+        "tokens_mean": report["candidate"]["tokens_mean"],
+        **{f"{k} (trained)": v for k, v in report["candidate"]["also"].items()},
+    }
+
+
+def publish_comparison(rows: list[dict[str, Any]], workdir: Path) -> None:
+    """The comparison as an MLflow table, plot and JSON, a Prefect table artifact and ``last_comparison.json``."""
+    from prefect.artifacts import create_table_artifact
+
+    from rrhf_core.evaluation import plots
+
+    judge = rows[0]["judge"] if rows else "judge"
+    mlflow.log_dict({"rows": rows}, "comparison.json")
+    mlflow.log_table({k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}, "comparison_table.json")
+    mlflow.log_figure(plots.comparison(rows, judge), "comparison.png")
+    create_table_artifact(
+        key="rrhf-compare",
+        table=[{**r, "gain_ci": f"{r['gain_ci'][0]:+.3f}..{r['gain_ci'][1]:+.3f}"} for r in rows],
+        description=f"Training methods on the same data and steps, judged by {judge}",
+    )
+    (workdir / "last_comparison.json").write_text(json.dumps(rows, indent=2))

@@ -187,3 +187,23 @@ def test_reuse_follows_content_a_changed_reward_module_rescores_without_resampli
     assert changed["reused"] == ["ingest", "sample"]
     stages = sorted(p.name.split("-")[0] for p in (tmp_path / "w" / "stages").iterdir())
     assert stages.count("sample") == 1 and stages.count("score") == 2
+
+
+def test_compare_trains_each_loss_on_the_same_data_and_judges_each(
+    prefect_harness, tmp_path, prompts_file, tiny_model_dir
+):
+    from flows.pipeline import compare_flow
+
+    cfg = tiny_config(tmp_path / "w", prompts_file, tiny_model_dir).model_copy(
+        update={"evaluate": tiny_config(tmp_path, prompts_file, tiny_model_dir).evaluate.model_copy(
+            update={"judge": "reward_fns:count_a"})}
+    )  # fmt: skip
+    rows = compare_flow(cfg, ["rrhf", "dpo"])
+    assert [r["loss"] for r in rows] == ["rrhf", "dpo"]
+    assert all(r["judge"] == "reward_fns:count_a" and len(r["gain_ci"]) == 2 for r in rows)
+    assert rows[0]["base"] == rows[1]["base"]  # the same base policy, prompts and judge for every loss
+    stages = sorted(p.name.split("-")[0] for p in (tmp_path / "w" / "stages").iterdir())
+    assert stages.count("sample") == 1 and stages.count("train") == 2  # one data set, one training per loss
+    runs = runs_by_stage(tmp_path / "w")
+    assert json.loads((tmp_path / "w" / "last_comparison.json").read_text()) == rows
+    assert "rrhf-compare" in runs

@@ -158,3 +158,14 @@ def test_the_cli_rejects_a_bad_gate_before_any_stage(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gate.min_win_rat" in err and "Extra inputs are not permitted" in err
     assert not work.exists()
+
+
+def test_a_preset_applies_under_the_settings_given():
+    cfg = PipelineConfig.model_validate(
+        {"preset": str(ROOT / "configs" / "demo.yaml"), "workdir": "elsewhere", "train": {"max_steps": 3}}
+    )
+    demo = PipelineConfig.model_validate(load_yaml(ROOT / "configs" / "demo.yaml"))
+    assert cfg.workdir == "elsewhere" and cfg.train.max_steps == 3
+    assert cfg.train.learning_rate == demo.train.learning_rate and cfg.evaluate.judge == demo.evaluate.judge
+    with pytest.raises(Exception, match="does not exist"):
+        PipelineConfig.model_validate({"preset": "configs/nope.yaml"})

@@ -57,3 +57,18 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> Any:
     ax2.set_title("ranking accuracy (training batches)")
     fig.tight_layout()
     return fig
+
+
+def comparison(rows: Sequence[Mapping[str, Any]], judge: str) -> Any:
+    """Judge gain with its 95 % CI per training method (one bar each, zero marked)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = [r["loss"] for r in rows]
+    gains = [r["gain"] for r in rows]
+    lo = [r["gain"] - r["gain_ci"][0] for r in rows]
+    hi = [r["gain_ci"][1] - r["gain"] for r in rows]
+    ax.bar(names, gains, yerr=[lo, hi], capsize=6, color="tab:blue", alpha=0.7)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_ylabel(f"held-out gain by {judge}")
+    ax.set_title("Training methods on the same data, same steps, same judge (95 % CI)")
+    fig.tight_layout()
+    return fig
