@@ -10,34 +10,61 @@ import argparse
 import os
 import subprocess
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from rrhf_core.errors import RRHFError
 
 
+def flag_kind(annotation: Any) -> str:
+    """How a flag's value is read: ``list`` (the flag repeats), ``str`` (taken literally) or ``yaml`` (numbers,
+    booleans, null)."""
+    origin, parts = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list or any(typing.get_origin(a) is list for a in parts):
+        return "list"
+    if annotation is str or (parts and set(parts) <= {str, type(None)}):
+        return "str"
+    return "yaml"
+
+
 def _add_config_flags(parser: argparse.ArgumentParser, cls: Any) -> None:
-    """A ``--kebab-name`` flag for every top-level scalar field of a pydantic config, help from its description."""
+    """A ``--kebab-name`` flag for every top-level field of a pydantic config that is not a section, help from its
+    description. List settings take the flag once per value (``--inputs a --inputs b``); text settings take the value
+    literally (``--output-dir "runs/exp #3"``)."""
     for name, f in cls.model_fields.items():
-        if f.default_factory is not None:  # nested sections: set them with --set section.key=value
-            continue
-        default = "required" if f.is_required() else f"default: {f.default}"
+        if isinstance(f.get_default(call_default_factory=True), BaseModel):
+            continue  # nested sections: set them with --set section.key=value
+        kind = flag_kind(f.annotation)
+        default = "required" if f.is_required() else f"default: {f.get_default(call_default_factory=True)}"
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             dest=f"cfg__{name}",
             metavar="VALUE",
-            help=f"{f.description or ''} ({default})".replace("%", "%%"),
+            action="append" if kind == "list" else "store",
+            help=f"{f.description or ''} ({default}{'; repeat for several' if kind == 'list' else ''})".replace(
+                "%", "%%"
+            ),
         )
 
 
 def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
     """Settings from --config FILE, then flags, then --set key=value, validated by the stage's config model."""
+    import yaml
+
     from rrhf_core.config import build_config, load_yaml
 
-    base = load_yaml(args.config) if args.config else {}
-    overrides = [f"{k[5:]}={v}" for k, v in vars(args).items() if k.startswith("cfg__") and v is not None]
-    return build_config(cls, base, overrides + list(args.set or []), where)
+    data = load_yaml(args.config) if args.config else {}
+    for key, value in vars(args).items():
+        if not key.startswith("cfg__") or value is None:
+            continue
+        name = key[5:]
+        kind = flag_kind(cls.model_fields[name].annotation)
+        data[name] = value if kind in ("list", "str") else (yaml.safe_load(value) if value else "")
+    return build_config(cls, data, list(args.set or []), where)
 
 
 def _is_nproc_arg(argv: Sequence[str], i: int) -> bool:

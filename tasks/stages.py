@@ -269,7 +269,7 @@ def train_task(cfg: TrainConfig, stages: str | None, parent: str | None) -> Trai
 def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
     """Candidate vs baseline on the held-out prompts (always run: the baseline may have changed)."""
     with stage_run("evaluate", parent, cfg.model_dump()):
-        report = evaluate(cfg).to_dict()
+        report = evaluate(cfg, log=get_run_logger().info).to_dict()
         mlflow.set_tags(
             {"judge": report["judge"], "judge_is_training_reward": report["judge_is_training_reward"]}
         )

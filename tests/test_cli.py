@@ -176,3 +176,27 @@ def test_the_report_renders_from_stored_summaries(capsys, tmp_path):
     assert "2 run(s): mean gain +0.150 (s.d. 0.141); CI lower bound above 0 in 1; promoted in 1." in out
     assert "Machines: test machine, 2 cores." in out
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_repeated_flags_keep_every_value_and_text_flags_are_literal(capsys, tmp_path):
+    from rrhf_core.data.contracts import read_prompts
+
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps({"prompt": "first question"}) + "\n")
+    b.write_text(json.dumps({"prompt": "second question"}) + "\n")
+    out = tmp_path / "runs" / "exp #3"
+    assert main(["ingest", "--inputs", str(a), "--inputs", str(b), "--output-dir", str(out)]) == 0
+    assert len(read_prompts(out / "prompts.parquet")) == 2  # both inputs, into the folder named exactly
+    numeric = tmp_path / "2024"
+    assert main(["ingest", "--inputs", str(a), "--output-dir", str(numeric), "--eval-share", "0.5"]) == 0
+    assert (numeric / "prompts.parquet").exists()
+
+
+def test_flag_kinds_follow_the_setting_types():
+    from rrhf_cli import flag_kind
+    from rrhf_core.data.config import BuildConfig, IngestConfig
+
+    assert flag_kind(IngestConfig.model_fields["inputs"].annotation) == "list"
+    assert flag_kind(BuildConfig.model_fields["samples"].annotation) == "list"
+    assert flag_kind(IngestConfig.model_fields["output_dir"].annotation) == "str"
+    assert flag_kind(IngestConfig.model_fields["eval_share"].annotation) == "yaml"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,10 +197,13 @@ class Side:
 
 
 def evaluate(
-    cfg: EvalConfig, reward: RewardBackend | None = None, judge: RewardBackend | None = None
+    cfg: EvalConfig,
+    reward: RewardBackend | None = None,
+    judge: RewardBackend | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> EvalReport:
     """Compare ``cfg.candidate`` with ``cfg.baseline`` on the held-out prompts; writes eval_samples.parquet and
-    eval_report.json in ``cfg.output_dir``."""
+    eval_report.json in ``cfg.output_dir``. ``log`` receives a line as each step starts (progress)."""
     rows = read_prompts(cfg.prompts, cfg.split)[: cfg.limit]
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r} to evaluate on")
@@ -216,15 +220,18 @@ def evaluate(
             model, cfg.cache_dir, dtype=cfg.dtype, batch_size=cfg.batch_size
         )  # one load serves all
         texts, _ = render_prompts(rows, sampler.tokenizer, cfg.prompt_format, cfg.max_prompt_tokens)
+        log(f"evaluate: {role} ({model}) answers {len(rows)} held-out prompts")
         answers = _answers(sampler, texts, cfg)
         acc = _preference_accuracy(sampler.model, sampler.tokenizer, pairs, cfg)
         if role == "baseline" and cfg.best_of_k:
+            log(f"evaluate: baseline best-of-{cfg.best_of_k} on {len(rows)} prompts")
             best_of_k = _best_of_k(sampler, texts, messages, judge, cfg)
         sampler.close()
         judged = judge.score(messages, answers.texts)
         rewarded = judged if judge is reward else reward.score(messages, answers.texts)
         also = {spec: r.score(messages, answers.texts) for spec, r in extra.items()}
         sides[role] = Side(model, answers, judged, rewarded, also, acc)
+    log(f"evaluate: judging with {judge_spec}")
     report = compare(sides["candidate"], sides["baseline"], cfg, judge_spec, len(pairs), best_of_k)
     write_outputs(Path(cfg.output_dir), rows, sides, report)
     return report
