@@ -190,78 +190,72 @@ def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return run_demo(Path(args.workdir), steps=args.steps, seed=args.seed)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _settings_parser(sub: Any, name: str, text: str, cls: Any, func: Any) -> argparse.ArgumentParser:
+    """A subcommand whose settings come from --config FILE, then one flag per setting, then --set key=value."""
+    t = sub.add_parser(
+        name, help=text, description=f"{text}. Settings: --config FILE, then flags, then --set key=value."
+    )
+    t.add_argument("--config", help="YAML file with settings (presets: configs/)")
+    t.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. --set train.seed=1"
+    )
+    _add_config_flags(t, cls)
+    t.set_defaults(func=func)
+    return t
+
+
+def _add_stage_commands(sub: Any) -> None:
     from rrhf_core.data.config import BuildConfig, IngestConfig
     from rrhf_core.sampling.config import SampleConfig
     from rrhf_core.scoring.config import ScoreConfig
     from rrhf_core.training.config import TrainConfig
 
-    p = argparse.ArgumentParser(prog="rrhf", description="RRHF alignment pipeline")
-    sub = p.add_subparsers(dest="command", required=True)
     stages = [
-        (
-            "ingest",
-            IngestConfig,
-            cmd_ingest,
-            "read prompts (JSONL/JSON/Parquet/CSV, HH, RRHF data) into prompts.parquet",
-        ),
+        ("ingest", IngestConfig, cmd_ingest, "read prompts (JSONL/JSON/Parquet/CSV, HH, RRHF data) into prompts.parquet"),
         ("sample", SampleConfig, cmd_sample, "sample k responses per prompt (vLLM or transformers)"),
         ("score", ScoreConfig, cmd_score, "score every response with a reward model or function"),
         ("build", BuildConfig, cmd_build, "join prompts, samples and scores into the listwise training set"),
         ("train", TrainConfig, cmd_train, "train a policy with the RRHF loss on a listwise training set"),
-    ]
+    ]  # fmt: skip
     for name, cls, func, text in stages:
-        t = sub.add_parser(
-            name, help=text, description=f"{text}. Settings: --config FILE, then flags, then --set key=value."
-        )
-        t.add_argument("--config", help="YAML file with settings")
-        t.add_argument(
-            "--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. --set lora.r=8"
-        )
+        t = _settings_parser(sub, name, text, cls, func)
         t.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "train":
             t.add_argument(
                 "--nproc", type=int, default=1, help="processes to launch with torchrun (DDP; gloo on CPU)"
             )
-        _add_config_flags(t, cls)
-        t.set_defaults(func=func)
 
+
+def _add_round_commands(sub: Any) -> None:
     from rrhf_core.pipeline import PipelineConfig
 
     for name, text in (
         ("pipeline", "run a whole RRHF round as a Prefect flow tracked in MLflow (embedded defaults)"),
         ("retrain", "another RRHF round sampled from the current champion (iterative RRHF)"),
     ):
-        t = sub.add_parser(
-            name, help=text, description=f"{text}. Settings: --config FILE, then flags, then --set key=value."
-        )
-        t.add_argument("--config", help="YAML file with settings (see configs/)")
-        t.add_argument(
-            "--set",
-            action="append",
-            metavar="KEY=VALUE",
-            help="override any setting, e.g. --set train.max_steps=8",
-        )
-        _add_config_flags(t, PipelineConfig)
-        t.set_defaults(func=cmd_pipeline)
-
-    c = sub.add_parser(
+        _settings_parser(sub, name, text, PipelineConfig, cmd_pipeline)
+    losses = ["rrhf", "sft_best", "dpo", "simpo"]
+    c = _settings_parser(
+        sub,
         "compare",
-        help="RRHF beside sft_best, dpo and simpo: same data, steps and judge; one table",
-        description="Train each loss on the round's built data set and judge each against the base policy. "
-        "Settings: --config FILE, then flags, then --set key=value.",
+        "RRHF beside sft_best, dpo and simpo on the round's built data set: same steps, same judge, one table",
+        PipelineConfig,
+        cmd_compare,
     )
-    c.add_argument("--config", help="YAML file with settings (see configs/)")
-    c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any setting")
     c.add_argument(
         "--losses",
         nargs="+",
-        default=["rrhf", "sft_best", "dpo", "simpo"],
-        choices=["rrhf", "sft_best", "dpo", "simpo"],
-        help="the training losses to compare (default: all four)",
+        default=losses,
+        choices=losses,
+        help="the losses to compare (default: all four)",
     )
-    _add_config_flags(c, PipelineConfig)
-    c.set_defaults(func=cmd_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rrhf", description="RRHF alignment pipeline")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_stage_commands(sub)
+    _add_round_commands(sub)
 
     b = sub.add_parser("bench", help="benchmarks: `rrhf bench train-step --help`")
     b.add_argument("what", choices=["train-step"])
@@ -273,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     d = sub.add_parser(
-        "demo", help="the embedded demo: train SmolLM2-135M on the built-in listwise set, no network"
+        "demo",
+        help="the training stage alone: SmolLM2-135M on a built-in rule-ranked listwise set, no network",
     )
     d.add_argument("--workdir", default="runs/demo", help="where the run folder goes (default runs/demo)")
     d.add_argument("--steps", type=int, default=12, help="optimizer steps (default 12)")

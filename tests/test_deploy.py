@@ -54,6 +54,9 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
+    env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = (
+        "5"  # the scheduler looks every 5 s, not every 60 s
+    )
     server = start(
         [str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env,
@@ -119,6 +122,42 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
         assert "Completed" in out, out + (tmp_path / "worker.log").read_text()
         summary = json.loads((work / "last_summary.json").read_text())
         assert summary["promotion"]["version"] == "1"
+
+        # schedules fire: the weekly retraining from prefect.yaml gets scheduled runs, and a deployment scheduled
+        # every hour (its first run due now) is picked up by the worker and completes
+        prefect("--no-prompt", "deploy", "--name", "retrain-weekly")
+        weekly = _flow_runs(
+            port, "rrhf-retrain", "retrain-weekly", wait_for="SCHEDULED", log=tmp_path / "server.log"
+        )
+        assert weekly, "the cron schedule of retrain-weekly produced no scheduled run"
+        train_params = {
+            "config": {
+                "model": str(tiny_model_dir),
+                "data": str(_learnable(tmp_path)),
+                "output_dir": str(tmp_path / "scheduled-train"),
+                "max_steps": 2,
+                "micro_batch_size": 2,
+                "grad_accum": 1,
+                "max_length": 64,
+                "max_response_tokens": 16,
+                "bf16": "off",
+            },
+            "workdir": str(tmp_path / "scheduled"),
+        }
+        prefect(
+            "--no-prompt",
+            "deploy",
+            "--name",
+            "train",
+            "--interval",
+            "3600",
+            "--params",
+            json.dumps(train_params),
+        )
+        done = _flow_runs(
+            port, "rrhf-train", "train", wait_for="COMPLETED", log=tmp_path / "worker.log", timeout=300
+        )
+        assert done and (tmp_path / "scheduled-train" / "model" / "config.json").exists()
     finally:
         if worker is not None:
             stop(worker)
@@ -128,4 +167,42 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
 def _prompts(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"say something, case {i}"}) + "\n" for i in range(12)))
+    return path
+
+
+def _api(port: int, path: str, body: dict) -> list:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _flow_runs(port: int, flow: str, deployment: str, wait_for: str, log: Path, timeout: int = 90) -> list:
+    """Flow runs of a deployment in state ``wait_for``, waiting up to ``timeout`` seconds for one to appear."""
+    deployments = _api(port, "deployments/filter", {"deployments": {"name": {"any_": [deployment]}}})
+    assert deployments, f"deployment {flow}/{deployment} not found"
+    body = {
+        "deployments": {"id": {"any_": [deployments[0]["id"]]}},
+        "flow_runs": {"state": {"type": {"any_": [wait_for]}}},
+    }
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = _api(port, "flow_runs/filter", body)
+        if runs:
+            return runs
+        time.sleep(3)
+    raise AssertionError(
+        f"no {wait_for} run of {flow}/{deployment} in {timeout} s:\n" + log.read_text()[-4000:]
+    )
+
+
+def _learnable(tmp_path: Path) -> Path:
+    from conftest import learnable_records
+
+    path = tmp_path / "learnable.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in learnable_records()))
     return path
