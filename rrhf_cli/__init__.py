@@ -51,6 +51,20 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: Any) -> None:
         )
 
 
+def _list_items(value: str) -> list[Any]:
+    """One repeated list flag's value: itself, or the items of a YAML/JSON list (``--stop '["."]'``)."""
+    import yaml
+
+    if value.lstrip().startswith("["):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return [value]
+        if isinstance(parsed, list):
+            return parsed
+    return [value]
+
+
 def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
     """Settings from --config FILE, then flags, then --set key=value, validated by the stage's config model."""
     import yaml
@@ -63,7 +77,10 @@ def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
             continue
         name = key[5:]
         kind = flag_kind(cls.model_fields[name].annotation)
-        data[name] = value if kind in ("list", "str") else (yaml.safe_load(value) if value else "")
+        if kind == "list":
+            data[name] = [item for v in value for item in _list_items(v)]
+        else:
+            data[name] = value if kind == "str" else (yaml.safe_load(value) if value else "")
     return build_config(cls, data, list(args.set or []), where)
 
 

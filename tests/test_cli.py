@@ -200,3 +200,12 @@ def test_flag_kinds_follow_the_setting_types():
     assert flag_kind(BuildConfig.model_fields["samples"].annotation) == "list"
     assert flag_kind(IngestConfig.model_fields["output_dir"].annotation) == "str"
     assert flag_kind(IngestConfig.model_fields["eval_share"].annotation) == "yaml"
+
+
+def test_a_list_flag_also_takes_a_yaml_list():
+    from rrhf_cli import _config, build_parser
+    from rrhf_core.sampling.config import SampleConfig
+
+    for flags, expected in (([("--stop", '["."]')], ["."]), ([("--stop", "."), ("--stop", "!")], [".", "!"])):
+        argv = ["sample", "--prompts", "p", "--output-dir", "o", *[x for f in flags for x in f]]
+        assert _config(build_parser().parse_args(argv), SampleConfig, "sampling").stop == expected

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
         assert summary["promotion"]["version"] == "1"
 
         # schedules fire: the weekly retraining from prefect.yaml gets scheduled runs, and a deployment scheduled
-        # every hour (its first run due now) is picked up by the worker and completes
+        # every hour from an anchor 30 s ahead has that first run picked up by the worker and completed
         prefect("--no-prompt", "deploy", "--name", "retrain-weekly")
         weekly = _flow_runs(
             port, "rrhf-retrain", "retrain-weekly", wait_for="SCHEDULED", log=tmp_path / "server.log"
@@ -151,6 +152,8 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
             "train",
             "--interval",
             "3600",
+            "--anchor-date",
+            (datetime.now(UTC) + timedelta(seconds=30)).isoformat(),
             "--params",
             json.dumps(train_params),
         )
