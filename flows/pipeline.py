@@ -37,6 +37,16 @@ from tasks.stages import (
 from tasks.tracking import configure
 
 
+def data_stages(config: PipelineConfig, model: str, stages: str, parent: str) -> dict[str, Any]:
+    """Ingest -> sample (from ``model``) -> score -> build; each stage's result, by stage name."""
+    ingested = ingest_task(plan.ingest_config(config), stages, parent)
+    prompts = ingested.prompts
+    sampled = sample_task(plan.sample_config(config, prompts, model), stages, parent)
+    scored = score_task(plan.score_config(config, prompts, sampled.samples), stages, parent)
+    built = build_task(plan.build_config(config, prompts, sampled.samples, scored.scores), stages, parent)
+    return {"ingest": ingested, "sample": sampled, "score": scored, "build": built}
+
+
 @flow(name="rrhf-pipeline", log_prints=True)
 def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     """Ingest -> sample -> score -> build -> train -> evaluate -> register (challenger) -> gate (champion)."""
@@ -50,13 +60,12 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
         pid = parent.info.run_id
         log_round_start(config, start_model, baseline)
 
-        ingested = ingest_task(plan.ingest_config(config), stages, pid)
-        prompts = ingested.prompts
+        results = data_stages(config, start_model, stages, pid)
+        prompts, built = results["ingest"].prompts, results["build"]
         shutil.copyfile(prompts, work / "prompts.parquet")  # a stable path for evaluation-only runs
-        sampled = sample_task(plan.sample_config(config, prompts, start_model), stages, pid)
-        scored = score_task(plan.score_config(config, prompts, sampled.samples), stages, pid)
-        built = build_task(plan.build_config(config, prompts, sampled.samples, scored.scores), stages, pid)
-        trained = train_task(plan.train_config(config, built.train_set, start_model), stages, pid)
+        trained = results["train"] = train_task(
+            plan.train_config(config, built.train_set, start_model), stages, pid
+        )
 
         eval_dir = str(work / "eval" / pid)
         eval_cfg = plan.eval_config(
@@ -69,7 +78,6 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
         if report is None:
             eval_state.result()  # re-raise the evaluation's error: the round failed
 
-        results = {"ingest": ingested, "sample": sampled, "score": scored, "build": built, "train": trained}
         summary = {
             "flow_run_id": str(flow_run.id),
             "start_model": start_model,
@@ -133,10 +141,8 @@ def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> lis
     with mlflow.start_run(run_name="rrhf-compare") as parent:
         pid = parent.info.run_id
         log_round_start(config, config.policy, config.policy)
-        prompts = ingest_task(plan.ingest_config(config), stages, pid).prompts
-        samples = sample_task(plan.sample_config(config, prompts, config.policy), stages, pid).samples
-        scores = score_task(plan.score_config(config, prompts, samples), stages, pid).scores
-        built = build_task(plan.build_config(config, prompts, samples, scores), stages, pid)
+        data = data_stages(config, config.policy, stages, pid)
+        prompts, built = data["ingest"].prompts, data["build"]
         rows = []
         for loss in losses:
             variant = config.model_copy(update={"train": config.train.model_copy(update={"loss": loss})})
