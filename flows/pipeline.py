@@ -3,6 +3,8 @@ parent run. The round reads as the pipeline: each stage's result feeds the next.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -16,7 +18,9 @@ from rrhf_core import pipeline as plan
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.hardware import describe_machine
 from rrhf_core.pipeline import PipelineConfig
+from rrhf_core.reward_model.config import RMTrainConfig
 from rrhf_core.training.config import TrainConfig
+from tasks import registry
 from tasks.round import (
     comparison_row,
     finish_round,
@@ -32,19 +36,44 @@ from tasks.stages import (
     promote_task,
     sample_task,
     score_task,
+    train_rm_task,
     train_task,
 )
 from tasks.tracking import configure
 
+REWARD_REGISTRY = "rrhf-reward"
 
-def data_stages(config: PipelineConfig, model: str, stages: str, parent: str) -> dict[str, Any]:
-    """Ingest -> sample (from ``model``) -> score -> build; each stage's result, by stage name."""
+
+def register_reward_model(model_dir: str, name: str, alias: str | None = None) -> str:
+    """Register a trained reward model (as a text-classification model) with `challenger` and its round role."""
+    aliases = ("challenger", re.sub(r"[^A-Za-z0-9_-]", "-", alias)) if alias else ("challenger",)
+    return registry.register(model_dir, name, task="text-classification", aliases=aliases)
+
+
+def data_stages(
+    config: PipelineConfig, model: str, stages: str, parent: str
+) -> tuple[PipelineConfig, dict[str, Any]]:
+    """Ingest -> the round's reward models -> sample (from ``model``) -> score -> build. Returns the configuration
+    with ``trained:NAME`` rewards resolved to their folders, and each stage's result by stage name."""
     ingested = ingest_task(plan.ingest_config(config), stages, parent)
     prompts = ingested.prompts
+    rms = {
+        name: train_rm_task(plan.rm_config(config, name, prompts), stages, parent)
+        for name in config.reward_models
+    }
+    for name, rm in rms.items():
+        register_reward_model(rm.model_dir, REWARD_REGISTRY, alias=name)
+    config = plan.with_trained_rewards(config, {name: rm.model_dir for name, rm in rms.items()})
     sampled = sample_task(plan.sample_config(config, prompts, model), stages, parent)
     scored = score_task(plan.score_config(config, prompts, sampled.samples), stages, parent)
     built = build_task(plan.build_config(config, prompts, sampled.samples, scored.scores), stages, parent)
-    return {"ingest": ingested, "sample": sampled, "score": scored, "build": built}
+    return config, {
+        "ingest": ingested,
+        **{f"train-rm:{name}": rm for name, rm in rms.items()},
+        "sample": sampled,
+        "score": scored,
+        "build": built,
+    }
 
 
 @flow(name="rrhf-pipeline", log_prints=True)
@@ -60,7 +89,7 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
         pid = parent.info.run_id
         log_round_start(config, start_model, baseline)
 
-        results = data_stages(config, start_model, stages, pid)
+        config, results = data_stages(config, start_model, stages, pid)
         prompts, built = results["ingest"].prompts, results["build"]
         shutil.copyfile(prompts, work / "prompts.parquet")  # a stable path for evaluation-only runs
         trained = results["train"] = train_task(
@@ -84,6 +113,14 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
             "baseline": baseline,
             "model_dir": trained.model_dir,
             "reused": [name for name, res in results.items() if res.reused],
+            "reward_models": {
+                name.removeprefix("train-rm:"): {
+                    "model_dir": res.model_dir,
+                    "held_out_accuracy": res.accuracy,
+                }
+                for name, res in results.items()
+                if name.startswith("train-rm:")
+            },
             "evaluation": report,
             "promotion": promotion,
             "mlflow_run_id": pid,
@@ -129,6 +166,24 @@ def train_flow(
         return train_task(config, None, run.info.run_id).model_dir
 
 
+@flow(name="rrhf-train-rm", log_prints=True)
+def train_rm_flow(
+    config: RMTrainConfig,
+    workdir: str = "runs/pipeline",
+    experiment: str = "rrhf",
+    tracking_uri: str | None = None,
+    registered_model: str = REWARD_REGISTRY,
+) -> dict[str, Any]:
+    """Reward-model training alone, into ``config.output_dir``, tracked in MLflow and registered (`challenger`);
+    returns the model folder, its registered version and the held-out report."""
+    configure(workdir, experiment, tracking_uri)
+    with mlflow.start_run(run_name="rrhf-train-rm") as run:
+        trained = train_rm_task(config, None, run.info.run_id)
+        version = register_reward_model(trained.model_dir, registered_model)
+    report = json.loads((Path(trained.folder) / "rm_report.json").read_text())
+    return {"model_dir": trained.model_dir, "version": version, "report": report}
+
+
 @flow(name="rrhf-compare", log_prints=True)
 def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> list[dict[str, Any]]:
     """RRHF beside its baselines: one built dataset (the round's data stages, reused when done), then each loss
@@ -141,7 +196,7 @@ def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> lis
     with mlflow.start_run(run_name="rrhf-compare") as parent:
         pid = parent.info.run_id
         log_round_start(config, config.policy, config.policy)
-        data = data_stages(config, config.policy, stages, pid)
+        config, data = data_stages(config, config.policy, stages, pid)
         prompts, built = data["ingest"].prompts, data["build"]
         rows = []
         for loss in losses:

@@ -173,6 +173,31 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_train_rm(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_core.reward_model.config import RMTrainConfig
+    from rrhf_core.reward_model.trainer import train_reward_model
+
+    r = train_reward_model(
+        _config(args, RMTrainConfig, "reward-model configuration"), progress=not args.no_progress
+    )
+    d, e = r.report["data"], r.report["eval"]
+    print(
+        f"trained {r.report['steps']} steps on {d['train_pairs']} pairs in {r.seconds:.0f} s; model: {r.model_dir}"
+    )
+    if e:
+        lo, hi = e["accuracy_ci"]
+        print(
+            f"held-out ({e['pairs']} pairs): accuracy {e['accuracy']:.3f} (95 % CI {lo:.3f}..{hi:.3f}), "
+            f"mean margin {e['mean_margin']:+.3f}, calibration error {e['calibration_error']:.3f}, "
+            f"reward-length correlation {e['length_correlation']:+.2f}"
+        )
+    for spec, m in r.report["compare"].items():
+        lo, hi = m["accuracy_ci"]
+        print(f"  {spec}: accuracy {m['accuracy']:.3f} (95 % CI {lo:.3f}..{hi:.3f})")
+    print(f"report: {r.output_dir / 'rm_report.json'}  pairs: {r.output_dir / 'eval_pairs.parquet'}")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_cli.pipeline import run_pipeline
     from rrhf_core.pipeline import PipelineConfig
@@ -223,6 +248,7 @@ def _settings_parser(sub: Any, name: str, text: str, cls: Any, func: Any) -> arg
 
 def _add_stage_commands(sub: Any) -> None:
     from rrhf_core.data.config import BuildConfig, IngestConfig
+    from rrhf_core.reward_model.config import RMTrainConfig
     from rrhf_core.sampling.config import SampleConfig
     from rrhf_core.scoring.config import ScoreConfig
     from rrhf_core.training.config import TrainConfig
@@ -233,6 +259,7 @@ def _add_stage_commands(sub: Any) -> None:
         ("score", ScoreConfig, cmd_score, "score every response with a reward model or function"),
         ("build", BuildConfig, cmd_build, "join prompts, samples and scores into the listwise training set"),
         ("train", TrainConfig, cmd_train, "train a policy with the RRHF loss on a listwise training set"),
+        ("train-rm", RMTrainConfig, cmd_train_rm, "train a reward model on preference pairs (Bradley-Terry)"),
     ]  # fmt: skip
     for name, cls, func, text in stages:
         t = _settings_parser(sub, name, text, cls, func)

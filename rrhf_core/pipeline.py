@@ -22,12 +22,15 @@ from rrhf_core.data.config import BuildConfig, BuildSettings, IngestConfig, Inge
 from rrhf_core.evaluation.config import EvalConfig, EvalSettings
 from rrhf_core.evaluation.promotion import GateConfig
 from rrhf_core.models import EMBEDDED_POLICY
+from rrhf_core.reward_model.config import RMSettings, RMTrainConfig
 from rrhf_core.sampling.config import SampleConfig, SampleSettings
 from rrhf_core.scoring import EMBEDDED_REWARD
 from rrhf_core.scoring.config import ScoreConfig, ScoreSettings
 from rrhf_core.training.config import TrainConfig, TrainSettings
 from rrhf_core.types import PromptFormat
 
+# `reward: trained:NAME` names a reward model that the round trains (PipelineConfig.reward_models)
+TRAINED_PREFIX = "trained:"
 # the output folder of a reused stage is chosen from its key; until then its configuration carries this
 STAGE_FOLDER = "<stage folder>"
 
@@ -53,7 +56,17 @@ class PipelineConfig(BaseModel):
     from_champion: bool = Field(
         False, description="Sample from and train the current champion (iterative RRHF, IP-n)."
     )
-    reward: str = Field(EMBEDDED_REWARD, description="Reward spec for scoring and evaluation.")
+    reward: str = Field(
+        EMBEDDED_REWARD,
+        description="Reward spec for scoring (an HF reward model, module:function, an embedded reward, or "
+        "trained:NAME for a reward model of `reward_models`).",
+    )
+    reward_models: dict[str, RMSettings] = Field(
+        default_factory=dict,
+        description="Reward models trained in the round, after ingest, on the prompts' preference pairs (train "
+        "split; held out on the eval split); `reward`, `evaluate.judge` and `evaluate.also_report` name them as "
+        "trained:NAME.",
+    )
     prompt_format: PromptFormat = Field(
         "chat", description="Render prompts with the chat template, or as HH text (every stage)."
     )
@@ -73,6 +86,26 @@ class PipelineConfig(BaseModel):
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite in workdir).")
 
     _prompts = field_validator("prompts", mode="before")(one_or_many)
+
+    def reward_specs(self) -> dict[str, str]:
+        """Every reward spec the round uses, by where it is set."""
+        specs = {"reward": self.reward}
+        if self.evaluate.judge:
+            specs["evaluate.judge"] = self.evaluate.judge
+        specs.update({f"evaluate.also_report[{i}]": s for i, s in enumerate(self.evaluate.also_report)})
+        return specs
+
+    @model_validator(mode="after")
+    def _trained_rewards_exist(self) -> PipelineConfig:
+        for where, spec in self.reward_specs().items():
+            name = spec.removeprefix(TRAINED_PREFIX)
+            if spec.startswith(TRAINED_PREFIX) and name not in self.reward_models:
+                known = ", ".join(sorted(self.reward_models)) or "none"
+                raise ValueError(
+                    f"{where} is {spec!r} but reward_models has no {name!r} (defined: {known}); add "
+                    f"reward_models.{name} or name another reward"
+                )
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -124,11 +157,40 @@ class Trained(StageResult):
     model_dir: str
 
 
+class RewardTrained(StageResult):
+    model_dir: str
+    accuracy: float | None = Field(None, description="Held-out pair accuracy (None without held-out pairs).")
+
+
 # --- the wiring: stage configurations from the pipeline's -------------------------------------------------------
 
 
 def ingest_config(cfg: PipelineConfig) -> IngestConfig:
     return IngestConfig(**cfg.ingest.model_dump(), inputs=cfg.prompts, output_dir=STAGE_FOLDER)
+
+
+def rm_config(cfg: PipelineConfig, name: str, prompts: str) -> RMTrainConfig:
+    return RMTrainConfig(
+        **cfg.reward_models[name].model_dump(),
+        pairs=[prompts],
+        output_dir=STAGE_FOLDER,
+        cache_dir=cfg.cache_dir,
+    )
+
+
+def with_trained_rewards(cfg: PipelineConfig, model_dirs: dict[str, str]) -> PipelineConfig:
+    """``cfg`` with every ``trained:NAME`` reward spec replaced by that reward model's folder."""
+
+    def resolve(spec: str) -> str:
+        return model_dirs[spec.removeprefix(TRAINED_PREFIX)] if spec.startswith(TRAINED_PREFIX) else spec
+
+    evaluate = cfg.evaluate.model_copy(
+        update={
+            "judge": resolve(cfg.evaluate.judge) if cfg.evaluate.judge else None,
+            "also_report": [resolve(s) for s in cfg.evaluate.also_report],
+        }
+    )
+    return cfg.model_copy(update={"reward": resolve(cfg.reward), "evaluate": evaluate})
 
 
 def sample_config(cfg: PipelineConfig, prompts: str, model: str) -> SampleConfig:

@@ -36,6 +36,7 @@ STAGE_MODULES = {
     "score": "rrhf_core.scoring.stage",
     "build": "rrhf_core.data.build",
     "train": "rrhf_core.training.trainer",
+    "train-rm": "rrhf_core.reward_model.trainer",
 }
 
 R = TypeVar("R", bound=BaseModel)

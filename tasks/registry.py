@@ -39,8 +39,14 @@ def _version_with_digest(client: MlflowClient, name: str, digest: str) -> str | 
     return next((str(v.version) for v in versions if v.tags.get("rrhf.model_sha256") == digest), None)
 
 
-def register(model_dir: str | Path, name: str) -> str:
-    """Log the HF folder with the transformers flavour in the active run, register it, alias it `challenger`.
+def register(
+    model_dir: str | Path,
+    name: str,
+    task: str = "text-generation",
+    aliases: tuple[str, ...] = ("challenger",),
+) -> str:
+    """Log the HF folder with the transformers flavour in the active run, register it, give it ``aliases``
+    (`challenger` for a policy; a reward model also gets its role in the round).
 
     A model whose content is already registered under ``name`` (a retried task, a reused training stage) is not
     registered again: its version becomes `challenger`.
@@ -49,19 +55,21 @@ def register(model_dir: str | Path, name: str) -> str:
     digest = file_digest(model_dir)
     existing = _version_with_digest(client, name, digest)
     if existing is not None:
-        client.set_registered_model_alias(name, "challenger", existing)
+        for alias in aliases:
+            client.set_registered_model_alias(name, alias, existing)
         return existing
     info = mlflow.transformers.log_model(
         transformers_model=str(model_dir),
         name="model",
-        task="text-generation",
+        task=task,
         registered_model_name=name,
         pip_requirements=PIP_REQUIREMENTS,
     )
     version = str(info.registered_model_version)
     client.set_model_version_tag(name, version, "rrhf.model_dir", str(Path(model_dir).resolve()))
     client.set_model_version_tag(name, version, "rrhf.model_sha256", digest)
-    client.set_registered_model_alias(name, "challenger", version)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, version)
     return version
 
 

@@ -9,6 +9,7 @@ bad data, bad settings) are never retried.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,8 +30,10 @@ from rrhf_core.evaluation import plots
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.evaluation.evaluate import evaluate
 from rrhf_core.evaluation.promotion import GateConfig, decide
-from rrhf_core.pipeline import Built, Ingested, Sampled, Scored, StageResult, Trained
+from rrhf_core.pipeline import Built, Ingested, RewardTrained, Sampled, Scored, StageResult, Trained
 from rrhf_core.reuse import StageKey, StageStore
+from rrhf_core.reward_model.config import RMTrainConfig
+from rrhf_core.reward_model.trainer import train_reward_model
 from rrhf_core.sampling.config import SampleConfig
 from rrhf_core.sampling.stage import sample
 from rrhf_core.scoring.config import ScoreConfig
@@ -228,22 +231,17 @@ def build_task(cfg: BuildConfig, stages: str | None, parent: str | None) -> Buil
 class PrefectProgress:
     """Training progress as a Prefect progress artifact and log lines (the MetricsLogger protocol)."""
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig | RMTrainConfig, key: str = "training-progress") -> None:
         self.cfg = cfg
-        self.artifact_id = create_progress_artifact(
-            progress=0.0, key="training-progress", description="RRHF training"
-        )
+        self.artifact_id = create_progress_artifact(progress=0.0, key=key, description=key.replace("-", " "))
         self.logger = get_run_logger()
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        done = (
-            step / self.cfg.max_steps if self.cfg.max_steps else metrics.get("epoch", 0.0) / self.cfg.epochs
-        )
+        max_steps = getattr(self.cfg, "max_steps", None)
+        done = step / max_steps if max_steps else metrics.get("epoch", 0.0) / self.cfg.epochs
         update_progress_artifact(self.artifact_id, progress=min(100.0, 100.0 * done))
-        self.logger.info(
-            f"step {step}: loss {metrics['loss']:.4f}, ranking accuracy {metrics['ranking_accuracy']:.3f}, "
-            f"{metrics['tokens_per_s']:.0f} tok/s"
-        )
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k not in ("epoch", "lr"))
+        self.logger.info(f"step {step}: {shown}")
 
 
 @task(name="train", retries=0)
@@ -263,6 +261,52 @@ def train_task(cfg: TrainConfig, stages: str | None, parent: str | None) -> Trai
 
     inputs = {"data": file_digest(cfg.data), "model": model_fingerprint(cfg.model)}
     return reuse_or_run("train", cfg, inputs, stages, parent, work, Trained)
+
+
+@task(name="train-rm", retries=0)
+def train_rm_task(cfg: RMTrainConfig, stages: str | None, parent: str | None) -> RewardTrained:
+    """Train a reward model on preference pairs (Bradley-Terry); held-out accuracy with CI, margin, calibration and
+    length correlation beside the compared rewards'."""
+
+    def work(cfg: RMTrainConfig, run: Any) -> RewardTrained:
+        progress = PrefectProgress(cfg, key="reward-model-training")
+        r = train_reward_model(
+            cfg,
+            logger=FanOutLogger(MlflowLogger(run.info.run_id), progress),
+            progress=False,
+            log=get_run_logger().info,
+        )
+        out = Path(cfg.output_dir)
+        mlflow.log_artifact(str(out / "rm_report.json"))
+        pairs = (
+            pq.read_table(out / "eval_pairs.parquet").to_pylist()
+            if (out / "eval_pairs.parquet").exists()
+            else []
+        )
+        if pairs:
+            mlflow.log_table(pq.read_table(out / "eval_pairs.parquet").to_pandas(), "eval_pairs.json")
+        mlflow.log_figure(plots.reward_model(read_metrics(out / "metrics.jsonl"), pairs), "reward_model.png")
+        ev = r.report["eval"] or {}
+        metrics = {
+            **numeric(r.report["data"], "data."),
+            **numeric({k: v for k, v in ev.items() if k != "accuracy_ci"}, "eval."),
+            **{f"eval.{k}": v for k, v in interval_metrics(ev).items()},
+            **{
+                "compare." + re.sub(r"[^\w.-]", "_", spec) + ".accuracy": m["accuracy"]
+                for spec, m in r.report["compare"].items()
+            },
+            "seconds": r.seconds,
+        }
+        return RewardTrained(
+            folder=str(out), model_dir=str(r.model_dir), accuracy=ev.get("accuracy"), metrics=metrics
+        )
+
+    inputs = {
+        **{f"pairs{i}": file_digest(p) for i, p in enumerate(cfg.pairs)},
+        "backbone": model_fingerprint(cfg.backbone),
+        **{f"compare{i}": reward_fingerprint(s) for i, s in enumerate(cfg.compare_with)},
+    }
+    return reuse_or_run("train-rm", cfg, inputs, stages, parent, work, RewardTrained)
 
 
 @task(name="evaluate", retries=1, retry_condition_fn=transient)

@@ -207,3 +207,64 @@ def test_compare_trains_each_loss_on_the_same_data_and_judges_each(
     runs = runs_by_stage(tmp_path / "w")
     assert json.loads((tmp_path / "w" / "last_comparison.json").read_text()) == json.loads(json.dumps(rows))
     assert "rrhf-compare" in runs
+
+
+def test_a_round_trains_its_reward_and_a_separate_judge_and_registers_both(
+    prefect_harness, tmp_path, tiny_model_dir
+):
+    from mlflow.tracking import MlflowClient
+
+    from flows.pipeline import pipeline_flow
+
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "chosen": f"\n\nHuman: question {i}?\n\nAssistant: glad to help with {i}",
+                    "rejected": f"\n\nHuman: question {i}?\n\nAssistant: no {i}",
+                }
+            )
+            + "\n"
+            for i in range(16)
+        )
+    )
+    rm = {
+        "backbone": str(tiny_model_dir),
+        "batch_size": 4,
+        "max_length": 48,
+        "bf16": "off",
+        "learning_rate": 1e-3,
+    }
+    cfg = tiny_config(tmp_path / "w", hh, tiny_model_dir).model_copy(
+        update={
+            "reward_models": PipelineConfig(
+                reward_models={"reward": rm, "judge": {**rm, "seed": 1, "learning_rate": 2e-3}}
+            ).reward_models,
+            "reward": "trained:reward",
+            "registered_model": "rm-policy",
+        }
+    )
+    cfg.evaluate.judge = "trained:judge"
+    summary = pipeline_flow(cfg)
+    rms = summary["reward_models"]
+    assert set(rms) == {"reward", "judge"} and rms["reward"]["model_dir"] != rms["judge"]["model_dir"]
+    ev = summary["evaluation"]
+    assert ev["judge"] == rms["judge"]["model_dir"] and not ev["judge_is_training_reward"]
+    assert ev["preference_pairs"] >= 1 and ev["candidate"]["preference_accuracy"] is not None
+    runs = runs_by_stage(tmp_path / "w")
+    assert len(runs["train-rm"]) == 2 and "eval.accuracy" in runs["train-rm"][0].data.metrics
+    client = MlflowClient()
+    reward_v = client.get_model_version_by_alias("rrhf-reward", "reward")
+    judge_v = client.get_model_version_by_alias("rrhf-reward", "judge")
+    assert reward_v.version != judge_v.version
+    # the score stage used the trained reward: its reward id names the reward model's folder
+    score_run = runs["score"][0]
+    assert rms["reward"]["model_dir"] in score_run.data.tags["reward_model"]
+
+
+def test_a_trained_reward_that_is_not_defined_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match=r"evaluate\.judge is 'trained:judge' but reward_models has no 'judge'"
+    ):
+        PipelineConfig(reward_models={"rm": {}}, reward="trained:rm", evaluate={"judge": "trained:judge"})

@@ -253,9 +253,10 @@ def validate_row(row: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def read_rows(path: Path, what: str = "training set") -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows and column names of a Parquet or JSON-lines file (``what`` names it in errors)."""
     if not path.exists():
-        raise DataError(f"training set {path} does not exist")
+        raise DataError(f"{what} {path} does not exist")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -277,8 +278,8 @@ def _read_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
             columns = sorted({k for r in rows for k in r})
             return rows, columns
     except (OSError, pa.ArrowException, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read training set {path}: {e}") from None
-    raise DataError(f"training set {path}: unsupported file type {suffix!r}; use .parquet or .jsonl")
+        raise DataError(f"cannot read {what} {path}: {e}") from None
+    raise DataError(f"{what} {path}: unsupported file type {suffix!r}; use .parquet or .jsonl")
 
 
 def load_listwise(
@@ -286,7 +287,7 @@ def load_listwise(
 ) -> tuple[list[ListwiseExample], LoadReport]:
     """Read and validate a listwise training set (Parquet or JSON lines)."""
     path = Path(path)
-    rows, columns = _read_rows(path)
+    rows, columns = read_rows(path)
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise DataError(

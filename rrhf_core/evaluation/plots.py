@@ -59,6 +59,40 @@ def training_curves(history: Sequence[Mapping[str, float]]) -> Any:
     return fig
 
 
+def reward_model(history: Sequence[Mapping[str, float]], pairs: Sequence[Mapping[str, Any]]) -> Any:
+    """A trained reward model at a glance: BT loss and batch accuracy against the step; the held-out margin
+    (chosen minus rejected reward: right of zero is right); reward against response length (length hacking shows as
+    a slope)."""
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
+    steps = [h["step"] for h in history]
+    ax1.plot(steps, [h["loss"] for h in history], label="loss")
+    ax1.plot(steps, [h["accuracy"] for h in history], label="batch accuracy")
+    ax1.set_xlabel("step")
+    ax1.set_title("Bradley-Terry training")
+    ax1.legend()
+    margins = [p["reward_chosen"] - p["reward_rejected"] for p in pairs]
+    if margins:
+        ax2.hist(margins, bins=30, color="tab:blue", alpha=0.7)
+    ax2.axvline(0.0, color="black", linewidth=0.8)
+    ax2.set_xlabel("reward(chosen) - reward(rejected)")
+    ax2.set_title(f"held-out margins ({sum(m > 0 for m in margins)}/{len(margins)} right)")
+    for key, color in (("chosen", "tab:green"), ("rejected", "tab:red")):
+        ax3.scatter(
+            [len(str(p[key]).split()) for p in pairs],
+            [p[f"reward_{key}"] for p in pairs],
+            s=6,
+            alpha=0.5,
+            color=color,
+            label=key,
+        )
+    ax3.set_xlabel("response words")
+    ax3.set_ylabel("reward")
+    ax3.set_title("reward against length (held-out)")
+    ax3.legend()
+    fig.tight_layout()
+    return fig
+
+
 def comparison(rows: Sequence[Mapping[str, Any]], judge: str) -> Any:
     """Judge gain with its 95 % CI per training method (one bar each, zero marked)."""
     fig, ax = plt.subplots(figsize=(7, 4))

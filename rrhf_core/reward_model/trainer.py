@@ -1,0 +1,265 @@
+"""Training a reward model: preference pairs -> an HF single-logit sequence classifier that ``--reward PATH`` loads.
+
+The backbone gets a fresh single-logit head (``AutoModelForSequenceClassification``, ``num_labels=1``); inputs are
+rendered and truncated exactly as the scoring stage does (:func:`~rrhf_core.scoring.reward.render_for_reward`, left
+truncation at ``max_length``, which is saved as the tokenizer's ``model_max_length`` so scoring uses it too). Batches
+hold pairs of similar length (less padding); the loss is Bradley-Terry (:mod:`.loss`). LoRA adapters, when enabled,
+are merged before saving: the folder is always a plain HF model.
+
+The held-out numbers are computed *after* saving, by loading the folder through the scoring backend
+(:class:`~rrhf_core.scoring.reward.HFClassifierReward`): they are what the scoring stage will see.
+
+Output folder: ``model/`` (weights, tokenizer), ``rm_report.json`` (settings, data counts, held-out metrics),
+``eval_pairs.parquet`` (every held-out pair: prompt, both responses, both rewards), ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from rrhf_core.data.contracts import atomic_write_parquet
+from rrhf_core.evaluation.stats import bootstrap_mean_ci
+from rrhf_core.hardware import use_bf16
+from rrhf_core.models import resolve_model
+from rrhf_core.reward_model.config import RMTrainConfig
+from rrhf_core.reward_model.loss import bradley_terry_loss, calibration_error, pair_outcomes, pearson
+from rrhf_core.reward_model.pairs import PairSet, PreferencePair, load_pairs
+from rrhf_core.scoring.reward import (
+    HFClassifierReward,
+    make_reward,
+    prepare_reward_tokenizer,
+    render_for_reward,
+)
+from rrhf_core.training.metrics import JsonlLogger, MetricsLogger, NullLogger
+
+
+@dataclass
+class RMResult:
+    output_dir: Path
+    model_dir: Path
+    report: dict[str, Any]
+    seconds: float
+
+
+def pair_metrics(
+    r_chosen: Sequence[float], r_rejected: Sequence[float], pairs: Sequence[PreferencePair], seed: int = 0
+) -> dict[str, Any]:
+    """Held-out numbers of one reward on ``pairs``: accuracy (ties half) with a 95 % bootstrap CI over pairs, mean
+    margin, calibration error, and the length signal (correlation of reward with response words; share of pairs
+    where the longer response wins, beside the same share in the human labels)."""
+    outcomes = pair_outcomes(r_chosen, r_rejected)
+    words = [len(t.split()) for p in pairs for t in (p.chosen, p.rejected)]
+    rewards = [v for c, r in zip(r_chosen, r_rejected, strict=True) for v in (c, r)]
+    longer = [(len(p.chosen.split()) > len(p.rejected.split())) for p in pairs]
+    differ = [i for i, p in enumerate(pairs) if len(p.chosen.split()) != len(p.rejected.split())]
+    return {
+        "accuracy": statistics.fmean(outcomes),
+        "accuracy_ci": list(bootstrap_mean_ci(outcomes, seed=seed)),
+        "mean_margin": statistics.fmean(c - r for c, r in zip(r_chosen, r_rejected, strict=True)),
+        "calibration_error": calibration_error(r_chosen, r_rejected),
+        "length_correlation": pearson(rewards, [float(w) for w in words]),
+        "longer_wins": statistics.fmean(float((r_chosen[i] > r_rejected[i]) == longer[i]) for i in differ)
+        if differ
+        else math.nan,
+        "longer_is_chosen": statistics.fmean(float(longer[i]) for i in differ) if differ else math.nan,
+        "pairs": len(pairs),
+    }
+
+
+def length_buckets(
+    lengths: Sequence[int], batch_size: int, seed: int, bucket: bool = True
+) -> list[list[int]]:
+    """Batches of pair indices: sorted by length and cut into ``batch_size`` runs (shuffled order of batches),
+    or shuffled pairs when ``bucket`` is off."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    if bucket:
+        order.sort(key=lambda i: (lengths[i], i))
+    else:
+        rng.shuffle(order)
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _load_backbone(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model(cfg.backbone, cfg.cache_dir)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    max_length = prepare_reward_tokenizer(tok, model, cfg.max_length)
+    if cfg.lora.enabled:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type=TaskType.SEQ_CLS,
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=cfg.lora.target_modules,
+            ),
+        )
+    return tok, model, max_length
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def train_reward_model(
+    cfg: RMTrainConfig,
+    logger: MetricsLogger | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> RMResult:
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_pairs(cfg.pairs, cfg.eval_share, cfg.data_part, cfg.data_parts, cfg.max_train_pairs)
+    log(f"train-rm: {data.stats()}")
+    tok, model, max_length = _load_backbone(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).train()
+    bf16 = use_bf16(cfg.bf16, device)
+
+    def encode(pair: PreferencePair) -> tuple[list[int], list[int]]:
+        texts = [render_for_reward(tok, pair.messages, t) for t in (pair.chosen, pair.rejected)]
+        enc = tok(texts, truncation=True, max_length=max_length)["input_ids"]
+        return enc[0], enc[1]
+
+    encoded = [encode(p) for p in data.train]
+    lengths = [max(len(c), len(r)) for c, r in encoded]
+    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size / cfg.grad_accum)
+    total = max(1, round(steps_per_epoch * cfg.epochs))
+    warmup = max(1, round(total * cfg.warmup_ratio))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
+    logger = logger or NullLogger()
+    jsonl = JsonlLogger(out / "metrics.jsonl")
+    jsonl.truncate_after(-1)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="rrhf train-rm", unit="step", disable=not progress)
+    step, epoch, window = 0, 0, []
+    while step < total:
+        batches = length_buckets(lengths, cfg.batch_size, cfg.seed + epoch, cfg.bucket)
+        for s in range(0, len(batches), cfg.grad_accum):
+            if step >= total:
+                break
+            group = batches[s : s + cfg.grad_accum]
+            n_pairs = sum(len(b) for b in group)
+            for idx in group:
+                seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+                batch = tok.pad({"input_ids": seqs}, return_tensors="pt").to(device)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
+                    r = model(**batch).logits.float()[:, 0]
+                rc, rr = r[: len(idx)], r[len(idx) :]
+                loss = bradley_terry_loss(rc, rr, cfg.margin)
+                (loss * len(idx) / n_pairs).backward()
+                window.append((loss.item() * len(idx), (rc > rr).float().sum().item(), len(idx)))
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == total:
+                n = sum(w[2] for w in window)
+                metrics = {
+                    "loss": sum(w[0] for w in window) / n,
+                    "accuracy": sum(w[1] for w in window) / n,
+                    "lr": sched.get_last_lr()[0],
+                    "epoch": epoch + s / max(1, len(batches)),
+                }
+                logger.log(metrics, step)
+                jsonl.log(metrics, step)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.2f}")
+                window = []
+        epoch += 1
+    bar.close()
+    train_seconds = time.perf_counter() - t0
+
+    model_dir = out / "model"
+    if cfg.lora.enabled:
+        model = model.merge_and_unload()
+    model.eval().to("cpu")
+    model.save_pretrained(model_dir)
+    tok.model_max_length = max_length  # scoring truncates where training did
+    tok.save_pretrained(model_dir)
+    del model, opt
+
+    report = _held_out_report(cfg, data, model_dir, log)
+    report.update(
+        {
+            "backbone": cfg.backbone,
+            "settings": cfg.model_dump(),
+            "data": data.stats(),
+            "max_length": max_length,
+            "bf16": bf16,
+            "steps": total,
+            "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - t0,
+        }
+    )
+    (out / "rm_report.json").write_text(json.dumps(report, indent=2, default=float))
+    return RMResult(out, model_dir, report, time.perf_counter() - t0)
+
+
+def _held_out_report(
+    cfg: RMTrainConfig, data: PairSet, model_dir: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """The trained folder, loaded as the scoring stage loads it, on the held-out pairs; the ``compare_with``
+    rewards beside it."""
+    pairs = data.eval
+    if not pairs:
+        log("train-rm: no held-out pairs (eval_share 0 or no eval split): no held-out metrics")
+        return {"eval": None, "compare": {}}
+    msgs = [p.messages for p in pairs]
+
+    def judge(reward: Any) -> tuple[list[float], list[float]]:
+        scores = reward.score(msgs + msgs, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+        return scores[: len(pairs)], scores[len(pairs) :]
+
+    trained = HFClassifierReward(str(model_dir), batch_size=2 * cfg.batch_size, max_length=cfg.max_length)
+    rc, rr = judge(trained)
+    atomic_write_parquet(
+        pa.Table.from_pylist(
+            [
+                {
+                    "prompt_id": p.prompt_id,
+                    "prompt": p.messages[-1]["content"],
+                    "chosen": p.chosen,
+                    "rejected": p.rejected,
+                    "reward_chosen": c,
+                    "reward_rejected": r,
+                }
+                for p, c, r in zip(pairs, rc, rr, strict=True)
+            ]
+        ),
+        Path(cfg.output_dir) / "eval_pairs.parquet",
+    )
+    report: dict[str, Any] = {"eval": pair_metrics(rc, rr, pairs, cfg.seed), "compare": {}}
+    log(f"train-rm: held-out accuracy {report['eval']['accuracy']:.3f} on {len(pairs)} pairs")
+    for spec in cfg.compare_with:
+        c, r = judge(make_reward(spec))
+        report["compare"][spec] = pair_metrics(c, r, pairs, cfg.seed)
+        log(f"train-rm: {spec} held-out accuracy {report['compare'][spec]['accuracy']:.3f}")
+    return report
