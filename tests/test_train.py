@@ -262,3 +262,17 @@ def test_the_pairwise_baselines_train_on_the_listwise_set(tiny_model_dir, learna
     assert after["ranking_accuracy"] > before["ranking_accuracy"] + 0.2, (before, after)
     history = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_per_example_ranking_agreement_matches_one_example_at_a_time(tiny_model_dir, learnable_set):
+    from rrhf_core.training.listwise import ranking_agreement
+
+    c = TrainConfig(model=str(tiny_model_dir), data=str(learnable_set), output_dir="-", bf16="off", micro_batch_size=3,
+                    max_length=64, max_response_tokens=16)  # fmt: skip
+    tok = load_tokenizer(str(tiny_model_dir))
+    examples, _ = load_listwise(learnable_set)
+    encoded, _, _ = encode_examples(Encoder(tok, 64, 16, c.prompt_format), examples)
+    model = load_causal_lm(str(tiny_model_dir))
+    batched = ranking_agreement(model, encoded, c, tok.pad_token_id)
+    one = [evaluate_listwise(model, [e], c, tok.pad_token_id)["ranking_accuracy"] for e in encoded]
+    assert len(batched) == len(encoded) and batched == pytest.approx(one)

@@ -20,6 +20,7 @@ reward hacking). Reported, with paired bootstrap 95 % CIs over prompts (:mod:`rr
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,7 @@ from rrhf_core.sampling.stage import render_prompts
 from rrhf_core.scoring.reward import RewardBackend, make_reward
 from rrhf_core.training.collate import Encoder
 from rrhf_core.training.config import TrainSettings
-from rrhf_core.training.listwise import encode_examples, evaluate_listwise
+from rrhf_core.training.listwise import encode_examples, ranking_agreement
 
 CI = tuple[float, float]
 
@@ -157,14 +158,16 @@ def _preference_accuracy(
     scoring = TrainSettings(
         max_length=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
         max_response_tokens=cfg.max_new_tokens,
-        micro_batch_size=1,
+        micro_batch_size=cfg.batch_size,
         bf16="on" if cfg.dtype == "bf16" else "off" if cfg.dtype == "fp32" else "auto",
     )
     encoder = Encoder(tok, scoring.max_length, scoring.max_response_tokens, cfg.prompt_format)
     encoded, _, _ = encode_examples(encoder, pairs)
     if not encoded:
         return None, None
-    agree = [evaluate_listwise(model, [e], scoring, tok.pad_token_id)["ranking_accuracy"] for e in encoded]
+    agree = [a for a in ranking_agreement(model, encoded, scoring, tok.pad_token_id) if not math.isnan(a)]
+    if not agree:
+        return None, None
     return statistics.fmean(agree), bootstrap_mean_ci(agree, seed=cfg.seed)
 
 

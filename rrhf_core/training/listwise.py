@@ -20,6 +20,7 @@ from rrhf_core.training.collate import (
 )
 from rrhf_core.training.config import TrainSettings
 from rrhf_core.training.loss import (
+    pair_mask,
     RRHFLoss,
     dpo_loss,
     gather_logprobs,
@@ -188,3 +189,32 @@ def encode_examples(
         stats["prompts_left_truncated"] += int(out.dropped_turns > 0)
         stats["truncated_responses"] += out.truncated_responses
     return encoded, dropped, stats
+
+
+@torch.no_grad()
+def ranking_agreement(
+    model: Any, encoded: Sequence[EncodedExample], settings: TrainSettings, pad_id: int
+) -> list[float]:
+    """Per example ``(len(encoded),)``: the share of its reward-ordered response pairs that the model's
+    length-normalised log-likelihood (Eq. 1) orders the same way (NaN for an example without such a pair): the
+    policy used as a reward model (the paper's Table 5), in micro-batches of ``settings.micro_batch_size``."""
+    settings = settings.model_copy(update={"loss": "rrhf"})
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    scorer = PrefixSharedLM(model) if settings.prefix_sharing else model
+    bf16 = use_bf16(settings.bf16, device)
+    out: list[float] = []
+    for i in range(0, len(encoded), settings.micro_batch_size):
+        batch = make_batch(encoded[i : i + settings.micro_batch_size], pad_id, settings.prefix_sharing).to(
+            device
+        )
+        _, scores = forward_loss(scorer, batch, settings, bf16)
+        pairs = pair_mask(batch.rewards, batch.group)
+        agree = pairs & (scores[:, None] < scores[None, :])
+        for g in range(batch.num_groups):
+            rows = batch.group == g
+            n = int(pairs[rows].sum().item())
+            out.append(int(agree[rows].sum().item()) / n if n else float("nan"))
+    model.train(was_training)
+    return out
