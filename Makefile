@@ -13,7 +13,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo demo-matrix test test-fast lint typecheck format
+.PHONY: setup demo demo-matrix hh-matrix test test-fast lint typecheck format
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,15 @@ demo-matrix: setup
 	    --set sample.dtype=$$p --set train.bf16=$$b --set evaluate.dtype=$$p || exit 1; \
 	done; done
 	$(VENV)/bin/rrhf report $(foreach p,$(PRECISIONS),$(foreach s,$(SEEDS),runs/demo-$(p)-s$(s)))
+
+# the HH round on the shared data (../shared/data/hh-rlhf), 3 seeds, fp32; RM and judge retrained in each workdir
+hh-matrix: setup
+	@for s in $(SEEDS); do \
+	  $(VENV)/bin/rrhf pipeline --config configs/hh-cpu.yaml --workdir runs/hh-cpu-s$$s \
+	    --set sample.seed=$$s --set train.seed=$$s --set evaluate.seed=$$s \
+	    --set sample.dtype=fp32 --set train.bf16=off --set evaluate.dtype=fp32 || exit 1; \
+	done
+	$(VENV)/bin/rrhf report $(foreach s,$(SEEDS),runs/hh-cpu-s$(s))
 
 test: setup lint typecheck
 	$(PY) -m pytest

@@ -69,11 +69,38 @@ HEADER = [
 ]
 
 
+def judge_label(s: dict[str, Any]) -> str:
+    """The judge as configured (``trained:judge`` names a reward model of the round) or as the report has it."""
+    spec = (s["config"].get("evaluate") or {}).get("judge") or ""
+    return spec if spec.startswith("trained:") else s["evaluation"]["judge"]
+
+
+def preference_accuracy(s: dict[str, Any]) -> str:
+    e = s["evaluation"]
+    b, c = e["baseline"].get("preference_accuracy"), e["candidate"].get("preference_accuracy")
+    return f"{b:.3f} -> {c:.3f} ({e.get('preference_pairs', 0)})" if b is not None and c is not None else "-"
+
+
+def reward_models(s: dict[str, Any]) -> str:
+    rms = s.get("reward_models") or {}
+    return (
+        ", ".join(
+            f"{name} {rm['held_out_accuracy']:.3f}" if rm.get("held_out_accuracy") is not None else name
+            for name, rm in rms.items()
+        )
+        or "-"
+    )
+
+
 def render(paths: Sequence[str | Path]) -> str:
     summaries = [load_summary(p)[1] for p in paths]
     if not summaries:
         raise DataError("no run summaries given")
-    judges = sorted({s["evaluation"]["judge"] for s in summaries})
+    extra = any(s.get("reward_models") for s in summaries) or any(
+        s["evaluation"]["baseline"].get("preference_accuracy") is not None for s in summaries
+    )
+    header = HEADER + (["policy-as-RM accuracy (pairs)", "reward models' held-out accuracy"] if extra else [])
+    judges = sorted({judge_label(s) for s in summaries})
     lines = [
         f"Judge: {', '.join(f'`{j}`' for j in judges)}"
         + (
@@ -82,10 +109,13 @@ def render(paths: Sequence[str | Path]) -> str:
             else " (not the training reward)"
         ),
         "",
-        "| " + " | ".join(HEADER) + " |",
-        "| " + " | ".join("---" for _ in HEADER) + " |",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join("---" for _ in header) + " |",
     ]
-    lines += ["| " + " | ".join(row(s)) + " |" for s in summaries]
+    lines += [
+        "| " + " | ".join(row(s) + ([preference_accuracy(s), reward_models(s)] if extra else [])) + " |"
+        for s in summaries
+    ]
     gains = [s["evaluation"]["reward_gain"] for s in summaries]
     promoted = sum(bool(s["promotion"]["promoted"]) for s in summaries)
     spread = f" (s.d. {statistics.stdev(gains):.3f})" if len(gains) > 1 else ""

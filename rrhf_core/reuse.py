@@ -107,11 +107,14 @@ class StageStore:
         os.replace(tmp, folder / "_DONE")
 
     def previous(self, stage: str) -> list[dict[str, Any]]:
-        """Keys of this stage's finished folders (to say why a stage was not reused)."""
+        """Keys of this stage's finished folders, oldest first (to say why a stage was not reused). Only this stage's
+        own: ``train-*`` also matches ``train-rm-*`` folders, so the stored key's stage must match."""
         out = []
-        for done in sorted(self.root.glob(f"{stage}-*/_DONE")):
+        for done in sorted(self.root.glob(f"{stage}-*/_DONE"), key=lambda p: p.stat().st_mtime):
             try:
-                out.append(json.loads(done.read_text())["key"])
+                key = json.loads(done.read_text())["key"]
             except (OSError, ValueError, KeyError):
                 continue
+            if key.get("stage") == stage:
+                out.append(key)
         return out

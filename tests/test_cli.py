@@ -177,6 +177,21 @@ def test_the_report_renders_from_stored_summaries(capsys, tmp_path):
     assert "Machines: test machine, 2 cores." in out
     assert main(["report", str(tmp_path / "missing")]) == 2
 
+    # a round with reward models: the judge as configured, policy-as-RM accuracy and the RMs' accuracy
+    hh = summary(0, 0.2, 0.05, True)
+    hh["config"]["evaluate"] = {"judge": "trained:judge"}
+    hh["evaluation"]["judge"] = "/somewhere/stages/train-rm-abc/model"
+    hh["evaluation"]["baseline"]["preference_accuracy"] = 0.5
+    hh["evaluation"]["candidate"]["preference_accuracy"] = 0.55
+    hh["evaluation"]["preference_pairs"] = 64
+    hh["reward_models"] = {"reward": {"held_out_accuracy": 0.62}, "judge": {"held_out_accuracy": 0.6}}
+    (tmp_path / "hh").mkdir()
+    (tmp_path / "hh" / "last_summary.json").write_text(json.dumps(hh))
+    assert main(["report", str(tmp_path / "hh")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Judge: `trained:judge` (not the training reward)")
+    assert "| 0.500 -> 0.550 (64) | reward 0.620, judge 0.600 |" in out
+
 
 def test_repeated_flags_keep_every_value_and_text_flags_are_literal(capsys, tmp_path):
     from rrhf_core.data.contracts import read_prompts

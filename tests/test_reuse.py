@@ -115,3 +115,15 @@ def test_the_store_returns_the_stored_result_only_for_the_same_key(tmp_path):
     record["key"]["inputs"] = {"x": "other"}
     done.write_text(json.dumps(record))
     assert store.load(key, Scored) is None
+
+
+def test_previous_keys_are_the_stages_own_not_a_stage_with_a_longer_name(tmp_path):
+    store = StageStore(tmp_path / "stages")
+    train = StageKey("train", {"lr": 1}, {}, "code")
+    store.save(
+        StageKey("train-rm", {"backbone": "x"}, {}, "code"), Scored(folder="f", scores="s", reward_id="r")
+    )
+    assert store.previous("train") == []
+    store.save(train, Scored(folder="f", scores="s", reward_id="r"))
+    assert [k["stage"] for k in store.previous("train")] == ["train"]
+    assert [k["stage"] for k in store.previous("train-rm")] == ["train-rm"]

@@ -131,12 +131,22 @@ def test_bad_preference_data_is_named_by_file_row_and_column(tmp_path):
     )
     with pytest.raises(DataError, match=r"bad.jsonl, row 2, column 'rejected'"):
         read_pairs(bad, Counter())
-    raw = write_jsonl(tmp_path / "raw.jsonl", [hh("q", "a", "b")])
-    with pytest.raises(DataError, match="ingest them first"):
-        read_pairs(raw, Counter())
+    missing = tmp_path / "missing.jsonl"
+    with pytest.raises(DataError, match="missing.jsonl"):
+        read_pairs(missing, Counter())
     other = write_jsonl(tmp_path / "other.jsonl", [{"text": "q"}])
     with pytest.raises(DataError, match="not preference data"):
         read_pairs(other, Counter())
+
+
+def test_raw_hh_dialogues_are_ingested_on_the_fly(tmp_path):
+    raw = write_jsonl(tmp_path / "raw.jsonl", [hh(f"q{i}", "kind answer", "rude answer") for i in range(6)])
+    got = read_pairs(raw, counts := Counter(), eval_share=0.5)
+    assert len(got) == 6 and counts["ingested_inputs"] == 1
+    assert {split for split, _ in got} <= {"train", "eval"}
+    assert all(
+        p.chosen == "kind answer" and p.messages[-1]["content"] == p.messages[-1]["content"] for _, p in got
+    )
 
 
 def test_data_parts_are_disjoint_by_prompt_and_cover_the_training_pairs(tmp_path):

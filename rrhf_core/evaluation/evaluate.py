@@ -225,11 +225,14 @@ def evaluate(
         texts, _ = render_prompts(rows, sampler.tokenizer, cfg.prompt_format, cfg.max_prompt_tokens)
         log(f"evaluate: {role} ({model}) answers {len(rows)} held-out prompts")
         answers = _answers(sampler, texts, cfg)
+        if pairs:
+            log(f"evaluate: {role} ranks {len(pairs)} held-out preference pairs by its likelihood")
         acc = _preference_accuracy(sampler.model, sampler.tokenizer, pairs, cfg)
         if role == "baseline" and cfg.best_of_k:
             log(f"evaluate: baseline best-of-{cfg.best_of_k} on {len(rows)} prompts")
             best_of_k = _best_of_k(sampler, texts, messages, judge, cfg)
         sampler.close()
+        log(f"evaluate: scoring the {role}'s answers (judge, training reward, {len(extra)} more)")
         judged = judge.score(messages, answers.texts)
         rewarded = judged if judge is reward else reward.score(messages, answers.texts)
         also = {spec: r.score(messages, answers.texts) for spec, r in extra.items()}

@@ -1,5 +1,7 @@
 """Preference pairs for reward-model training, from the three places users have them.
 
+- **anything ``rrhf ingest`` reads**, e.g. raw HH dialogues (``{chosen, rejected}``, ``.jsonl.gz``): ingested on
+  the fly, then as below.
 - **prompts.parquet** (``rrhf ingest``): HH records carry ``dataset:chosen`` and ``dataset:rejected`` references
   -> one pair; references with rewards (the ``rrhf`` input format) -> every ordered pair with distinct rewards.
   The file's own ``split`` column decides held-out pairs, so the reward model is held out on the same prompts as the
@@ -19,13 +21,14 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rrhf_core.data.contracts import load_listwise, read_prompts, read_rows
-from rrhf_core.data.ingest import make_prompt_id, split_for
+from rrhf_core.data.ingest import ingest, make_prompt_id, split_for
 from rrhf_core.errors import DataError
 
 Messages = list[dict[str, str]]
@@ -115,9 +118,21 @@ def _from_pair_rows(path: Path, rows: list[dict[str, Any]]) -> list[tuple[None, 
     return out
 
 
-def read_pairs(path: str | os.PathLike[str], counts: Counter[str]) -> list[tuple[str | None, PreferencePair]]:
-    """``(split or None, pair)`` from one file of any of the three kinds (chosen by its columns)."""
+def _from_ingest(path: Path, counts: Counter[str], eval_share: float) -> list[tuple[str, PreferencePair]]:
+    """Any input ``rrhf ingest`` reads (raw HH dialogues, ``.gz``, HF datasets, ...), ingested on the fly."""
+    with tempfile.TemporaryDirectory(prefix="rrhf-pairs-") as tmp:
+        ingest([str(path)], tmp, eval_share=eval_share)
+        counts["ingested_inputs"] += 1
+        return _from_prompts(Path(tmp) / "prompts.parquet", counts)
+
+
+def read_pairs(
+    path: str | os.PathLike[str], counts: Counter[str], eval_share: float = 0.1
+) -> list[tuple[str | None, PreferencePair]]:
+    """``(split or None, pair)`` from one input of any kind (chosen by its columns; see the module docstring)."""
     path = Path(path)
+    if path.suffix.lower() not in (".parquet", ".jsonl") or not path.exists():
+        return list(_from_ingest(path, counts, eval_share))
     rows, columns = read_rows(path, "preference data")
     if {"prompt_id", "references", "split"} <= set(columns):
         return list(_from_prompts(path, counts))
@@ -130,15 +145,14 @@ def read_pairs(path: str | os.PathLike[str], counts: Counter[str]) -> list[tuple
         ]
     if {"chosen", "rejected"} <= set(columns):
         if not ({"prompt", "messages"} & set(columns)):
-            raise DataError(
-                f"{path}: rows have 'chosen' and 'rejected' but no 'prompt' or 'messages'. Raw HH dialogues carry "
-                "the prompt inside both texts: ingest them first (rrhf ingest --inputs FILE) and train on the "
-                "prompts.parquet it writes"
-            )
+            return list(
+                _from_ingest(path, counts, eval_share)
+            )  # HH dialogues: the prompt is inside both texts
         return list(_from_pair_rows(path, rows))
     raise DataError(
-        f"{path}: not preference data. Expected a prompts.parquet from rrhf ingest, rows of "
-        "{prompt|messages, chosen, rejected}, or a listwise set (responses, rewards); found columns {columns}"
+        f"{path}: not preference data. Expected HH records ({{chosen, rejected}} dialogues), a prompts.parquet from "
+        "rrhf ingest, rows of {prompt|messages, chosen, rejected}, or a listwise set (responses, rewards); found "
+        f"columns {columns}"
     )
 
 
@@ -153,7 +167,7 @@ def load_pairs(
     result = PairSet()
     seen: set[tuple[str, str, str]] = set()
     for path in paths:
-        for split, pair in read_pairs(path, result.counts):
+        for split, pair in read_pairs(path, result.counts, eval_share):
             result.counts["pairs_read"] += 1
             if pair.chosen.strip() == pair.rejected.strip():
                 result.counts["skipped_identical"] += 1
