@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from rrhf_core import pipeline as plan
+from rrhf_core.config import redact_credentials, redacted
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.hardware import describe_machine
 from rrhf_core.pipeline import PipelineConfig
@@ -89,21 +90,21 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
         pid = parent.info.run_id
         log_round_start(config, start_model, baseline)
 
-        config, results = data_stages(config, start_model, stages, pid)
+        resolved, results = data_stages(config, start_model, stages, pid)
         prompts, built = results["ingest"].prompts, results["build"]
         shutil.copyfile(prompts, work / "prompts.parquet")  # a stable path for evaluation-only runs
         trained = results["train"] = train_task(
-            plan.train_config(config, built.train_set, start_model), stages, pid
+            plan.train_config(resolved, built.train_set, start_model), stages, pid
         )
 
         eval_dir = str(work / "eval" / pid)
         eval_cfg = plan.eval_config(
-            config, prompts, trained.model_dir, baseline, eval_dir, built.best_of_n_mean
+            resolved, prompts, trained.model_dir, baseline, eval_dir, built.best_of_n_mean
         )
         eval_state = evaluate_task(eval_cfg, pid, return_state=True)
         report = eval_state.result(raise_on_failure=False) if eval_state.is_completed() else None
         # every trained model is registered as challenger; a failed evaluation never moves champion
-        promotion = promote_task(trained.model_dir, report, config.gate, config.registered_model, pid)
+        promotion = promote_task(trained.model_dir, report, resolved.gate, resolved.registered_model, pid)
         if report is None:
             eval_state.result()  # re-raise the evaluation's error: the round failed
 
@@ -124,11 +125,11 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
             "evaluation": report,
             "promotion": promotion,
             "mlflow_run_id": pid,
-            "tracking_uri": uri,
+            "tracking_uri": redact_credentials(uri),
             "seconds": time.perf_counter() - t0,
             "precision": resolved_precision(config),
             "machine": describe_machine(),
-            "config": config.model_dump(mode="json"),
+            "config": redacted(config.model_dump(mode="json")),
         }
         finish_round(summary, work)
     return summary

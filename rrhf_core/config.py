@@ -6,6 +6,7 @@ composes them, in :mod:`rrhf_core.pipeline`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,30 @@ def build_config(cls: type[BaseModel], base: dict[str, Any], overrides: list[str
 def one_or_many(v: Any) -> Any:
     """A single path given on the command line is a list of one."""
     return [v] if isinstance(v, str) else v
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*)(?P<password>:[^/@\s]*)?@")
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<key>[?&](?:password|passwd|pwd|token|secret|api_key|apikey|access_key)=)[^&\s]*"
+)
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` (a URI, a log line, a JSON dump) with credentials replaced by ``***``: the password of
+    ``scheme://user:password@host`` (the user name stays, so the URI still says whose it is), a lone
+    ``scheme://token@host`` and secret query parameters."""
+    text = _USERINFO.sub(
+        lambda m: f"{m['scheme']}{m['user']}:***@" if m["password"] else f"{m['scheme']}***@", text
+    )
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}***", text)
+
+
+def redacted(data: Any) -> Any:
+    """A JSON-like structure with :func:`redact_credentials` applied to every string in it."""
+    if isinstance(data, str):
+        return redact_credentials(data)
+    if isinstance(data, dict):
+        return {k: redacted(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [redacted(v) for v in data]
+    return data

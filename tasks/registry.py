@@ -16,16 +16,32 @@ from rrhf_core.evaluation.promotion import Decision
 PIP_REQUIREMENTS = ["torch==2.13.0", "transformers==5.19.0", "safetensors", "accelerate"]
 
 
-def champion(name: str) -> dict[str, Any] | None:
-    """The current champion: ``{"version", "model_dir"}``, or None when there is none."""
+def _trusted_folder(mv: Any, trusted_root: str | Path | None) -> str | None:
+    """The version's local folder, only when it lies inside ``trusted_root`` (the round's workdir) and holds exactly
+    the registered weights (its digest equals the version's ``rrhf.model_sha256``): a tag alone never picks the
+    folder a run loads."""
+    model_dir = mv.tags.get("rrhf.model_dir")
+    if not model_dir or trusted_root is None:
+        return None
+    path, root = Path(model_dir).resolve(), Path(trusted_root).resolve()
+    if not path.is_relative_to(root) or not (path / "config.json").exists():
+        return None
+    return str(path) if file_digest(path) == mv.tags.get("rrhf.model_sha256") else None
+
+
+def champion(name: str, trusted_root: str | Path | None = None) -> dict[str, Any] | None:
+    """The current champion: ``{"version", "model_dir"}``, or None when there is none.
+
+    The weights come from the registry (``models:/NAME@champion``), except when the version's local folder is inside
+    ``trusted_root`` and unchanged (then no download is needed).
+    """
     client = MlflowClient()
     try:
         mv = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         return None
-    model_dir = mv.tags.get("rrhf.model_dir")
-    if not model_dir or not (Path(model_dir) / "config.json").exists():
-        # the local folder is gone (another machine, a cleaned workdir): fetch the logged weights
+    model_dir = _trusted_folder(mv, trusted_root)
+    if model_dir is None:
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))
         model_dir = str(next(p.parent for p in local.rglob("config.json")))
     return {"version": mv.version, "model_dir": model_dir}

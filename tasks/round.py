@@ -10,13 +10,14 @@ from typing import Any
 import mlflow
 from prefect.artifacts import create_markdown_artifact
 
+from rrhf_core.config import redacted
 from rrhf_core.pipeline import PipelineConfig
 from tasks import registry
 
 
 def start_and_baseline(config: PipelineConfig) -> tuple[str, str]:
     """The model this round samples from and trains, and the one it is judged against."""
-    champ = registry.champion(config.registered_model)
+    champ = registry.champion(config.registered_model, trusted_root=config.workdir)
     start = champ["model_dir"] if (config.from_champion and champ) else config.policy
     baseline = champ["model_dir"] if champ else config.policy
     return start, baseline
@@ -31,7 +32,7 @@ def log_round_start(config: PipelineConfig, start_model: str, baseline: str) -> 
             "registered_model": config.registered_model,
         }
     )
-    mlflow.log_dict(config.model_dump(mode="json"), "pipeline_config.json")
+    mlflow.log_dict(redacted(config.model_dump(mode="json")), "pipeline_config.json")
 
 
 def resolved_precision(config: PipelineConfig) -> dict[str, str]:

@@ -99,3 +99,28 @@ def test_the_judge_is_kept_apart_from_the_training_reward(tmp_path, tiny_model_d
         assert r["judge"] == checksum(msgs, r["text"]) and r["reward"] == count_a(msgs, r["text"])
     same = evaluate(cfg.model_copy(update={"judge": None, "best_of_k": 0, "also_report": []}))
     assert same.judge == "reward_fns:count_a" and same.judge_is_training_reward
+
+
+@pytest.mark.integration
+def test_preference_pairs_can_reach_beyond_the_answered_prompts(tmp_path, tiny_model_dir):
+    import pyarrow as pa
+
+    from rrhf_core.data.contracts import PROMPTS_SCHEMA
+    from rrhf_core.evaluation.config import EvalConfig
+    from rrhf_core.evaluation.evaluate import evaluate
+
+    refs = [{"text": "kind", "source": "dataset:chosen", "reward": None},
+            {"text": "rude", "source": "dataset:rejected", "reward": None}]  # fmt: skip
+    rows = [
+        {"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"q{i}"}], "split": "eval",
+         "source": "t", "references": refs, "meta": "{}"}
+        for i in range(6)
+    ]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows, schema=PROMPTS_SCHEMA), tmp_path / "prompts.parquet")
+    cfg = EvalConfig(prompts=str(tmp_path / "prompts.parquet"), output_dir=str(tmp_path / "e"),
+                     candidate=str(tiny_model_dir), baseline=str(tiny_model_dir), reward="reward_fns:checksum",
+                     limit=2, max_new_tokens=4, dtype="fp32")  # fmt: skip
+    assert evaluate(cfg).preference_pairs == 2
+    wide = evaluate(cfg.model_copy(update={"preference_limit": 5}))
+    assert wide.prompts == 2 and wide.preference_pairs == 5
+    assert wide.candidate.preference_accuracy == wide.baseline.preference_accuracy  # same model

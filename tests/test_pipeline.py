@@ -118,6 +118,24 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
         tags["rrhf.promotion"] == "rejected" and "reward_gain" in json.loads(tags["rrhf.decision"])["numbers"]
     )
 
+    # the champion's weights: its own folder only inside the trusted workdir and unchanged; else the registry's copy
+    from tasks import registry
+
+    local = registry.champion("gate-test", trusted_root=tmp_path)
+    assert local["model_dir"] == str((tmp_path / "model-better").resolve())
+    elsewhere = registry.champion("gate-test", trusted_root=tmp_path / "other-workdir")
+    assert (
+        elsewhere["model_dir"] != local["model_dir"]
+        and (Path(elsewhere["model_dir"]) / "config.json").exists()
+    )
+    client.set_model_version_tag(
+        "gate-test", better["version"], "rrhf.model_dir", str(tmp_path / "model-worse")
+    )
+    planted = registry.champion(
+        "gate-test", trusted_root=tmp_path
+    )  # a tag pointing at other weights is not obeyed
+    assert "model-worse" not in planted["model_dir"]
+
 
 def test_failure_in_training_fails_runs_and_the_rerun_reuses_data_stages(
     prefect_harness, tmp_path, prompts_file, tiny_model_dir

@@ -3,6 +3,7 @@ and a bad setting anywhere (the gate included) is rejected before any stage runs
 
 from __future__ import annotations
 
+import json
 import typing
 from pathlib import Path
 from typing import Any
@@ -169,3 +170,18 @@ def test_a_preset_applies_under_the_settings_given():
     assert cfg.train.learning_rate == demo.train.learning_rate and cfg.evaluate.judge == demo.evaluate.judge
     with pytest.raises(Exception, match="does not exist"):
         PipelineConfig.model_validate({"preset": "configs/nope.yaml"})
+
+
+def test_credentials_in_uris_are_redacted_everywhere_they_are_written():
+    from rrhf_core.config import redact_credentials, redacted
+
+    uri = "postgresql://mlflow:s3cret@db.internal:5432/mlflow"
+    assert redact_credentials(uri) == "postgresql://mlflow:***@db.internal:5432/mlflow"
+    assert (
+        redact_credentials("https://tok3n@host/x?a=1&token=abc&b=2") == "https://***@host/x?a=1&token=***&b=2"
+    )
+    assert redact_credentials("sqlite:////work/runs/mlflow.db") == "sqlite:////work/runs/mlflow.db"
+    dumped = redacted(PipelineConfig(tracking_uri=uri).model_dump(mode="json"))
+    assert "s3cret" not in json.dumps(dumped) and dumped["tracking_uri"].startswith(
+        "postgresql://mlflow:***@"
+    )

@@ -132,7 +132,7 @@ def test_bad_preference_data_is_named_by_file_row_and_column(tmp_path):
     with pytest.raises(DataError, match=r"bad.jsonl, row 2, column 'rejected'"):
         read_pairs(bad, Counter())
     missing = tmp_path / "missing.jsonl"
-    with pytest.raises(DataError, match="missing.jsonl"):
+    with pytest.raises(DataError, match=r"missing\.jsonl"):
         read_pairs(missing, Counter())
     other = write_jsonl(tmp_path / "other.jsonl", [{"text": "q"}])
     with pytest.raises(DataError, match="not preference data"):

@@ -26,6 +26,12 @@ class EvalSettings(BaseModel):
     preference_accuracy: bool = Field(
         True, description="Score HH chosen/rejected pairs with each policy (Table 5)."
     )
+    preference_limit: int | None = Field(
+        None,
+        ge=1,
+        description="Rank the pairs of this many held-out prompts (unset: the evaluated prompts; more pairs, a "
+        "narrower CI: ranking is cheaper than answering).",
+    )
     judge: str | None = Field(
         None,
         description="Reward spec that judges the answers (unset: the training reward, reported as such).",

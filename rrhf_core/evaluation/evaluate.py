@@ -215,7 +215,10 @@ def evaluate(
     judge = judge or (reward if judge_spec == cfg.reward else make_reward(judge_spec))
     extra = {spec: make_reward(spec) for spec in cfg.also_report}
     messages = [r["messages"] for r in rows]
-    pairs = preference_pairs(rows) if cfg.preference_accuracy else []
+    pair_rows = (
+        rows if cfg.preference_limit is None else read_prompts(cfg.prompts, cfg.split)[: cfg.preference_limit]
+    )
+    pairs = preference_pairs(pair_rows) if cfg.preference_accuracy else []
     sides: dict[str, Side] = {}
     best_of_k: list[float] | None = None
     for role, model in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):

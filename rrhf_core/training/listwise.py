@@ -20,10 +20,10 @@ from rrhf_core.training.collate import (
 )
 from rrhf_core.training.config import TrainSettings
 from rrhf_core.training.loss import (
-    pair_mask,
     RRHFLoss,
     dpo_loss,
     gather_logprobs,
+    pair_mask,
     ranking_pairs,
     rrhf_loss_from_sums,
     segment_logprobs,
