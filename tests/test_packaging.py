@@ -43,13 +43,29 @@ def test_compose_file_is_valid():
     assert {"postgres", "prefect-server", "mlflow", "worker"} <= set(spec["services"])
     assert "postgresql" in spec["services"]["mlflow"]["command"]
     assert spec["services"]["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    # locked down: loopback ports only, no credential in the file, the servers' own auth on
+    for name, service in spec["services"].items():
+        assert all(str(p).startswith("127.0.0.1:") for p in service.get("ports", [])), name
+    text = (ROOT / "docker" / "compose.yaml").read_text()
+    assert "rrhf:rrhf@" not in text and "POSTGRES_PASSWORD: rrhf" not in text
+    assert "--app-name basic-auth" in spec["services"]["mlflow"]["command"]
+    assert "PREFECT_SERVER_API_AUTH_STRING" in spec["services"]["prefect-server"]["environment"]
+    assert "docker/.env" in (ROOT / ".gitignore").read_text() and (ROOT / "docker" / "env.example").exists()
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.skip(
             "docker-compose is not installed (apt-get install docker-compose) to validate the file fully"
         )
     out = subprocess.run(
-        [exe, "-f", str(ROOT / "docker" / "compose.yaml"), "config", "--quiet"],
+        [
+            exe,
+            "-f",
+            str(ROOT / "docker" / "compose.yaml"),
+            "--env-file",
+            str(ROOT / "docker" / "env.example"),
+            "config",
+            "--quiet",
+        ],  # fmt: skip
         capture_output=True,
         text=True,
     )
