@@ -149,7 +149,7 @@ def sample_task(cfg: SampleConfig, stages: str | None, parent: str | None) -> Sa
     """Sample k responses per training prompt (resumable shards)."""
 
     def work(cfg: SampleConfig, run: Any) -> Sampled:
-        r = sample(cfg, progress=False)
+        r = sample(cfg, progress=False, on_progress=StageProgress("sample", "prompts"))
         rows = pq.read_table(r.samples_path).to_pandas()
         mlflow.log_table(
             rows.head(200)[["prompt_id", "source", "finish_reason", "num_tokens", "text"]],
@@ -174,7 +174,7 @@ def score_task(cfg: ScoreConfig, stages: str | None, parent: str | None) -> Scor
     """Score every candidate with the reward."""
 
     def work(cfg: ScoreConfig, run: Any) -> Scored:
-        r = score(cfg, progress=False)
+        r = score(cfg, progress=False, on_progress=StageProgress("score", "responses"))
         mlflow.set_tag("reward_model", r.reward_id)
         rewards = read_scores([r.scores_path])
         mlflow.log_figure(
@@ -226,6 +226,23 @@ def build_task(cfg: BuildConfig, stages: str | None, parent: str | None) -> Buil
         **{f"scores{i}": file_digest(p) for i, p in enumerate(cfg.scores)},
     }
     return reuse_or_run("build", cfg, inputs, stages, parent, work, Built)
+
+
+class StageProgress:
+    """A stage's progress as a Prefect progress artifact and a log line at every 10 % (``on_progress(done, total)``
+    callbacks of the rrhf_core stages)."""
+
+    def __init__(self, stage: str, unit: str) -> None:
+        self.stage, self.unit, self.shown = stage, unit, -1
+        self.artifact_id = create_progress_artifact(progress=0.0, key=f"{stage}-progress", description=stage)
+        self.logger = get_run_logger()
+
+    def __call__(self, done: int, total: int) -> None:
+        share = done / max(total, 1)
+        update_progress_artifact(self.artifact_id, progress=100.0 * share)
+        if int(share * 10) > self.shown:
+            self.shown = int(share * 10)
+            self.logger.info(f"{self.stage}: {done}/{total} {self.unit} ({100 * share:.0f} %)")
 
 
 class PrefectProgress:

@@ -65,7 +65,7 @@ def test_compose_file_is_valid():
             str(ROOT / "docker" / "env.example"),
             "config",
             "--quiet",
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
     )

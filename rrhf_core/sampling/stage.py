@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,14 @@ def sample_shard(
     return records, tokens, len(skipped)
 
 
-def sample(cfg: SampleConfig, sampler: Sampler | None = None, progress: bool = True) -> SampleResult:
-    """Run the sampling stage; reuses finished shards. ``sampler`` may be passed in to reuse a loaded backend."""
+def sample(
+    cfg: SampleConfig,
+    sampler: Sampler | None = None,
+    progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> SampleResult:
+    """Run the sampling stage; reuses finished shards. ``sampler`` may be passed in to reuse a loaded backend;
+    ``on_progress(done, total)`` (prompts) is called after each shard."""
     rows = read_prompts(cfg.prompts, None if cfg.split == "all" else cfg.split)[: cfg.limit]
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r}")
@@ -168,6 +175,8 @@ def sample(cfg: SampleConfig, sampler: Sampler | None = None, progress: bool = T
             atomic_write_parquet(pa.Table.from_pylist(records, schema=SAMPLES_SCHEMA), shard_paths[i])
             bar.update(len(shard))
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}", skipped=skipped)
+            if on_progress:
+                on_progress(bar.n, len(rows))
     finally:
         bar.close()
         if owned and sampler is not None:

@@ -12,6 +12,7 @@ import json
 import math
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,14 @@ class ScoreResult:
     reward_id: str
 
 
-def score(cfg: ScoreConfig, reward: RewardBackend | None = None, progress: bool = True) -> ScoreResult:
+def score(
+    cfg: ScoreConfig,
+    reward: RewardBackend | None = None,
+    progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ScoreResult:
+    """Score every sample (cached pairs are not scored again); ``on_progress(done, total)`` (responses to score)
+    is called after each chunk."""
     t0 = time.perf_counter()
     samples = read_samples(cfg.samples)
     messages = {r["prompt_id"]: r["messages"] for r in read_prompts(cfg.prompts)}
@@ -105,6 +113,8 @@ def score(cfg: ScoreConfig, reward: RewardBackend | None = None, progress: bool 
             cache.put(reward.reward_id, list(zip(chunk, map(float, values), strict=True)))
             known.update(zip(chunk, map(float, values), strict=True))
             bar.update(len(chunk))
+            if on_progress:
+                on_progress(bar.n, len(todo))
         bar.close()
     finally:
         cache.close()
