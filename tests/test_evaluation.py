@@ -60,6 +60,14 @@ def test_the_gate_decides_on_the_ci_lower_bound():
     assert not decide(report(0.2, (0.05, 0.35)), GateConfig(min_reward_gain=0.1)).promote
 
 
+def test_the_gate_refuses_a_policy_that_learned_to_say_nothing():
+    silent = report(0.4, (0.2, 0.6))
+    silent["candidate"]["empty_share"], silent["baseline"]["empty_share"] = 0.14, 0.0
+    d = decide(silent, GateConfig())
+    assert not d.promote and "empty answers 14% vs 0%: increase +0.14 > 0.05" in d.reasons[-1]
+    assert decide(silent, GateConfig(max_empty_increase=0.2)).promote
+
+
 @pytest.mark.integration
 def test_the_judge_is_kept_apart_from_the_training_reward(tmp_path, tiny_model_dir):
     from reward_fns import checksum, count_a

@@ -149,6 +149,17 @@ def test_raw_hh_dialogues_are_ingested_on_the_fly(tmp_path):
     )
 
 
+def test_empty_negatives_add_one_chosen_over_silence_pair_per_prompt():
+    from rrhf_core.reward_model.pairs import PreferencePair, empty_negatives
+
+    pairs = [PreferencePair("a", [], "good", "bad"), PreferencePair("a", [], "fine", "bad"),
+             PreferencePair("b", [], "ok", "no")]  # fmt: skip
+    assert [(p.prompt_id, p.chosen, p.rejected) for p in empty_negatives(pairs)] == [
+        ("a", "good", ""),
+        ("b", "ok", ""),
+    ]
+
+
 def test_data_parts_are_disjoint_by_prompt_and_cover_the_training_pairs(tmp_path):
     prompts = hh_prompts(tmp_path, n=40)
     whole = load_pairs([str(prompts)])
@@ -189,7 +200,8 @@ def test_a_trained_reward_model_round_trips_into_the_scoring_stage(tmp_path, tin
     r = train_reward_model(tiny_rm_config(tmp_path, prompts, str(tiny_model_dir)), progress=False)
     report = json.loads((tmp_path / "rm" / "rm_report.json").read_text())
     assert report["eval"]["pairs"] == report["data"]["eval_pairs"] > 0
-    assert report["data"]["skipped_identical"] == 1
+    assert report["data"]["skipped_identical"] == 1 and report["data"]["empty_negatives"] > 0
+    assert report["eval"]["empty_beats_chosen"] == 0.0  # trained with empty negatives: silence never wins
     assert report["eval"]["accuracy"] == 1.0  # polite vs rude is learnable even for a tiny model
     lines = [json.loads(x) for x in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["loss"] > lines[-1]["loss"]

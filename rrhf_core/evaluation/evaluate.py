@@ -55,6 +55,7 @@ class ModelEval:
     tokens_mean: float
     tokens_median: float
     truncated_share: float
+    empty_share: float  # answers with no visible text: a policy that learned to say nothing
     preference_accuracy: float | None = None
     preference_accuracy_ci: CI | None = None
     also: dict[str, float] = field(default_factory=dict)
@@ -193,6 +194,7 @@ class Side:
             statistics.fmean(a.tokens),
             statistics.median(a.tokens),
             sum(f == "length" for f in a.finish) / len(a.finish),
+            sum(not t.strip() for t in a.texts) / len(a.texts),
             self.acc[0],
             self.acc[1],
             {spec: statistics.fmean(v) for spec, v in self.also.items()},

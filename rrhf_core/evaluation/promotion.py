@@ -6,7 +6,9 @@ Rules (all must hold; each is configurable):
 2. the reward-judged win rate (ties count half) is above ``min_win_rate``;
 3. length guard: the candidate's mean answer length is at most ``max_length_ratio`` times the baseline's (a reward
    that pays for length is the classic way a policy games its reward);
-4. the evaluation itself succeeded (a failed evaluation never promotes).
+4. collapse guard: the candidate's share of empty answers exceeds the baseline's by at most ``max_empty_increase``
+   (a reward that never saw an empty answer may score it high: saying nothing must not win);
+5. the evaluation itself succeeded (a failed evaluation never promotes).
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ class GateConfig(BaseModel):
     min_win_rate: float = Field(0.5, ge=0.0, le=1.0, description="Win rate (ties half) must be above this.")
     max_length_ratio: float = Field(
         2.0, gt=0.0, description="Candidate mean tokens / champion mean tokens at most this."
+    )
+    max_empty_increase: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Candidate share of empty answers minus the champion's at most this.",
     )
     decide_on: Literal["ci_lower", "mean"] = Field(
         "ci_lower",
@@ -55,12 +63,14 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
     lo, hi = report.get("reward_gain_ci") or (gain, gain)
     tested = lo if gate.decide_on == "ci_lower" else gain
     ratio = cand["tokens_mean"] / max(base["tokens_mean"], 1e-9)
+    empty = cand.get("empty_share", 0.0) - base.get("empty_share", 0.0)
     numbers = {
         "reward_gain": gain,
         "reward_gain_ci_lo": lo,
         "reward_gain_ci_hi": hi,
         "win_rate": report["win_rate"],
         "length_ratio": ratio,
+        "empty_share_increase": empty,
         "candidate_reward_mean": cand["reward_mean"],
         "champion_reward_mean": base["reward_mean"],
     }
@@ -78,6 +88,11 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
         (
             ratio <= gate.max_length_ratio,
             f"length ratio {ratio:.2f} {'<=' if ratio <= gate.max_length_ratio else '>'} {gate.max_length_ratio}",
+        ),
+        (
+            empty <= gate.max_empty_increase,
+            f"empty answers {cand.get('empty_share', 0.0):.0%} vs {base.get('empty_share', 0.0):.0%}: increase "
+            f"{empty:+.2f} {'<=' if empty <= gate.max_empty_increase else '>'} {gate.max_empty_increase}",
         ),
     ]
     return Decision(all(ok for ok, _ in checks), [text for _, text in checks], numbers)

@@ -54,6 +54,11 @@ class RMSettings(BaseModel):
         "training reward, one for the judge).",
     )
     max_train_pairs: int | None = Field(None, ge=1, description="Use at most this many training pairs.")
+    empty_negatives: bool = Field(
+        True,
+        description="Also train that each prompt's chosen answer beats an empty one (preference data never shows "
+        "an empty answer, so a reward model may score silence high and a policy learn to say nothing).",
+    )
     compare_with: list[str] = Field(
         default_factory=list,
         description="Reward specs whose held-out pair accuracy is reported beside the trained model's.",

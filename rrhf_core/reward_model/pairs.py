@@ -118,6 +118,17 @@ def _from_pair_rows(path: Path, rows: list[dict[str, Any]]) -> list[tuple[None, 
     return out
 
 
+def empty_negatives(pairs: list[PreferencePair]) -> list[PreferencePair]:
+    """One extra pair per prompt: its (first) chosen answer preferred over an empty answer."""
+    seen: set[str] = set()
+    out = []
+    for p in pairs:
+        if p.prompt_id not in seen and p.chosen.strip():
+            seen.add(p.prompt_id)
+            out.append(PreferencePair(p.prompt_id, p.messages, p.chosen, ""))
+    return out
+
+
 def _from_ingest(path: Path, counts: Counter[str], eval_share: float) -> list[tuple[str, PreferencePair]]:
     """Any input ``rrhf ingest`` reads (raw HH dialogues, ``.gz``, HF datasets, ...), ingested on the fly."""
     with tempfile.TemporaryDirectory(prefix="rrhf-pairs-") as tmp:

@@ -34,7 +34,7 @@ from rrhf_core.hardware import use_bf16
 from rrhf_core.models import resolve_model
 from rrhf_core.reward_model.config import RMTrainConfig
 from rrhf_core.reward_model.loss import bradley_terry_loss, calibration_error, pair_outcomes, pearson
-from rrhf_core.reward_model.pairs import PairSet, PreferencePair, load_pairs
+from rrhf_core.reward_model.pairs import PairSet, PreferencePair, empty_negatives, load_pairs
 from rrhf_core.scoring.reward import (
     HFClassifierReward,
     make_reward,
@@ -133,6 +133,10 @@ def train_reward_model(
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = load_pairs(cfg.pairs, cfg.eval_share, cfg.data_part, cfg.data_parts, cfg.max_train_pairs)
+    if cfg.empty_negatives:
+        extra = empty_negatives(data.train)
+        data.train += extra
+        data.counts["empty_negatives"] = len(extra)
     log(f"train-rm: {data.stats()}")
     tok, model, max_length = _load_backbone(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -257,6 +261,10 @@ def _held_out_report(
         Path(cfg.output_dir) / "eval_pairs.parquet",
     )
     report: dict[str, Any] = {"eval": pair_metrics(rc, rr, pairs, cfg.seed), "compare": {}}
+    empty = trained.score(msgs, [""] * len(pairs))  # silence must not beat what people chose
+    report["eval"]["empty_beats_chosen"] = statistics.fmean(
+        float(e > c) for e, c in zip(empty, rc, strict=True)
+    )
     log(f"train-rm: held-out accuracy {report['eval']['accuracy']:.3f} on {len(pairs)} pairs")
     for spec in cfg.compare_with:
         c, r = judge(make_reward(spec))
