@@ -33,6 +33,22 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
         f"  win rate (ties half): {e['win_rate']:.3f} (95 % CI {wlo:.3f}..{whi:.3f}; "
         f"{e['wins']} wins, {e['ties']} ties, {e['losses']} losses)"
     )
+    b, c = e["baseline"], e["candidate"]
+    print(
+        f"  answers: {b['tokens_mean']:.1f} -> {c['tokens_mean']:.1f} tokens on average; empty "
+        f"{b.get('empty_share', 0.0):.0%} -> {c.get('empty_share', 0.0):.0%}"
+    )
+    if b.get("preference_accuracy") is not None and c.get("preference_accuracy") is not None:
+        clo, chi = c["preference_accuracy_ci"]
+        print(
+            f"  policy as reward model on {e['preference_pairs']} held-out human pairs: "
+            f"{b['preference_accuracy']:.3f} -> {c['preference_accuracy']:.3f} (95 % CI {clo:.3f}..{chi:.3f})"
+        )
+    for name, rm in (summary.get("reward_models") or {}).items():
+        acc = rm.get("held_out_accuracy")
+        print(
+            f"  reward model {name!r}: held-out pair accuracy {acc:.3f}" if acc is not None else f"  {name}"
+        )
     if e.get("baseline_best_of_k") is not None:
         print(f"  baseline best-of-{e['best_of_k']} by the judge: {e['baseline_best_of_k']:.4f}")
     for spec, value in e["candidate"]["also"].items():
