@@ -56,8 +56,10 @@ def test_hf_backend_k_samples_references_and_shards(prompts, tmp_path, tiny_mode
         shard_size=4,
         dtype="fp32",
     )
-    result = sample(cfg, progress=False)
+    seen: list[tuple[int, int]] = []
+    result = sample(cfg, progress=False, on_progress=lambda done, total: seen.append((done, total)))
     assert result.prompts == 6 and result.shards_total == 2 and result.shards_done_now == 2
+    assert seen == [(4, 6), (6, 6)]  # after each shard, with the progress bar off
     rows = read(result.samples_path)
     policy = [r for r in rows if r["source"].startswith("policy:")]
     refs = [r for r in rows if r["finish_reason"] == "reference"]

@@ -106,8 +106,10 @@ def test_score_stage_scores_identical_pairs_once_and_caches(tmp_path):
         reward="reward_fns:count_a",
         cache_path=str(tmp_path / "cache.sqlite"),
     )
-    first = score(cfg, progress=False)
+    seen: list[tuple[int, int]] = []
+    first = score(cfg, progress=False, on_progress=lambda done, total: seen.append((done, total)))
     assert (first.responses, first.unique_pairs, first.scored_now, first.cached) == (4, 3, 3, 0)
+    assert seen == [(3, 3)]
     rows = pq.read_table(first.scores_path).to_pylist()
     assert sorted(r["reward"] for r in rows) == [0.0, 1.0, 2.0, 2.0]
     again = score(cfg, progress=False)

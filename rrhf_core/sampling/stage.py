@@ -163,6 +163,7 @@ def sample(
         unit="prompt",
         disable=not progress,
     )
+    done = len(rows) - sum(len(rows[i * cfg.shard_size : (i + 1) * cfg.shard_size]) for i in todo)
     try:
         for i in todo:
             assert sampler is not None
@@ -175,8 +176,9 @@ def sample(
             atomic_write_parquet(pa.Table.from_pylist(records, schema=SAMPLES_SCHEMA), shard_paths[i])
             bar.update(len(shard))
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}", skipped=skipped)
+            done += len(shard)
             if on_progress:
-                on_progress(bar.n, len(rows))
+                on_progress(done, len(rows))
     finally:
         bar.close()
         if owned and sampler is not None:

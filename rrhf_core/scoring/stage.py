@@ -114,7 +114,7 @@ def score(
             known.update(zip(chunk, map(float, values), strict=True))
             bar.update(len(chunk))
             if on_progress:
-                on_progress(bar.n, len(todo))
+                on_progress(start + len(chunk), len(todo))
         bar.close()
     finally:
         cache.close()
