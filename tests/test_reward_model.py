@@ -188,7 +188,7 @@ def tiny_rm_config(tmp_path: Path, prompts: Path, backbone: str, **kw) -> RMTrai
 
 
 @pytest.mark.integration
-def test_a_trained_reward_model_round_trips_into_the_scoring_stage(tmp_path, tiny_model_dir):
+def test_a_trained_reward_model_round_trips_into_the_scoring_stage(tmp_path, tiny_model_dir, monkeypatch):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rrhf_core.reward_model.trainer import train_reward_model
@@ -196,6 +196,9 @@ def test_a_trained_reward_model_round_trips_into_the_scoring_stage(tmp_path, tin
     from rrhf_core.scoring.reward import render_for_reward
     from rrhf_core.scoring.stage import score
 
+    # scoring picks bf16 where a CPU measures it faster, and a loaded machine can measure either way; the comparison
+    # by hand below is in fp32
+    monkeypatch.setattr("rrhf_core.hardware.bf16_available", lambda device: False)
     prompts = hh_prompts(tmp_path)
     r = train_reward_model(tiny_rm_config(tmp_path, prompts, str(tiny_model_dir)), progress=False)
     report = json.loads((tmp_path / "rm" / "rm_report.json").read_text())
