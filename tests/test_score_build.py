@@ -222,3 +222,26 @@ def test_build_joins_drops_and_writes_statistics(tmp_path):
                 output_dir=str(tmp_path / "b2"),
             )
         )
+
+
+def test_conflicting_rewards_for_one_response_are_refused_and_outputs_are_readable(tmp_path):
+    import os
+    import stat
+
+    from rrhf_core.data.contracts import SCORES_SCHEMA, atomic_write_parquet, read_scores
+
+    def scores(name: str, reward: float) -> Path:
+        path = tmp_path / name
+        row = {"response_id": "r1", "prompt_id": "p1", "reward": reward, "reward_model": "m"}
+        atomic_write_parquet(pa.Table.from_pylist([row], schema=SCORES_SCHEMA), path)
+        return path
+
+    a, same, other = scores("a.parquet", 0.72), scores("same.parquet", 0.72), scores("b.parquet", 999.0)
+    assert read_scores([a, same]) == {"r1": 0.72}  # the same value twice is no conflict
+    with pytest.raises(
+        DataError, match=r"response r1 has two rewards: 0\.72 .*a\.parquet.* and 999\.0 .*b\.parquet"
+    ):
+        read_scores([a, other])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(a).st_mode) == 0o666 & ~umask  # like any other file, not mkstemp's 0600

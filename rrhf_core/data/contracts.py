@@ -154,11 +154,23 @@ def read_samples(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]
 
 
 def read_scores(paths: Sequence[str | os.PathLike[str]]) -> dict[str, float]:
-    """``response_id -> reward`` from one or more scores files, checked against the scores contract."""
+    """``response_id -> reward`` from one or more scores files, checked against the scores contract. One response
+    with two different rewards (two scores files that disagree, or a hand-edited one) is an error naming both."""
     rewards: dict[str, float] = {}
+    where: dict[str, str] = {}
     for p in paths:
-        for r in read_checked(p, SCORES).select(["response_id", "reward"]).to_pylist():
-            rewards[r["response_id"]] = r["reward"]
+        for i, r in enumerate(read_checked(p, SCORES).select(["response_id", "reward"]).to_pylist()):
+            rid, value = r["response_id"], r["reward"]
+            if (
+                rid in rewards
+                and rewards[rid] != value
+                and not (math.isnan(rewards[rid]) and math.isnan(value))
+            ):
+                raise DataError(
+                    f"response {rid} has two rewards: {rewards[rid]} ({where[rid]}) and {value} ({p}, row {i + 1}); "
+                    "score each response once, or give only the scores file of the reward you mean"
+                )
+            rewards[rid], where[rid] = value, f"{p}, row {i + 1}"
     return rewards
 
 
@@ -353,12 +365,21 @@ def write_listwise(examples: Iterable[ListwiseExample], path: str | os.PathLike[
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    """Write through a temporary file and rename (a reader never sees half a file); the file gets the mode any
+    other file written here gets (0666 less the umask), not mkstemp's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
