@@ -117,6 +117,11 @@ def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
         f"{r.prompts} prompts in {r.shards_total} shards ({r.shards_done_now} sampled now, the rest reused); "
         f"{r.generated_tokens} tokens in {r.seconds:.1f} s ({r.tokens_per_s:.0f} tok/s) -> {r.samples_path}"
     )
+    if r.dropped_for_length:
+        print(
+            f"{len(r.dropped_for_length)} prompt(s) longer than max_prompt_tokens were not sampled (ids in "
+            f"{r.samples_path.with_name('sample_report.json')}), e.g. {r.dropped_for_length[0]}"
+        )
     return 0
 
 

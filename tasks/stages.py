@@ -162,7 +162,13 @@ def sample_task(cfg: SampleConfig, stages: str | None, parent: str | None) -> Sa
             "shards_sampled": r.shards_done_now,
             "generated_tokens": r.generated_tokens,
             "tokens_per_s": r.tokens_per_s,
+            "dropped_for_length": len(r.dropped_for_length),
         }
+        if r.dropped_for_length:
+            get_run_logger().warning(
+                f"sample: {len(r.dropped_for_length)} prompt(s) longer than max_prompt_tokens "
+                f"{cfg.max_prompt_tokens} were not sampled (ids in sample_report.json), e.g. {r.dropped_for_length[0]}"
+            )
         return Sampled(folder=cfg.output_dir, samples=str(r.samples_path), metrics=metrics)
 
     inputs = {"prompts": file_digest(cfg.prompts), "model": model_fingerprint(cfg.model)}

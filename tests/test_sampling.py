@@ -238,3 +238,36 @@ def test_diverse_beam_through_the_stage(prompts, tmp_path, tiny_model_dir):
         SampleConfig(prompts="p", output_dir="o", strategy="diverse_beam", backend="vllm")
     with pytest.raises(ValueError, match="multiple of num_beam_groups"):
         SampleConfig(prompts="p", output_dir="o", strategy="diverse_beam", k=6, num_beam_groups=4)
+
+
+def test_prompts_too_long_to_sample_are_counted_with_ids_through_build(tmp_path, tiny_model_dir):
+    from rrhf_core.data.build import build
+    from rrhf_core.data.config import BuildConfig
+    from rrhf_core.scoring.config import ScoreConfig
+    from rrhf_core.scoring.stage import score
+
+    src = tmp_path / "p.jsonl"
+    rows = [{"prompt": f"short {i}"} for i in range(3)] + [{"prompt": "a very long prompt " * 40}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ingest([str(src)], tmp_path / "ingest", eval_share=0.0)
+    prompts = str(tmp_path / "ingest" / "prompts.parquet")
+    cfg = SampleConfig(prompts=prompts, output_dir=str(tmp_path / "s"), model=str(tiny_model_dir), backend="hf",
+                       k=2, max_new_tokens=4, max_prompt_tokens=64, dtype="fp32")  # fmt: skip
+    r = sample(cfg, progress=False)
+    long_id = next(
+        x["prompt_id"]
+        for x in pq.read_table(prompts).to_pylist()
+        if "very long" in x["messages"][0]["content"]
+    )
+    assert r.dropped_for_length == [long_id]
+    report = json.loads((tmp_path / "s" / "sample_report.json").read_text())
+    assert report["dropped_for_length"]["prompt_ids"] == [long_id]
+    assert sample(cfg, progress=False).dropped_for_length == [long_id]  # a reused run still knows
+    sc = score(ScoreConfig(samples=[str(r.samples_path)], prompts=prompts, output_dir=str(tmp_path / "sc"),
+                           reward="reward_fns:checksum", cache_dir=str(tmp_path / "c")), progress=False)  # fmt: skip
+    b = build(BuildConfig(prompts=prompts, samples=[str(r.samples_path)], scores=[str(sc.scores_path)],
+                          output_dir=str(tmp_path / "b")))  # fmt: skip
+    stats = json.loads(b.stats_path.read_text())
+    assert stats["dropped"]["prompt_too_long_to_sample"] == 1 and stats["prompts_too_long_to_sample"] == [
+        long_id
+    ]

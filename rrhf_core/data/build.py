@@ -120,11 +120,24 @@ def build_stats(
     }
 
 
+def sampling_drops(samples: list[str]) -> list[str]:
+    """Prompt ids the sampling stage left out for length (its ``sample_report.json`` beside each samples file)."""
+    ids: list[str] = []
+    for path in samples:
+        report = Path(path).with_name("sample_report.json")
+        if report.exists():
+            ids += (json.loads(report.read_text()).get("dropped_for_length") or {}).get("prompt_ids", [])
+    return ids
+
+
 def build(cfg: BuildConfig) -> BuildResult:
     """Join prompts, samples and scores into train.parquet; write prompt_stats.parquet and build_stats.json."""
     prompts = {r["prompt_id"]: r for r in read_prompts(cfg.prompts)}
     by_prompt = candidates_by_prompt(read_samples(cfg.samples), read_scores(cfg.scores))
     dropped: dict[str, int] = defaultdict(int)
+    too_long = sampling_drops(cfg.samples)
+    if too_long:
+        dropped["prompt_too_long_to_sample"] = len(too_long)
     examples, prompt_stats = [], []
     for pid, cands in by_prompt.items():
         if pid not in prompts:
@@ -150,6 +163,7 @@ def build(cfg: BuildConfig) -> BuildResult:
     train_path = write_listwise(examples, out / "train.parquet")
     atomic_write_parquet(pa.Table.from_pylist(prompt_stats), out / "prompt_stats.parquet")
     stats = build_stats(by_prompt, examples, prompt_stats, dropped)
+    stats["prompts_too_long_to_sample"] = too_long
     stats_path = out / "build_stats.json"
     stats_path.write_text(json.dumps(stats, indent=2))
     return BuildResult(

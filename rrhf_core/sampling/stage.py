@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class SampleResult:
     shards_done_now: int
     generated_tokens: int
     seconds: float
+    dropped_for_length: list[str] = field(default_factory=list)  # prompt ids longer than max_prompt_tokens
 
     @property
     def tokens_per_s(self) -> float:
@@ -187,6 +188,10 @@ def sample(
     table = pa.concat_tables([pq.read_table(p) for p in shard_paths])
     samples_path = out / "samples.parquet"
     atomic_write_parquet(table, samples_path)
+    sampled = set(table.column("prompt_id").to_pylist())
+    dropped = [
+        r["prompt_id"] for r in rows if r["prompt_id"] not in sampled
+    ]  # found again on a resumed run too
     report = {
         "prompts": len(rows),
         "shards": n_shards,
@@ -195,7 +200,12 @@ def sample(
         "generated_tokens": tokens,
         "seconds": seconds,
         "sampler": sid,
+        "dropped_for_length": {
+            "count": len(dropped),
+            "prompt_ids": dropped,
+            "max_prompt_tokens": cfg.max_prompt_tokens,
+        },
         "config": cfg.model_dump(),
     }
     (out / "sample_report.json").write_text(json.dumps(report, indent=2))
-    return SampleResult(samples_path, len(rows), n_shards, len(todo), tokens, seconds)
+    return SampleResult(samples_path, len(rows), n_shards, len(todo), tokens, seconds, dropped)
