@@ -301,13 +301,11 @@ def train_rm_task(cfg: RMTrainConfig, stages: str | None, parent: str | None) ->
         )
         out = Path(cfg.output_dir)
         mlflow.log_artifact(str(out / "rm_report.json"))
-        pairs = (
-            pq.read_table(out / "eval_pairs.parquet").to_pylist()
-            if (out / "eval_pairs.parquet").exists()
-            else []
-        )
-        if pairs:
-            mlflow.log_table(pq.read_table(out / "eval_pairs.parquet").to_pandas(), "eval_pairs.json")
+        held_out = out / "eval_pairs.parquet"
+        table = pq.read_table(held_out) if held_out.exists() else None
+        pairs = table.to_pylist() if table is not None else []
+        if table is not None and pairs:
+            mlflow.log_table(table.to_pandas(), "eval_pairs.json")
         mlflow.log_figure(plots.reward_model(read_metrics(out / "metrics.jsonl"), pairs), "reward_model.png")
         ev = r.report["eval"] or {}
         metrics = {

@@ -209,7 +209,8 @@ def evaluate(
 ) -> EvalReport:
     """Compare ``cfg.candidate`` with ``cfg.baseline`` on the held-out prompts; writes eval_samples.parquet and
     eval_report.json in ``cfg.output_dir``. ``log`` receives a line as each step starts (progress)."""
-    rows = read_prompts(cfg.prompts, cfg.split)[: cfg.limit]
+    held_out = read_prompts(cfg.prompts, cfg.split)
+    rows = held_out[: cfg.limit]
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r} to evaluate on")
     judge_spec = cfg.judge or cfg.reward
@@ -217,9 +218,7 @@ def evaluate(
     judge = judge or (reward if judge_spec == cfg.reward else make_reward(judge_spec))
     extra = {spec: make_reward(spec) for spec in cfg.also_report}
     messages = [r["messages"] for r in rows]
-    pair_rows = (
-        rows if cfg.preference_limit is None else read_prompts(cfg.prompts, cfg.split)[: cfg.preference_limit]
-    )
+    pair_rows = rows if cfg.preference_limit is None else held_out[: cfg.preference_limit]
     pairs = preference_pairs(pair_rows) if cfg.preference_accuracy else []
     sides: dict[str, Side] = {}
     best_of_k: list[float] | None = None
