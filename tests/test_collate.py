@@ -118,3 +118,21 @@ def test_no_ignore_index_leaks_into_inputs(tiny_tokenizer):
     enc = Encoder(tiny_tokenizer, max_length=128, max_response_tokens=32)
     batch = collate([enc.encode(ex(USER))], tiny_tokenizer.pad_token_id)
     assert (batch.input_ids != IGNORE_INDEX).all()
+
+
+def test_empty_negative_is_eos_alone_ranked_last(tiny_tokenizer):
+    from rrhf_core.training.collate import EMPTY_REWARD, collate_shared, with_empty_negative
+
+    enc = Encoder(tiny_tokenizer, max_length=128, max_response_tokens=32)
+    e = enc.encode(ex(USER))
+    assert isinstance(e, EncodedExample)
+    n = with_empty_negative(e, enc.eos_id)
+    assert n.response_ids[:2] == e.response_ids and n.response_ids[2] == [tiny_tokenizer.eos_token_id]
+    assert n.rewards == [1.0, 0.0, EMPTY_REWARD] and len(e.rewards) == 2  # the original is not changed
+    # one scored token: EOS right after the prompt, in both layouts
+    p = len(e.prompt_ids)
+    batch = collate([n], tiny_tokenizer.pad_token_id)
+    assert batch.response_mask[2].sum().item() == 1 and batch.targets[2, p - 1].item() == enc.eos_id
+    shared = collate_shared([n], tiny_tokenizer.pad_token_id)
+    rows = shared.resp == 2
+    assert shared.tgt[rows].tolist() == [enc.eos_id] and shared.src_pos[rows].tolist() == [p - 1]

@@ -211,3 +211,23 @@ def test_dpo_against_hand_derived_values():
     assert dpo_loss(sums, sums, torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), 1).item() == pytest.approx(
         math.log(2)
     )
+
+
+def test_empty_answer_negative_hand_values():
+    """The empty-answer negative (reward -inf, score log P(EOS | x)) only acts once EOS nears a real answer.
+
+    Candidates p = (-1, -2) with rewards (0.9, 0.1) are ordered right: their own pair adds 0.
+    log P(EOS | x) = -5: below both, both hinges 0 -> rank 0.
+    log P(EOS | x) = -1.5: above candidate 1 by 0.5 -> rank 0.5. At -0.5: 0.5 + 1.5 = 2.
+    The SFT target stays the best real candidate (weight 1 on row 0, 0 on the empty row).
+    """
+    g = torch.zeros(3, dtype=torch.long)
+    r = t(0.9, 0.1, float("-inf"))
+    assert_close(rank_loss(t(-1.0, -2.0, -5.0), r, g, 1), t(0.0))
+    assert_close(rank_loss(t(-1.0, -2.0, -1.5), r, g, 1), t(0.5))
+    assert_close(rank_loss(t(-1.0, -2.0, -0.5), r, g, 1), t(2.0))
+    assert_close(best_response_weights(r, g, 1), t(1.0, 0.0, 0.0))
+    # two prompts: the negatives never pair across prompts or with each other
+    g2 = torch.tensor([0, 0, 1, 1])
+    r2 = t(1.0, float("-inf"), 0.0, float("-inf"))
+    assert_close(rank_loss(t(-2.0, -1.0, -3.0, -4.0), r2, g2, 2), t(1.0, 0.0))

@@ -21,7 +21,7 @@ No row ever exceeds ``max_length``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -174,6 +174,24 @@ class Encoder:
             dropped_turns=dropped_turns,
             truncated_responses=sum(t for _, t in responses),
         )
+
+
+EMPTY_REWARD = float("-inf")
+"""Reward of the empty-answer negative: below every real candidate, by construction."""
+
+
+def with_empty_negative(example: EncodedExample, eos_id: int) -> EncodedExample:
+    """The example plus an empty answer (EOS alone, reward ``-inf``) ranked below all its candidates.
+
+    Its Eq. 1 score is ``log P(EOS | prompt)``; the ranking loss (Eq. 2) then adds ``max(0, log P(EOS | x) - p_i)``
+    for every candidate ``i``: zero while an immediate EOS is less likely than the candidates' mean token, a push
+    against it once the policy starts to end its answers before they begin. It is never an SFT target.
+    """
+    return replace(
+        example,
+        response_ids=[*example.response_ids, [eos_id]],
+        rewards=[*example.rewards, EMPTY_REWARD],
+    )
 
 
 def collate(examples: Sequence[EncodedExample], pad_id: int) -> Batch:

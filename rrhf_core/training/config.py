@@ -67,6 +67,12 @@ class TrainSettings(BaseModel):
         None, gt=0.0, description="dpo/simpo temperature (default: 0.1 for dpo, 2.0 for simpo)."
     )
     simpo_gamma: float = Field(1.0, ge=0.0, description="SimPO target margin gamma.")
+    empty_negative: bool = Field(
+        True,
+        description="rrhf only: rank an empty answer (EOS alone) below every candidate of each prompt, so the "
+        "ranking term pushes down log P(EOS | prompt) once it nears a real answer's score (guards against the "
+        "policy learning to answer with nothing). Inactive while the policy's first-token EOS is unlikely.",
+    )
 
     # tokenisation
     max_length: int = Field(512, ge=8, description="Maximum tokens per (prompt + response) row.")
@@ -112,7 +118,16 @@ class TrainSettings(BaseModel):
     # bookkeeping
     log_every: int = Field(1, ge=1, description="Optimizer steps between metric records.")
     checkpoint_every: int = Field(
-        0, ge=0, description="Optimizer steps between checkpoints (0: only at the end)."
+        0,
+        ge=0,
+        description="Optimizer steps between checkpoints (0: none by step count; see checkpoint_minutes).",
+    )
+    checkpoint_minutes: float = Field(
+        10.0,
+        ge=0.0,
+        description="Also checkpoint when this many minutes have passed since the last checkpoint (or the start), "
+        "so a killed run resumes near where it stopped (0 turns it off). No checkpoint after the last step: the "
+        "finished model is saved instead.",
     )
     keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep.")
     resume: bool = Field(
@@ -151,6 +166,7 @@ NOT_OUTPUT_CHANGING = frozenset(
         "resume",
         "log_every",
         "checkpoint_every",
+        "checkpoint_minutes",
         "keep_checkpoints",
         "threads",
     }

@@ -32,7 +32,17 @@ from rrhf_core.training.loss import (
 )
 from rrhf_core.training.prefix import PrefixSharedLM
 
-METRIC_KEYS = ("loss", "rank_loss", "sft_loss", "agree_pairs", "pairs", "tokens", "prompts")
+METRIC_KEYS = (
+    "loss",
+    "rank_loss",
+    "sft_loss",
+    "agree_pairs",
+    "pairs",
+    "tokens",
+    "prompts",
+    "empty_logp",
+    "empty_rows",
+)
 
 
 def make_batch(examples: Sequence[EncodedExample], pad_id: int, shared: bool) -> Batch | SharedBatch:
