@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
@@ -40,7 +39,7 @@ from tasks.stages import (
     train_rm_task,
     train_task,
 )
-from tasks.tracking import configure
+from tasks.tracking import start_run, tracked_workdir
 
 REWARD_REGISTRY = "rrhf-reward"
 
@@ -83,10 +82,14 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     work = Path(config.workdir).resolve()
     stages = str(work / "stages")
-    uri = configure(work, config.experiment, config.tracking_uri)
+    with tracked_workdir(work, config.experiment, config.tracking_uri, "rrhf-pipeline") as uri:
+        return _round(config, work, stages, uri, t0)
+
+
+def _round(config: PipelineConfig, work: Path, stages: str, uri: str, t0: float) -> dict[str, Any]:
     start_model, baseline = start_and_baseline(config)
     get_run_logger().info(f"start model: {start_model}; baseline for evaluation: {baseline}")
-    with mlflow.start_run(run_name="rrhf-round") as parent:
+    with start_run("rrhf-round") as parent:
         pid = parent.info.run_id
         log_round_start(config, start_model, baseline)
 
@@ -149,8 +152,10 @@ def evaluate_flow(
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Evaluation only: a candidate against a baseline on held-out prompts, tracked in MLflow."""
-    configure(workdir, experiment, tracking_uri)
-    with mlflow.start_run(run_name="rrhf-evaluate") as run:
+    with (
+        tracked_workdir(workdir, experiment, tracking_uri, "rrhf-evaluate"),
+        start_run("rrhf-evaluate") as run,
+    ):
         return evaluate_task(config, run.info.run_id)
 
 
@@ -162,8 +167,7 @@ def train_flow(
     tracking_uri: str | None = None,
 ) -> str:
     """Training alone on a listwise set, into ``config.output_dir``, tracked in MLflow; returns the model folder."""
-    configure(workdir, experiment, tracking_uri)
-    with mlflow.start_run(run_name="rrhf-train") as run:
+    with tracked_workdir(workdir, experiment, tracking_uri, "rrhf-train"), start_run("rrhf-train") as run:
         return train_task(config, None, run.info.run_id).model_dir
 
 
@@ -177,8 +181,10 @@ def train_rm_flow(
 ) -> dict[str, Any]:
     """Reward-model training alone, into ``config.output_dir``, tracked in MLflow and registered (`challenger`);
     returns the model folder, its registered version and the held-out report."""
-    configure(workdir, experiment, tracking_uri)
-    with mlflow.start_run(run_name="rrhf-train-rm") as run:
+    with (
+        tracked_workdir(workdir, experiment, tracking_uri, "rrhf-train-rm"),
+        start_run("rrhf-train-rm") as run,
+    ):
         trained = train_rm_task(config, None, run.info.run_id)
         version = register_reward_model(trained.model_dir, registered_model)
     report = json.loads((Path(trained.folder) / "rm_report.json").read_text())
@@ -193,8 +199,10 @@ def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> lis
     losses = losses or ["rrhf", "sft_best", "dpo", "simpo"]
     work = Path(config.workdir).resolve()
     stages = str(work / "stages")
-    configure(work, config.experiment, config.tracking_uri)
-    with mlflow.start_run(run_name="rrhf-compare") as parent:
+    with (
+        tracked_workdir(work, config.experiment, config.tracking_uri, "rrhf-compare"),
+        start_run("rrhf-compare") as parent,
+    ):
         pid = parent.info.run_id
         log_round_start(config, config.policy, config.policy)
         config, data = data_stages(config, config.policy, stages, pid)

@@ -14,7 +14,9 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     from flows.pipeline import pipeline_flow, retrain_flow
+    from rrhf_cli.reaper import guard_temporary_server
 
+    guard_temporary_server()  # stopped with this command, even after kill -9
     t0 = time.perf_counter()
     summary = (retrain_flow if retrain else pipeline_flow)(cfg)
     e, p = summary["evaluation"], summary["promotion"]
@@ -83,7 +85,9 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
 def run_compare(cfg: PipelineConfig, losses: list[str]) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from flows.pipeline import compare_flow
+    from rrhf_cli.reaper import guard_temporary_server
 
+    guard_temporary_server()
     t0 = time.perf_counter()
     rows = compare_flow(cfg, losses)
     print()

@@ -26,7 +26,15 @@ WIRING_PATHS = frozenset(
 )
 # fields that change how a stage reports or where it stops to rest, not what it produces
 BOOKKEEPING = frozenset(
-    {"fail_at_step", "resume", "log_every", "checkpoint_every", "keep_checkpoints", "threads"}
+    {
+        "fail_at_step",
+        "resume",
+        "log_every",
+        "checkpoint_every",
+        "checkpoint_minutes",
+        "keep_checkpoints",
+        "threads",
+    }
 )
 
 # the module behind each stage; the code digest follows its rrhf_core imports

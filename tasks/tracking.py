@@ -12,6 +12,8 @@ import json
 import math
 import os
 import re
+import socket
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ from typing import Any
 import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+
+from rrhf_core.workdir import held_here, workdir_lock
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # the user's MLFLOW_TRACKING_URI, read before anything here calls mlflow.set_tracking_uri (which also sets it)
@@ -39,6 +43,59 @@ def configure(workdir: str | Path, experiment: str, tracking_uri: str | None = N
     return uri
 
 
+_workdir_tag: str | None = None  # "host:/abs/workdir" of the workdir this process tracks
+
+
+def run_tags() -> dict[str, str]:
+    """Tags every run of this process carries: which workdir (and host) it belongs to."""
+    return {"rrhf.workdir": _workdir_tag} if _workdir_tag else {}
+
+
+def reap_stale_runs(experiment: str, tag: str) -> list[str]:
+    """Mark FAILED the runs of this workdir that are still RUNNING: their process is gone (the caller holds the
+    workdir's lock), e.g. killed with ``kill -9``. Returns their ids."""
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    client = MlflowClient()
+    stale = [
+        r
+        for r in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+        if r.data.tags.get("rrhf.workdir") == tag
+    ]
+    for r in stale:
+        client.set_tag(
+            r.info.run_id, "rrhf.reaped", f"still RUNNING when the workdir was next opened, {time.ctime()}"
+        )
+        client.set_terminated(r.info.run_id, "FAILED")
+    return [r.info.run_id for r in stale]
+
+
+@contextlib.contextmanager
+def tracked_workdir(
+    workdir: str | Path, experiment: str, tracking_uri: str | None = None, what: str = "rrhf"
+) -> Iterator[str]:
+    """Hold the workdir (one run at a time), point MLflow at its store and close the runs a killed run left
+    RUNNING; yields the tracking URI."""
+    global _workdir_tag
+    fresh = not held_here(workdir)
+    with workdir_lock(workdir, what) as work:
+        uri = configure(work, experiment, tracking_uri)
+        _workdir_tag = f"{socket.gethostname()}:{work}"
+        if fresh:
+            reaped = reap_stale_runs(experiment, _workdir_tag)
+            if reaped:
+                print(
+                    f"marked FAILED {len(reaped)} MLflow run(s) a stopped run left RUNNING: {', '.join(reaped)}"
+                )
+        yield uri
+
+
+def start_run(run_name: str) -> Any:
+    """A top-level run of a flow, tagged with its workdir (see :func:`run_tags`)."""
+    return mlflow.start_run(run_name=run_name, tags=run_tags())
+
+
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in params.items():
@@ -54,7 +111,7 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 def stage_run(name: str, parent_run_id: str | None, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
     """A child run of the pipeline run (FAILED if the body raises)."""
     with mlflow.start_run(
-        run_name=name, nested=parent_run_id is not None, parent_run_id=parent_run_id
+        run_name=name, nested=parent_run_id is not None, parent_run_id=parent_run_id, tags=run_tags()
     ) as run:
         mlflow.set_tag("rrhf.stage", name)
         if params:

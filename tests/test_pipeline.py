@@ -143,16 +143,19 @@ def test_failure_in_training_fails_runs_and_the_rerun_reuses_data_stages(
     from flows.pipeline import pipeline_flow
 
     work = tmp_path / "w"
-    state = pipeline_flow(tiny_config(work, prompts_file, tiny_model_dir, fail_at_step=1), return_state=True)
+    failing = tiny_config(work, prompts_file, tiny_model_dir, fail_at_step=2, checkpoint_every=1)
+    state = pipeline_flow(failing, return_state=True)
     assert state.is_failed()
-    assert "injected failure at step 1" in str(state.result(raise_on_failure=False))
+    assert "injected failure at step 2" in str(state.result(raise_on_failure=False))
     runs = runs_by_stage(work)
     assert runs["train"][0].info.status == "FAILED" and runs["rrhf-round"][0].info.status == "FAILED"
     done = {p.parent.name: p.stat().st_mtime_ns for p in (work / "stages").glob("*/_DONE")}
     assert {n.split("-")[0] for n in done} == {"ingest", "sample", "score", "build"}
 
-    summary = pipeline_flow(tiny_config(work, prompts_file, tiny_model_dir))  # same inputs, no fault
+    summary = pipeline_flow(tiny_config(work, prompts_file, tiny_model_dir, checkpoint_every=1))  # no fault
     assert summary["promotion"]["version"]
+    train_summary = json.loads((Path(summary["model_dir"]).parent / "train_summary.json").read_text())
+    assert train_summary["resumed_from"] == 1 and train_summary["steps"] == 2  # step 1 was not redone
     after = {p.parent.name: p.stat().st_mtime_ns for p in (work / "stages").glob("*/_DONE")}
     assert all(after[name] == stamp for name, stamp in done.items())  # sampling and scoring were not redone
     reused = [

@@ -41,6 +41,7 @@ from rrhf_core.training.collate import (
     Dropped,
     EncodedExample,
     Encoder,
+    with_empty_negative,
 )
 from rrhf_core.training.config import TrainConfig
 from rrhf_core.training.distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
@@ -175,6 +176,8 @@ def load_encoded(
         raise DataError(
             f"every prompt of {cfg.data} was dropped by the length policy; first: {dropped[0].reason}"
         )
+    if cfg.empty_negative and cfg.loss == "rrhf":
+        encoded = [with_empty_negative(ex, encoder.eos_id) for ex in encoded]
     return encoded, dropped, stats, report, tokenizer
 
 
@@ -274,7 +277,7 @@ def resume(run: Run, metrics_log: JsonlLogger) -> int:
 def _accumulate(run: Run, indices: list[int]) -> dict[str, float]:
     """Forward and backward over this process's micro-batches of one step; loss sums over all processes."""
     micros = list(_micro_batches(indices, run.env, run.cfg.micro_batch_size))
-    sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64)
+    sums = torch.zeros(len(METRIC_KEYS), dtype=torch.float64, device=run.env.device)
     pad_id = int(run.tokenizer.pad_token_id)
     for m, micro in enumerate(micros):
         examples = [run.encoded[i] for i in micro]
@@ -288,9 +291,14 @@ def _accumulate(run: Run, indices: list[int]) -> dict[str, float]:
         with contextlib.nullcontext() if sync else run.model.no_sync():
             out, scores = forward_loss(run.model, batch, run.cfg, run.bf16, ref)
             (out.loss.sum() * run.env.world_size / run.global_batch).backward()
-        agree, pairs = ranking_pairs(scores.detach(), batch.rewards, batch.group)
+        real = torch.isfinite(
+            batch.rewards
+        )  # the empty-answer negatives are not candidates: not in the accuracy
+        agree, pairs = ranking_pairs(scores.detach()[real], batch.rewards[real], batch.group[real])
+        empty = scores.detach()[~real]
         values = [out.loss.sum().item(), out.rank.sum().item(), out.sft.sum().item(), agree, pairs]
-        sums += torch.tensor([*values, batch.num_tokens(), batch.num_groups], dtype=torch.float64)
+        extra = [batch.num_tokens(), batch.num_groups, empty.sum().item(), empty.numel()]
+        sums += torch.tensor([*values, *extra], dtype=torch.float64, device=sums.device)
     all_reduce_sum(sums, run.env)
     return dict(zip(METRIC_KEYS, sums.tolist(), strict=True))
 
@@ -320,6 +328,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "rank_loss": s["rank_loss"] / s["prompts"],
         "sft_loss": s["sft_loss"] / s["prompts"],
         "ranking_accuracy": s["agree_pairs"] / s["pairs"] if s["pairs"] else math.nan,
+        # log P(EOS | prompt): how close the policy is to answering with nothing (with empty_negative on)
+        "empty_answer_logprob": s["empty_logp"] / s["empty_rows"] if s["empty_rows"] else math.nan,
         "tokens_per_s": s["tokens"] / (time.perf_counter() - t0),
         "learning_rate": run.scheduler.get_last_lr()[0],
         "grad_norm": grad_norm,
@@ -357,11 +367,26 @@ def train(cfg: TrainConfig, logger: MetricsLogger | None = None, progress: bool 
         shutdown(env)
 
 
+def checkpoint_due(cfg: TrainConfig, step: int, last: float, env: DistEnv) -> bool:
+    """Whether to checkpoint after optimizer step ``step``: every ``checkpoint_every`` steps, or once
+    ``checkpoint_minutes`` have passed since ``last`` (by the main process's clock, so every process agrees)."""
+    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+        return True
+    if not cfg.checkpoint_minutes:
+        return False
+    due = torch.tensor(
+        [float(env.is_main and time.monotonic() - last >= 60.0 * cfg.checkpoint_minutes)], device=env.device
+    )
+    all_reduce_sum(due, env)
+    return bool(due.item() > 0)
+
+
 def _train(cfg: TrainConfig, env: DistEnv, logger: MetricsLogger, progress: bool) -> TrainResult:
     started = time.perf_counter()
     run = setup(cfg, env)
     metrics_log = JsonlLogger(run.output_dir / "metrics.jsonl")
     start = step = resume(run, metrics_log)
+    last_checkpoint = time.monotonic()
     log: MetricsLogger = FanOutLogger(metrics_log, logger) if env.is_main else NullLogger()
     history: list[dict[str, float]] = []
     from tqdm.auto import tqdm
@@ -382,7 +407,8 @@ def _train(cfg: TrainConfig, env: DistEnv, logger: MetricsLogger, progress: bool
             log.log(record, step)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['ranking_accuracy']:.2f}")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < run.total_steps:
+        if checkpoint_due(cfg, step, last_checkpoint, env) and step < run.total_steps:
+            last_checkpoint = time.monotonic()
             save_checkpoint(
                 run.output_dir,
                 step,

@@ -1,0 +1,139 @@
+"""Faults a real user meets: two runs in one workdir, a run killed with ``kill -9`` (its MLflow runs left RUNNING,
+its temporary Prefect server left behind). Each is provoked for real, with real processes, stores and servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from rrhf_core.workdir import WorkdirBusyError, held_here, workdir_lock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spawn(code: str, *args: str) -> subprocess.Popen[str]:
+    """A Python child running ``code`` from the project root; it prints READY <info> when it is set up."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def ready(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise AssertionError(f"child failed: {line}{proc.stderr.read() if proc.stderr else ''}")
+    return line.split(maxsplit=1)[1].strip() if " " in line.strip() else ""
+
+
+def test_a_second_run_in_a_held_workdir_is_refused_naming_the_holder(tmp_path):
+    holder = spawn(
+        """
+        import sys, time
+        from rrhf_core.workdir import workdir_lock
+        with workdir_lock(sys.argv[1], "rrhf-pipeline"):
+            print("READY", flush=True)
+            time.sleep(120)
+        """,
+        str(tmp_path),
+    )
+    try:
+        ready(holder)
+        with (
+            pytest.raises(WorkdirBusyError, match=rf"in use by pid {holder.pid} .*rrhf-pipeline"),
+            workdir_lock(tmp_path),
+        ):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the kernel released the lock with the killed holder: the workdir is free again, the stale file is no obstacle
+    with workdir_lock(tmp_path, "test") as work:
+        assert held_here(work)
+        with workdir_lock(tmp_path):  # re-entrant within one process (a flow calling a flow)
+            pass
+        assert held_here(work)
+    assert not held_here(tmp_path)
+
+
+@pytest.mark.integration
+def test_runs_a_killed_run_left_running_are_marked_failed_on_the_next_start(tmp_path):
+    import mlflow
+
+    from tasks.tracking import tracked_workdir
+
+    killed = spawn(
+        """
+        import sys, time
+        from tasks.tracking import start_run, stage_run, tracked_workdir
+        with tracked_workdir(sys.argv[1], "rrhf"):
+            with start_run("rrhf-round") as parent:
+                with stage_run("train", parent.info.run_id):
+                    print("READY", parent.info.run_id, flush=True)
+                    time.sleep(120)
+        """,
+        str(tmp_path),
+    )
+    parent_id = ready(killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    assert {r.info.status for r in mlflow.search_runs(experiment_names=["rrhf"], output_format="list")} == {
+        "RUNNING"
+    }
+    # a run of another workdir sharing the store is not touched
+    other = mlflow.MlflowClient(uri).create_run(
+        mlflow.get_experiment_by_name("rrhf").experiment_id, tags={"rrhf.workdir": "elsewhere:/x"}
+    )
+    with tracked_workdir(tmp_path, "rrhf"):
+        runs = mlflow.search_runs(experiment_names=["rrhf"], output_format="list")
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status.pop(other.info.run_id) == "RUNNING"
+    assert set(status.values()) == {"FAILED"} and parent_id in status and len(status) == 2
+    assert all("rrhf.reaped" in r.data.tags for r in runs if r.info.run_id in status)
+
+
+@pytest.mark.integration
+def test_the_temporary_prefect_server_does_not_outlive_a_killed_command(tmp_path):
+    from rrhf_cli.reaper import _alive, _is_prefect_server
+
+    env_home = {
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": "",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    os.environ.update(env_home)
+    try:
+        command = spawn(
+            """
+            import time
+            from rrhf_cli.reaper import guard_temporary_server
+            print("READY", guard_temporary_server(), flush=True)
+            time.sleep(300)
+            """
+        )
+    finally:
+        for k in env_home:
+            os.environ.pop(k)
+    server = int(ready(command))
+    assert _alive(server) and _is_prefect_server(server)
+    command.send_signal(signal.SIGKILL)  # no atexit, no cleanup in the command
+    command.wait()
+    deadline = time.monotonic() + 20
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(server), "the temporary Prefect server outlived the killed command"
