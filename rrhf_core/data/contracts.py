@@ -18,6 +18,10 @@ response) and ``sources`` (list of strings, one per response; optional on read, 
 Bad rows: with ``on_bad_row="error"`` (default) reading fails with one message naming every bad row
 (index, ``prompt_id``) and column; with ``"skip"`` they are left out, counted and listed in the
 :class:`LoadReport`. A missing required column or an unreadable file is always an error.
+
+The stage tables are written by the stages themselves, so a bad row in one (a null where a text belongs, a negative
+token count, a reward that is not a finite number) means the file was damaged or edited: reading it fails naming
+the file, the row (1-based), the column and the value, and says which command writes the file again.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -122,7 +126,13 @@ def read_checked(path: str | os.PathLike[str], contract: Contract) -> pa.Table:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
-        raise DataError(f"cannot read {contract.name} file {path}: {e}") from None
+        reason = " ".join(str(e).split())
+        fix = (
+            "make it readable"
+            if isinstance(e, PermissionError)
+            else f"it is damaged or not Parquet: write it again with `{contract.writer}`"
+        )
+        raise DataError(f"cannot read {contract.name} file {path} ({reason}); {fix}") from None
     missing = [c for c in contract.required if c not in table.column_names]
     if missing:
         raise DataError(
@@ -139,33 +149,98 @@ def read_checked(path: str | os.PathLike[str], contract: Contract) -> pa.Table:
     return table
 
 
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _prompt_row_problem(row: dict[str, Any]) -> tuple[str, str] | None:
+    if not _is_text(row.get("prompt_id")):
+        return "prompt_id", f"is {row.get('prompt_id')!r}; every prompt needs a non-empty id"
+    problem = _check_messages(row.get("messages"))
+    if problem:
+        return "messages", problem
+    for i, ref in enumerate(row.get("references") or []):
+        if not isinstance(ref, dict) or not isinstance(ref.get("text"), str):
+            return "references", f"reference {i} has no text"
+    return None
+
+
+def _sample_row_problem(row: dict[str, Any]) -> tuple[str, str] | None:
+    for name in ("prompt_id", "response_id"):
+        if not _is_text(row.get(name)):
+            return name, f"is {row.get(name)!r}; it must be a non-empty string"
+    for name in ("text", "source"):
+        if not isinstance(row.get(name), str):
+            return name, f"is {row.get(name)!r}; it must be a string"
+    n = row.get("num_tokens")
+    if isinstance(n, bool) or not (isinstance(n, int) or (isinstance(n, float) and n.is_integer())):
+        return "num_tokens", f"is {n!r}; it must be a whole number"
+    if n < 0:
+        return "num_tokens", f"is {n}, which is negative; a response has 0 tokens or more"
+    return None
+
+
+def _score_row_problem(row: dict[str, Any]) -> tuple[str, str] | None:
+    if not _is_text(row.get("response_id")):
+        return "response_id", f"is {row.get('response_id')!r}; it must be a non-empty string"
+    reward = row.get("reward")
+    if isinstance(reward, bool) or not isinstance(reward, int | float) or not math.isfinite(reward):
+        return "reward", f"is {reward!r}; a reward must be a finite number"
+    return None
+
+
+def _checked_rows(
+    path: str | os.PathLike[str],
+    contract: Contract,
+    problem_of: Callable[[dict[str, Any]], tuple[str, str] | None],
+    key: str,
+    columns: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """The rows of a contract's file, every one valid by ``problem_of`` (a DataError naming the bad ones else)."""
+    table = read_checked(path, contract)
+    rows = (table.select(columns) if columns else table).to_pylist()
+    bad = []
+    for i, row in enumerate(rows, 1):
+        problem = problem_of(row)
+        if problem:
+            ident = f" ({key}={row.get(key)!r})" if _is_text(row.get(key)) else ""
+            bad.append(f"row {i}{ident}, column {problem[0]!r}: {problem[1]}")
+    if bad:
+        more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(
+            f"{path} has {len(bad)} invalid row(s) for a {contract.name} file:\n  "
+            + "\n  ".join(bad[:5])
+            + f"{more}\nFix or remove them, or write the file again with `{contract.writer}`."
+        )
+    return rows
+
+
 def read_prompts(path: str | os.PathLike[str], split: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a prompts file (optionally one split), checked against the prompts contract."""
-    rows = read_checked(path, PROMPTS).to_pylist()
+    """Rows of a prompts file (optionally one split), checked against the prompts contract, row by row."""
+    rows = _checked_rows(path, PROMPTS, _prompt_row_problem, "prompt_id")
     return [r for r in rows if split is None or r.get("split") == split]
 
 
 def read_samples(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """Rows of one or more samples files, checked against the samples contract."""
+    """Rows of one or more samples files, checked against the samples contract, row by row."""
     rows: list[dict[str, Any]] = []
     for p in paths:
-        rows.extend(read_checked(p, SAMPLES).to_pylist())
+        rows.extend(_checked_rows(p, SAMPLES, _sample_row_problem, "response_id"))
     return rows
 
 
 def read_scores(paths: Sequence[str | os.PathLike[str]]) -> dict[str, float]:
-    """``response_id -> reward`` from one or more scores files, checked against the scores contract. One response
-    with two different rewards (two scores files that disagree, or a hand-edited one) is an error naming both."""
+    """``response_id -> reward`` from one or more scores files, checked against the scores contract, row by row
+    (a reward that is not a finite number is an error naming its row). One response with two different rewards
+    (two scores files that disagree, or a hand-edited one) is an error naming both."""
     rewards: dict[str, float] = {}
     where: dict[str, str] = {}
     for p in paths:
-        for i, r in enumerate(read_checked(p, SCORES).select(["response_id", "reward"]).to_pylist()):
-            rid, value = r["response_id"], r["reward"]
-            if (
-                rid in rewards
-                and rewards[rid] != value
-                and not (math.isnan(rewards[rid]) and math.isnan(value))
-            ):
+        for i, r in enumerate(
+            _checked_rows(p, SCORES, _score_row_problem, "response_id", ["response_id", "reward"])
+        ):
+            rid, value = r["response_id"], float(r["reward"])
+            if rid in rewards and rewards[rid] != value:
                 raise DataError(
                     f"response {rid} has two rewards: {rewards[rid]} ({where[rid]}) and {value} ({p}, row {i + 1}); "
                     "score each response once, or give only the scores file of the reward you mean"
@@ -371,16 +446,46 @@ def _umask() -> int:
     return mask
 
 
+def not_writable(path: Path, err: OSError, what: str = "output folder") -> DataError:
+    """The error for a file or folder that cannot be written: it names the path and says what to do."""
+    reason = err.strerror or str(err)
+    return DataError(
+        f"cannot write to {what} {path} ({reason}); make it writable and check its free space, or choose "
+        "another folder"
+    )
+
+
+def prepare_output_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Create a stage's output folder and make sure files can be written in it, before the stage does any work:
+    a read-only folder fails at once, naming itself, rather than after the work."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise not_writable(folder, e, what) from None
+    return folder
+
+
 def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     """Write through a temporary file and rename (a reader never sees half a file); the file gets the mode any
-    other file written here gets (0666 less the umask), not mkstemp's private 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    other file written here gets (0666 less the umask), not mkstemp's private 0600. A file that cannot be written
+    is a DataError naming its folder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise not_writable(path.parent, e) from None
     os.close(fd)
     try:
         pq.write_table(table, tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise not_writable(path.parent, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
