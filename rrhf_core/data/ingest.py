@@ -115,8 +115,13 @@ def make_prompt_id(messages: list[dict[str, str]]) -> str:
 
 
 def split_for(prompt_id: str, eval_share: float) -> str:
-    """Deterministic split from the id: ``eval`` for the lowest ``eval_share`` of the hash space."""
-    return "eval" if int(prompt_id[:8], 16) / 0x100000000 < eval_share else "train"
+    """Deterministic split from the id: ``eval`` for the lowest ``eval_share`` of the hash space. An id that is not
+    a hash (a listwise set's own ``p000``, say) is hashed first."""
+    try:
+        point = int(prompt_id[:8], 16)
+    except ValueError:
+        point = int(hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()[:8], 16)
+    return "eval" if point / 0x100000000 < eval_share else "train"
 
 
 # --- reading inputs -------------------------------------------------------------------------------------------

@@ -28,10 +28,10 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from rrhf_core.data.contracts import atomic_write_parquet
+from rrhf_core.data.contracts import atomic_write_parquet, prepare_output_dir
 from rrhf_core.evaluation.stats import bootstrap_mean_ci
 from rrhf_core.hardware import use_bf16
-from rrhf_core.models import resolve_model
+from rrhf_core.models import model_load_error, resolve_model
 from rrhf_core.reward_model.config import RMTrainConfig
 from rrhf_core.reward_model.loss import bradley_terry_loss, calibration_error, pair_outcomes, pearson
 from rrhf_core.reward_model.pairs import PairSet, PreferencePair, empty_negatives, load_pairs
@@ -97,8 +97,11 @@ def _load_backbone(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = resolve_model(cfg.backbone, cfg.cache_dir)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    except (OSError, ValueError) as e:
+        raise model_load_error(path, e, "reward-model backbone") from None
     max_length = prepare_reward_tokenizer(tok, model, cfg.max_length)
     if cfg.lora.enabled:
         from peft import LoraConfig, TaskType, get_peft_model
@@ -130,8 +133,7 @@ def train_reward_model(
 ) -> RMResult:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(cfg.output_dir)
     data = load_pairs(cfg.pairs, cfg.eval_share, cfg.data_part, cfg.data_parts, cfg.max_train_pairs)
     if cfg.empty_negatives:
         extra = empty_negatives(data.train)

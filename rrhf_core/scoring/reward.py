@@ -35,7 +35,7 @@ import torch
 
 from rrhf_core.digest import file_digest, module_file
 from rrhf_core.errors import ConfigError
-from rrhf_core.models import minilm_dir
+from rrhf_core.models import minilm_dir, model_load_error
 from rrhf_core.scoring import EMBEDDED_REWARD, INSTRUCTION_REWARDS
 
 Messages = list[dict[str, str]]
@@ -242,7 +242,7 @@ class HFClassifierReward:
         try:
             config = AutoConfig.from_pretrained(model)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"cannot load reward model {model!r}: {e}") from None
+            raise model_load_error(model, e, "reward model") from None
         if config.num_labels != 1:
             raise ConfigError(
                 f"reward model {model!r} has a {config.num_labels}-label head; a reward model needs a single-logit "
@@ -253,7 +253,7 @@ class HFClassifierReward:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
             self.model = AutoModelForSequenceClassification.from_pretrained(model).eval()
         except OSError as e:
-            raise ConfigError(f"cannot load reward model {model!r}: {e}") from None
+            raise model_load_error(model, e, "reward model") from None
         self.max_length = prepare_reward_tokenizer(self.tokenizer, self.model, max_length)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
@@ -276,6 +276,11 @@ def _is_function_spec(spec: str) -> bool:
     return spec.startswith("fn:") or (
         ":" in spec and not Path(spec).exists() and "/" not in spec.split(":")[0]
     )
+
+
+def is_hf_reward_spec(spec: str) -> bool:
+    """Whether ``make_reward`` would load ``spec`` as an HF reward model (a folder or a hub id)."""
+    return not (spec.startswith("embedded:") or _is_function_spec(spec))
 
 
 def reward_fingerprint(spec: str) -> str:
