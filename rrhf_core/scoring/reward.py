@@ -147,7 +147,10 @@ class EmbeddedReward:
 
 
 class FunctionReward:
-    """A Python reward function given as ``module:function``; it takes ``(messages, response)`` and returns a float."""
+    """A Python reward function given as ``module:function``; it takes ``(messages, response)`` and returns a number.
+
+    Anything else it returns (text, even ``"1.5"``; None; a list) is refused with an error naming the function, the
+    value and the response: a reward is never guessed from text."""
 
     def __init__(self, spec: str) -> None:
         module_name, _, func_name = spec.partition(":")
@@ -160,11 +163,24 @@ class FunctionReward:
         fn = getattr(module, func_name, None)
         if not callable(fn):
             raise ConfigError(f"{module_name!r} has no function {func_name!r}")
-        self.fn: Callable[[Messages, str], float] = fn
+        self.fn: Callable[[Messages, str], Any] = fn
+        self.spec = spec
         self.reward_id = reward_fingerprint(spec)
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]:
-        return [float(self.fn(p, r)) for p, r in zip(prompts, responses, strict=True)]
+        return [self._number(self.fn(p, r), r) for p, r in zip(prompts, responses, strict=True)]
+
+    def _number(self, value: Any, response: str) -> float:
+        """``value`` as a float when it is a number (int, float, a NumPy or 0-d tensor scalar); a ConfigError else."""
+        if not isinstance(value, str | bytes) and value is not None:
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                pass
+        raise ConfigError(
+            f"reward function {self.spec} returned {value!r} ({type(value).__name__}) for the response "
+            f"{response[:80]!r}; a reward function must return a number (int or float), not text or None"
+        )
 
 
 def render_for_reward(tokenizer: Any, messages: Messages, response: str) -> str:
