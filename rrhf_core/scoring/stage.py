@@ -2,7 +2,9 @@
 
 Identical (prompt, response) pairs are scored once. Scores are cached in SQLite by (reward id, content hash of
 the prompt messages and the response), so a rerun, or another stage that needs the same pairs, scores nothing
-twice. A NaN or infinite reward is an error that names the response.
+twice. A NaN or infinite reward is an error that names the response. A cache that cannot be used (corrupt, locked
+by another process past ``CACHE_LOCK_TIMEOUT_S``, read-only, or in a folder that cannot be made) is an error that
+names it and says what to do.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from typing import Any
 
 import pyarrow as pa
 
-from rrhf_core.data.contracts import SCORES_SCHEMA, atomic_write_parquet, read_prompts, read_samples
+from rrhf_core.data.contracts import (
+    SCORES_SCHEMA,
+    atomic_write_parquet,
+    prepare_output_dir,
+    read_prompts,
+    read_samples,
+)
 from rrhf_core.errors import DataError
 from rrhf_core.models import cache_root
 from rrhf_core.scoring.config import ScoreConfig
@@ -31,27 +39,67 @@ def content_hash(messages: list[dict[str, str]], response: str) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-class ScoreCache:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path)
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS scores (reward_id TEXT, hash TEXT, reward REAL, PRIMARY KEY (reward_id, hash))"
+# how long a read or write waits for another process that holds the cache (another `rrhf score`, say)
+CACHE_LOCK_TIMEOUT_S = 60.0
+
+
+def cache_error(path: Path, err: Exception) -> DataError:
+    """A DataError naming the score cache, what is wrong with it and what to do."""
+    reason = str(err) or type(err).__name__
+    if isinstance(err, OSError) and err.strerror:
+        reason = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+    fix = "or point cache_path (--cache-path) at another file"
+    if "locked" in reason or "busy" in reason:
+        return DataError(
+            f"score cache {path} is locked by another process (waited {CACHE_LOCK_TIMEOUT_S:g} s); let it finish, "
+            + fix
         )
+    if "not a database" in reason or "malformed" in reason or "corrupt" in reason:
+        return DataError(
+            f"score cache {path} is corrupt ({reason}); delete it (it only holds scores that can be computed "
+            f"again), {fix}"
+        )
+    return DataError(f"cannot use the score cache {path} ({reason}); make it and its folder writable, {fix}")
+
+
+class ScoreCache:
+    """Rewards by (reward id, content hash) in SQLite; every failure is a DataError naming the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, timeout=CACHE_LOCK_TIMEOUT_S)
+        except (OSError, sqlite3.Error) as e:
+            raise cache_error(path, e) from None
+        try:
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS scores "
+                "(reward_id TEXT, hash TEXT, reward REAL, PRIMARY KEY (reward_id, hash))"
+            )
+        except sqlite3.Error as e:
+            self.db.close()
+            raise cache_error(path, e) from None
 
     def get(self, reward_id: str, hashes: list[str]) -> dict[str, float]:
         out: dict[str, float] = {}
-        for s in range(0, len(hashes), 500):
-            chunk = hashes[s : s + 500]
-            q = f"SELECT hash, reward FROM scores WHERE reward_id = ? AND hash IN ({','.join('?' * len(chunk))})"
-            out.update(self.db.execute(q, [reward_id, *chunk]).fetchall())
+        try:
+            for s in range(0, len(hashes), 500):
+                chunk = hashes[s : s + 500]
+                q = f"SELECT hash, reward FROM scores WHERE reward_id = ? AND hash IN ({','.join('?' * len(chunk))})"
+                out.update(self.db.execute(q, [reward_id, *chunk]).fetchall())
+        except sqlite3.Error as e:
+            raise cache_error(self.path, e) from None
         return out
 
     def put(self, reward_id: str, items: list[tuple[str, float]]) -> None:
-        self.db.executemany(
-            "INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", [(reward_id, h, r) for h, r in items]
-        )
-        self.db.commit()
+        try:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?)", [(reward_id, h, r) for h, r in items]
+            )
+            self.db.commit()
+        except sqlite3.Error as e:
+            raise cache_error(self.path, e) from None
 
     def close(self) -> None:
         self.db.close()
@@ -85,6 +133,7 @@ def score(
             f"{len(missing)} sampled prompt(s) are not in {cfg.prompts} (e.g. {missing[0]}); "
             "score with the prompts file the samples came from"
         )
+    out = prepare_output_dir(cfg.output_dir)
     reward = reward or make_reward(cfg.reward, cfg.batch_size, cfg.max_length, cfg.bucket)
     hashes = [content_hash(messages[s["prompt_id"]], s["text"]) for s in samples]
     unique: dict[str, dict[str, Any]] = {}
@@ -127,7 +176,6 @@ def score(
         }
         for h, s in zip(hashes, samples, strict=True)
     ]
-    out = Path(cfg.output_dir)
     path = out / "scores.parquet"
     atomic_write_parquet(pa.Table.from_pylist(out_rows, schema=SCORES_SCHEMA), path)
     return ScoreResult(
