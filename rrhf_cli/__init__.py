@@ -146,6 +146,8 @@ def cmd_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(
         f"{r.prompts_out} of {r.prompts_in} prompts kept (dropped: {dropped}) -> {r.train_path}; stats: {r.stats_path}"
     )
+    if r.blank_responses_skipped:
+        print(f"{r.blank_responses_skipped} blank response(s) skipped (not training responses)")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The build stage: prompts + samples + scores -> the listwise training set (train.parquet) and its statistics.
 
-Per prompt: candidates with identical text are merged (the first source is kept); prompts with fewer than two
+Per prompt: candidates with identical text are merged (the first source is kept) and blank ones (a blank reference
+answer sampled from prompts ingested before ingest dropped them) are left out and counted; prompts with fewer than two
 distinct responses, or whose rewards are all equal (gap not above ``min_reward_gap``), carry no ranking signal and
 are dropped and counted. ``max_k`` caps the responses per prompt: the best is always kept, the others are spread
 evenly over the reward order (so the range of rewards survives).
@@ -25,6 +26,7 @@ from rrhf_core.data.config import BuildConfig
 from rrhf_core.data.contracts import (
     ListwiseExample,
     atomic_write_parquet,
+    prepare_output_dir,
     read_prompts,
     read_samples,
     read_scores,
@@ -42,6 +44,7 @@ class BuildResult:
     dropped: dict[str, int]
     best_of_n_mean: float
     reward_mean: float
+    blank_responses_skipped: int = 0
 
 
 def cap_k(cands: list[dict[str, Any]], max_k: int) -> list[dict[str, Any]]:
@@ -59,9 +62,12 @@ def cap_k(cands: list[dict[str, Any]], max_k: int) -> list[dict[str, Any]]:
 def candidates_by_prompt(
     samples: list[dict[str, Any]], rewards: dict[str, float]
 ) -> dict[str, list[dict[str, Any]]]:
-    """Each prompt's distinct candidates (first of identical texts kept) with their rewards."""
+    """Each prompt's distinct candidates (first of identical texts kept) with their rewards; blank texts left out
+    (:func:`blank_responses` counts them)."""
     by_prompt: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for s in samples:
+        if not s["text"].strip():
+            continue
         if s["response_id"] not in rewards:
             raise DataError(
                 f"response {s['response_id']} of prompt {s['prompt_id']} has no score; score every samples file"
@@ -120,6 +126,11 @@ def build_stats(
     }
 
 
+def blank_responses(samples: list[dict[str, Any]]) -> int:
+    """Candidates whose text is blank: no training response, so build leaves them out."""
+    return sum(1 for s in samples if not s["text"].strip())
+
+
 def sampling_drops(samples: list[str]) -> list[str]:
     """Prompt ids the sampling stage left out for length (its ``sample_report.json`` beside each samples file)."""
     ids: list[str] = []
@@ -132,8 +143,10 @@ def sampling_drops(samples: list[str]) -> list[str]:
 
 def build(cfg: BuildConfig) -> BuildResult:
     """Join prompts, samples and scores into train.parquet; write prompt_stats.parquet and build_stats.json."""
+    out = prepare_output_dir(cfg.output_dir)
     prompts = {r["prompt_id"]: r for r in read_prompts(cfg.prompts)}
-    by_prompt = candidates_by_prompt(read_samples(cfg.samples), read_scores(cfg.scores))
+    samples = read_samples(cfg.samples)
+    by_prompt = candidates_by_prompt(samples, read_scores(cfg.scores))
     dropped: dict[str, int] = defaultdict(int)
     too_long = sampling_drops(cfg.samples)
     if too_long:
@@ -159,11 +172,11 @@ def build(cfg: BuildConfig) -> BuildResult:
         )
     if not examples:
         raise DataError(f"no prompt has a ranking signal ({dict(dropped)}); sample more responses per prompt")
-    out = Path(cfg.output_dir)
     train_path = write_listwise(examples, out / "train.parquet")
     atomic_write_parquet(pa.Table.from_pylist(prompt_stats), out / "prompt_stats.parquet")
     stats = build_stats(by_prompt, examples, prompt_stats, dropped)
     stats["prompts_too_long_to_sample"] = too_long
+    stats["blank_responses_skipped"] = blank_responses(samples)
     stats_path = out / "build_stats.json"
     stats_path.write_text(json.dumps(stats, indent=2))
     return BuildResult(
@@ -174,4 +187,5 @@ def build(cfg: BuildConfig) -> BuildResult:
         dict(dropped),
         stats["best_of_n_mean"],
         stats["reward_mean"],
+        stats["blank_responses_skipped"],
     )

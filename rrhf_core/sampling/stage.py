@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from rrhf_core.data.contracts import SAMPLES_SCHEMA, atomic_write_parquet, read_prompts
+from rrhf_core.data.contracts import SAMPLES_SCHEMA, atomic_write_parquet, prepare_output_dir, read_prompts
 from rrhf_core.errors import ConfigError
+from rrhf_core.models import check_model_available
 from rrhf_core.sampling import Sampler
 from rrhf_core.sampling.config import SampleConfig
 from rrhf_core.training.collate import Encoder
@@ -56,6 +57,7 @@ def model_tag(model: str) -> str:
 
 
 def make_sampler(cfg: SampleConfig) -> Sampler:
+    check_model_available(cfg.model)  # a missing folder or an uncached hub id: one clear line, either backend
     backend = cfg.backend
     if backend == "auto":
         vllm_ok = torch.cuda.is_available() and _vllm_importable() and cfg.strategy != "diverse_beam"
@@ -129,6 +131,8 @@ def sample_shard(
     if cfg.include_references:
         for r in shard:
             for ref in r.get("references") or []:
+                if not ref["text"].strip():  # a blank answer (prompts ingested before blanks were dropped)
+                    continue
                 n = sampler.count_tokens(ref["text"]) + 1
                 records.append(_record(r["prompt_id"], ref["text"], ref["source"], n, "reference", sid))
     return records, tokens, len(skipped)
@@ -145,8 +149,8 @@ def sample(
     rows = read_prompts(cfg.prompts, None if cfg.split == "all" else cfg.split)[: cfg.limit]
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r}")
-    out = Path(cfg.output_dir)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(cfg.output_dir)
+    prepare_output_dir(out / "shards")
     sid = cfg.sampler_id()
     n_shards = (len(rows) + cfg.shard_size - 1) // cfg.shard_size
     shard_paths = [out / "shards" / f"shard-{i:05d}-{sid}.parquet" for i in range(n_shards)]
