@@ -21,10 +21,16 @@ Output: prompts normalised to messages with a stable ``prompt_id`` (hash of the 
 merged (their references united), a deterministic train/eval split from the id, a rejects file naming each bad
 record's input, line (1-based; row for tables) and reason, and a report with the counts. The run continues past bad
 records; an input where nothing is valid fails with a clear message.
+
+Bad records are rejected, never fatal: a line that is not JSON or is nested too deeply to parse, a CSV row with
+more cells than its header (an unquoted comma), a field of the wrong type. A blank reference answer (a final
+assistant turn holding only whitespace, say) is dropped and counted, and its prompt kept. A UTF-8 byte order mark
+at the start of a file is not part of its first field.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
@@ -33,6 +39,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,7 +49,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rrhf_core.data.contracts import PROMPTS_SCHEMA, atomic_write_parquet
+from rrhf_core.data.contracts import PROMPTS_SCHEMA, atomic_write_parquet, prepare_output_dir
 from rrhf_core.data.formats import split_hh
 from rrhf_core.digest import file_digest
 from rrhf_core.errors import DataError, MissingPackageError
@@ -92,6 +99,7 @@ class IngestReport:
     rejected: dict[str, int] = field(default_factory=dict)
     formats: dict[str, int] = field(default_factory=dict)
     hh_cut_inline_human: int = 0
+    blank_references_dropped: int = 0
 
     def summary(self) -> str:
         rej = sum(self.rejected.values())
@@ -101,6 +109,10 @@ class IngestReport:
         )
         if rej:
             text += "; rejects by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items()))
+        if self.blank_references_dropped:
+            text += (
+                f"; {self.blank_references_dropped} blank reference answer(s) dropped (their prompts kept)"
+            )
         return text
 
 
@@ -128,8 +140,27 @@ def split_for(prompt_id: str, eval_share: float) -> str:
 
 
 def _open_bytes(path: Path) -> bytes:
+    """The file's bytes (decompressed for ``.gz``), without a leading UTF-8 byte order mark."""
     raw = path.read_bytes()
-    return gzip.decompress(raw) if path.suffix == ".gz" else raw
+    data = gzip.decompress(raw) if path.suffix == ".gz" else raw
+    return data.removeprefix(codecs.BOM_UTF8)
+
+
+def _json(text: str) -> Any:
+    """``json.loads``; JSON nested too deeply for the parser is a ValueError, like any other unreadable JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError(
+            f"JSON nested too deeply to read (deeper than about {sys.getrecursionlimit()} levels)"
+        ) from None
+
+
+def _not_utf8(path: Path, e: UnicodeDecodeError) -> DataError:
+    return DataError(
+        f"cannot read input {path}: it is not UTF-8 text (byte {e.start} is {e.object[e.start : e.start + 1]!r}); "
+        "save it as UTF-8"
+    )
 
 
 def _kind(path: Path) -> str:
@@ -158,13 +189,15 @@ def iter_records(source: str) -> Iterator[tuple[int, Any]]:
                     yield lineno, Reject(f"invalid UTF-8 at byte {e.start}")
                     continue
                 try:
-                    yield lineno, json.loads(text)
+                    yield lineno, _json(text)
                 except json.JSONDecodeError as e:
                     yield lineno, Reject(f"broken JSON line ({e.msg} at column {e.colno})")
+                except ValueError as e:  # nested too deeply
+                    yield lineno, Reject(str(e))
         elif kind == "json":
             try:
-                obj = json.loads(_open_bytes(path).decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                obj = _json(_open_bytes(path).decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
                 raise DataError(
                     f"input {path} is not valid JSON ({e}); JSON lines belong in a .jsonl file"
                 ) from None
@@ -175,14 +208,33 @@ def iter_records(source: str) -> Iterator[tuple[int, Any]]:
         elif kind == "parquet":
             yield from enumerate(pq.read_table(path).to_pylist(), 1)
         elif kind == "csv":
-            text = _open_bytes(path).decode("utf-8", errors="strict")
-            yield from enumerate(csv.DictReader(io.StringIO(text)), 2)
+            yield from _csv_rows(_open_bytes(path).decode("utf-8", errors="strict"))
         else:
             raise DataError(
                 f"input {path}: unsupported file type {kind!r}; use .jsonl, .json, .parquet or .csv (optionally .gz)"
             )
-    except (OSError, pa.ArrowException, UnicodeDecodeError, csv.Error, EOFError, gzip.BadGzipFile) as e:
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, e) from None
+    except (OSError, pa.ArrowException, csv.Error, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"cannot read input {path}: {e}") from None
+
+
+def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
+    """``(row number, record or Reject)``; the header is row 1. A row with more cells than the header (most often
+    a comma in an unquoted cell) is rejected: its cells cannot be matched to columns."""
+    reader = csv.DictReader(io.StringIO(text))
+    for rowno, row in enumerate(reader, 2):
+        extra = row.pop(None, None)
+        if extra is not None:
+            width = len(reader.fieldnames or [])
+            yield (
+                rowno,
+                Reject(
+                    f"row has {width + len(extra)} cells but the header has {width} (quote cells that hold commas)"
+                ),
+            )
+        else:
+            yield rowno, row
 
 
 def _iter_hf(spec: str) -> Iterator[tuple[int, Any]]:
@@ -196,8 +248,44 @@ def _iter_hf(spec: str) -> Iterator[tuple[int, Any]]:
     try:
         ds = datasets.load_dataset(name, split=split or "train")
     except Exception as e:  # network, missing dataset, bad split: all user-facing
-        raise DataError(f"cannot load HF dataset {name!r} (split {split or 'train'!r}): {e}") from None
+        raise _hf_error(name, split, e) from None
     yield from enumerate(ds, 1)
+
+
+def _hf_error(name: str, split: str, e: Exception) -> DataError:
+    reason = " ".join(str(e).split()) or type(e).__name__
+    return DataError(
+        f"cannot load HF dataset {name!r} (split {split or 'train'!r}): {reason}; check the name and split, run "
+        "once with the network on (HF_HUB_OFFLINE unset) so it is cached, or export it to a .jsonl file and give that"
+    )
+
+
+def check_input(source: str) -> None:
+    """Fail now, naming the input, when an input cannot be read: a missing file or folder, an unsupported file
+    type, an unknown embedded set, an HF dataset that cannot be found (offline and not cached, say). Run before any
+    stage, so that a long run does not start on inputs it cannot read. Records are not checked here."""
+    resolved = resolve_input(source)
+    if resolved.startswith("hf:"):
+        name, _, split = resolved[3:].partition(":")
+        try:
+            import datasets
+        except ImportError:
+            raise MissingPackageError(
+                "reading HF datasets needs the 'datasets' package: pip install datasets"
+            ) from None
+        try:
+            datasets.load_dataset_builder(name)
+        except Exception as e:  # network, missing dataset: all user-facing
+            raise _hf_error(name, split, e) from None
+        return
+    path = Path(resolved)
+    if not path.is_file():
+        raise DataError(f"input {path} {'is a folder, not a file' if path.is_dir() else 'does not exist'}")
+    if _kind(path) not in ("jsonl", "json", "parquet", "csv"):
+        raise DataError(
+            f"input {path}: unsupported file type {_kind(path)!r}; use .jsonl, .json, .parquet or .csv "
+            "(optionally .gz)"
+        )
 
 
 def input_fingerprint(source: str) -> str:
@@ -219,7 +307,7 @@ def detect_format(rec: dict[str, Any], prompt_field: str) -> str:
     if prompt_field in rec:
         return "prompt"
     raise Reject(
-        f"unknown record format: keys {sorted(rec)[:8]}; expected {prompt_field!r}, 'messages', "
+        f"unknown record format: keys {sorted(map(str, rec))[:8]}; expected {prompt_field!r}, 'messages', "
         "'chosen'+'rejected' or 'query'+'responses'"
     )
 
@@ -285,9 +373,11 @@ def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> Pr
     elif kind == "messages":
         messages = _messages(rec.get("messages"))
         if messages[-1]["role"] == "assistant":
-            references.append(
-                {"text": messages[-1]["content"].strip(), "source": "dataset:reference", "reward": None}
-            )
+            answer = messages[-1]["content"].strip()
+            if answer:
+                references.append({"text": answer, "source": "dataset:reference", "reward": None})
+            else:  # a blank answer (an export's empty slot for the reply): the prompt stays, the answer goes
+                stats["blank_references_dropped"] += 1
             messages = messages[:-1]
         if not messages or messages[-1]["role"] != "user":
             raise Reject(
@@ -310,6 +400,8 @@ def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> Pr
             stats["hh_cut_inline_human"] += int(cut)
             if cleaned:
                 references.append({"text": cleaned, "source": src, "reward": None})
+            else:
+                stats["blank_references_dropped"] += 1
         meta["preference"] = ["dataset:chosen", "dataset:rejected"]
     elif kind == "rrhf":
         query = _text(rec, "query")
@@ -339,6 +431,8 @@ def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> Pr
                         "reward": float(scores[i]) if scores is not None else None,
                     }
                 )
+            else:
+                stats["blank_references_dropped"] += 1
     else:
         raise Reject(f"unknown format {kind!r}")
     messages = normalise_messages(messages)
@@ -346,6 +440,10 @@ def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> Pr
         raise Reject("a user turn is empty")
     if isinstance(rec.get("meta"), dict):
         meta = {**rec["meta"], **meta}
+        try:
+            json.dumps(meta, default=str)
+        except (RecursionError, ValueError):
+            raise Reject("field 'meta' is nested too deeply to store") from None
     split = rec.get("split")
     if split is not None and split not in ("train", "eval"):
         raise Reject(f"field 'split' is {split!r}; use 'train' or 'eval' (or leave it out to split by id)")
@@ -353,7 +451,8 @@ def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> Pr
 
 
 def _prompt_references(rec: dict[str, Any]) -> list[dict[str, Any]]:
-    """A plain prompt's reference answers: ``reference`` (a string) and/or ``references`` (a list of strings)."""
+    """A plain prompt's reference answers: ``reference`` (a string) and/or ``references`` (a list of strings); a
+    blank one is no reference (an empty cell of a table's reference column, say)."""
     given = rec.get("references", [])
     if not isinstance(given, list) or not all(isinstance(r, str) for r in given):
         raise Reject("field 'references' must be a list of strings")
@@ -380,8 +479,7 @@ def ingest(
     """Read every input, normalise, dedupe, split; write prompts.parquet, rejects.jsonl and ingest_report.json."""
     if not inputs:
         raise DataError("no inputs given")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(output_dir)
     report = IngestReport(inputs=list(inputs))
     stats: Counter = Counter()
     by_id: dict[str, PromptRecord] = {}
@@ -412,6 +510,7 @@ def ingest(
                 by_id[pr.prompt_id] = pr
     report.formats = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("format:")}
     report.hh_cut_inline_human = stats["hh_cut_inline_human"]
+    report.blank_references_dropped = stats["blank_references_dropped"]
     _write_lines(out / "rejects.jsonl", rejects)
     if not by_id:
         first = rejects[0]["reason"] if rejects else "the inputs hold no records"
@@ -430,7 +529,7 @@ def ingest(
                 "split": split,
                 "source": pr.source,
                 "references": pr.references,
-                "meta": json.dumps(pr.meta),
+                "meta": json.dumps(pr.meta, default=str),
             }
         )
     report.prompts = len(rows)
