@@ -207,18 +207,21 @@ def cmd_train_rm(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_cli.pipeline import run_pipeline
-    from rrhf_core.pipeline import PipelineConfig
+    from rrhf_core.pipeline import PipelineConfig, preflight
 
-    return run_pipeline(
-        _config(args, PipelineConfig, "pipeline configuration"), retrain=args.command == "retrain"
-    )
+    cfg = _config(args, PipelineConfig, "pipeline configuration")
+    retrain = args.command == "retrain"  # retrain samples from the champion: the policy may go unused
+    preflight(cfg.model_copy(update={"from_champion": True}) if retrain else cfg)  # before any stage
+    return run_pipeline(cfg, retrain=retrain)
 
 
 def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_cli.pipeline import run_compare
-    from rrhf_core.pipeline import PipelineConfig
+    from rrhf_core.pipeline import PipelineConfig, preflight
 
-    return run_compare(_config(args, PipelineConfig, "pipeline configuration"), args.losses)
+    cfg = _config(args, PipelineConfig, "pipeline configuration")
+    preflight(cfg)
+    return run_compare(cfg, args.losses)
 
 
 def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:

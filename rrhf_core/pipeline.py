@@ -162,6 +162,25 @@ class RewardTrained(StageResult):
     accuracy: float | None = Field(None, description="Held-out pair accuracy (None without held-out pairs).")
 
 
+def preflight(cfg: PipelineConfig) -> None:
+    """Check, before any stage runs, what can be checked cheaply, so a round that cannot start fails in a second
+    with one message instead of inside a stage: every prompt input can be read (a file exists and has a supported
+    type, an embedded set is known, an HF dataset can be found), and the policy and the HF reward models are a folder
+    that exists or a hub id that can be fetched (in the local cache while offline). Records and weights are not
+    read here; their errors come from the stage that reads them."""
+    from rrhf_core.data.ingest import check_input
+    from rrhf_core.models import check_model_available
+    from rrhf_core.scoring.reward import is_hf_reward_spec
+
+    for source in cfg.prompts:
+        check_input(source)
+    if not cfg.from_champion:  # sampled from the champion, the policy may never be loaded
+        check_model_available(cfg.policy, "policy")
+    for where, spec in cfg.reward_specs().items():
+        if not spec.startswith(TRAINED_PREFIX) and is_hf_reward_spec(spec):
+            check_model_available(spec, f"reward model ({where})")
+
+
 # --- the wiring: stage configurations from the pipeline's -------------------------------------------------------
 
 
