@@ -1,0 +1,662 @@
+"""Bad inputs, stage by stage: each ends in a clean error or a counted skip, never in a traceback.
+
+A clean error is exit status 2 and a message that names the file (and the row or line and the column where there is
+one) and says how to fix it. A counted skip keeps the valid records beside the bad ones and says how many it left
+out. The text inputs are in ``tests/bad_inputs/``; Parquet files, corrupt files and deeply nested JSON are made here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rrhf_cli import main
+from rrhf_core.data.contracts import PROMPTS_SCHEMA, SAMPLES_SCHEMA, SCORES_SCHEMA, read_prompts
+from rrhf_core.sampling.stage import response_id
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD = Path(__file__).parent / "bad_inputs"
+DEPTH = 100_000  # far past any JSON parser's recursion limit
+
+
+def rrhf(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str]:
+    """Run the CLI in this process; ``(exit status, stdout + stderr)``. A non-user error propagates (a bug)."""
+    code = main([str(a) for a in argv])
+    cap = capsys.readouterr()
+    out = cap.out + cap.err
+    assert "Traceback" not in out, out
+    return code, out
+
+
+def assert_clean_error(code: int, out: str, *needles: str) -> None:
+    assert code == 2, out
+    assert "Traceback" not in out, out
+    assert " error: " in out, out
+    for needle in needles:
+        assert needle in out, f"{needle!r} not in:\n{out}"
+
+
+def deep_json(depth: int = DEPTH) -> str:
+    return "[" * depth + "]" * depth
+
+
+# --- ingest: counted skips ---------------------------------------------------------------------------------------
+
+GENERATED: dict[str, Callable[[Path], None]] = {
+    "deep_nested.jsonl": lambda p: p.write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "First good prompt."}),
+                '{"prompt": "deep", "meta": ' + deep_json() + "}",
+                json.dumps({"prompt": "Second good prompt."}),
+                json.dumps({"prompt": "Third good prompt.", "meta": {"a": json.loads(deep_json(200))}}),
+            ]
+        )
+        + "\n"
+    ),
+    "deep_nested.json": lambda p: p.write_text(deep_json()),
+    "corrupt.parquet": lambda p: p.write_bytes(b"PAR1" + b"\x00garbage" * 20 + b"PAR1"),
+    "truncated.jsonl.gz": lambda p: p.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03+"),
+    "latin1.csv": lambda p: p.write_bytes("prompt\nCaf\u00e9 au lait?\n".encode("latin-1")),
+    "empty.jsonl": lambda p: p.write_text("\n\n"),
+}
+
+
+def input_file(name: str, tmp_path: Path) -> Path:
+    """A corpus file from tests/bad_inputs/, or a generated one in ``tmp_path``."""
+    if name in GENERATED:
+        GENERATED[name](tmp_path / name)
+        return tmp_path / name
+    return BAD / name
+
+
+# file -> (prompts kept, {line or row: a fragment of its reject reason})
+INGEST_SKIPS: dict[str, tuple[int, dict[int, str]]] = {
+    "broken_lines.jsonl": (
+        3,
+        {
+            2: "broken JSON line",
+            3: "record is list, not an object",
+            4: "field 'prompt' is int, not a string",
+            6: "unknown record format",
+            7: "field 'prompt' is empty",
+        },
+    ),
+    "deep_nested.jsonl": (3, {2: "nested too deeply"}),
+    "bad_messages.jsonl": (
+        3,
+        {
+            2: "field 'messages' must be a non-empty list",
+            3: "field 'messages' is a string that is not JSON",
+            4: "message 0 has role 'robot'",
+            5: "message 0 content is NoneType",
+            6: "messages must end with a user turn",
+            8: "field 'split' is 'validation'",
+        },
+    ),
+    "bad_rrhf_scores.jsonl": (
+        2,
+        {
+            1: "not a finite number",
+            2: "not a finite number",
+            3: "not a finite number",
+            4: "not a finite number",
+            6: "field 'responses' must be a list of strings",
+        },
+    ),
+    "ragged.csv": (3, {3: "row has 3 cells but the header has 2", 4: "field 'prompt' is empty"}),
+    "bom.csv": (3, {}),
+    "bom.jsonl": (3, {}),
+    "blank_final_assistant.jsonl": (4, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(INGEST_SKIPS))
+def test_ingest_rejects_bad_records_and_keeps_the_rest(name, tmp_path, capsys):
+    src = input_file(name, tmp_path)
+    out_dir = tmp_path / "out"
+    code, out = rrhf(capsys, "ingest", "--inputs", src, "--output-dir", out_dir)
+    kept, rejected = INGEST_SKIPS[name]
+    assert code == 0, out
+    assert f"{kept + len(rejected)} records: {kept} valid, {len(rejected)} rejected" in out
+    assert len(read_prompts(out_dir / "prompts.parquet")) == kept
+    rejects = [json.loads(line) for line in (out_dir / "rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rejects] == list(rejected), rejects
+    for r in rejects:
+        assert r["input"] == str(src)
+        assert rejected[r["line"]] in r["reason"], r
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_column(tmp_path, capsys):
+    for name in ("bom.csv", "bom.jsonl"):
+        code, out = rrhf(capsys, "ingest", "--inputs", BAD / name, "--output-dir", tmp_path / name)
+        assert code == 0, out
+        rows = read_prompts(tmp_path / name / "prompts.parquet")
+        assert all("\ufeff" not in m["content"] for r in rows for m in r["messages"])
+    rows = {r["messages"][-1]["content"]: r for r in read_prompts(tmp_path / "bom.csv" / "prompts.parquet")}
+    assert [x["text"] for x in rows["Name two colours, please."]["references"]] == ["Red and blue."]
+
+
+def test_a_blank_final_assistant_turn_is_dropped_and_counted_and_its_prompt_kept(tmp_path, capsys):
+    code, out = rrhf(
+        capsys, "ingest", "--inputs", BAD / "blank_final_assistant.jsonl", "--output-dir", tmp_path / "o"
+    )
+    assert code == 0, out
+    assert "1 blank reference answer(s) dropped" in out
+    rows = {r["messages"][-1]["content"]: r for r in read_prompts(tmp_path / "o" / "prompts.parquet")}
+    assert rows["Write a haiku about rain."]["references"] == []
+    assert [x["text"] for x in rows["Say hello."]["references"]] == ["Hello!"]
+    report = json.loads((tmp_path / "o" / "ingest_report.json").read_text())
+    assert report["blank_references_dropped"] == 1
+
+
+# --- ingest: clean errors ------------------------------------------------------------------------------------------
+
+# input (a corpus or generated file, or a spec) -> what the message must say besides the input's name
+INGEST_ERRORS: dict[str, tuple[str, ...]] = {
+    "missing.jsonl": ("does not exist",),
+    "deep_nested.json": ("nested too deeply",),
+    "corrupt.parquet": ("cannot read input",),
+    "truncated.jsonl.gz": ("cannot read input",),
+    "latin1.csv": ("cannot read input", "not UTF-8 text", "save it as UTF-8"),
+    "empty.jsonl": ("no valid prompt", "the inputs hold no records"),
+    "not_a_list.json": ("expected a JSON list of records",),
+    "no_prompt_column.csv": ("no valid prompt", "unknown record format"),
+    "hf:nonexistent-org/nonexistent-dataset": ("cannot load HF dataset", "export it to a .jsonl file"),
+    "embedded:no-such-set": ("unknown embedded prompt set",),
+}
+
+
+@pytest.mark.parametrize("name", list(INGEST_ERRORS))
+def test_ingest_fails_cleanly_on_an_unusable_input(name, tmp_path, capsys):
+    src = name if ":" in name or name == "missing.jsonl" else input_file(name, tmp_path)
+    code, out = rrhf(capsys, "ingest", "--inputs", src, "--output-dir", tmp_path / "out")
+    shown = name.split(":", 1)[-1] if ":" in name else str(src)
+    assert_clean_error(code, out, shown, *INGEST_ERRORS[name])
+
+
+# --- sample, score and build: the tables they read ---------------------------------------------------------------
+
+
+def rows_of(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist()
+
+
+def write(path: Path, rows: list[dict[str, Any]], schema: pa.Schema | None = None) -> Path:
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> dict[str, Path]:
+    """A valid prompts -> samples -> scores chain (two prompts, three responses each) that builds."""
+    good = tmp_path / "good"
+    good.mkdir()
+    prompts = [
+        {
+            "prompt_id": f"p{i}",
+            "messages": [{"role": "user", "content": q}],
+            "split": "train",
+            "source": "test",
+            "references": [],
+            "meta": "{}",
+        }
+        for i, q in enumerate(["Say a.", "Say b."])
+    ]
+    samples, scores = [], []
+    for p in prompts:
+        for text in ("a", "aa", "b"):
+            rid = response_id(p["prompt_id"], text)
+            samples.append(
+                {
+                    "prompt_id": p["prompt_id"],
+                    "response_id": rid,
+                    "text": text,
+                    "source": "policy:m",
+                    "num_tokens": len(text),
+                    "finish_reason": "stop",
+                    "sampler": "s",
+                }
+            )
+            scores.append(
+                {
+                    "response_id": rid,
+                    "prompt_id": p["prompt_id"],
+                    "reward": float(text.count("a")),
+                    "reward_model": "m",
+                }
+            )
+    return {
+        "prompts": write(good / "prompts.parquet", prompts, PROMPTS_SCHEMA),
+        "samples": write(good / "samples.parquet", samples, SAMPLES_SCHEMA),
+        "scores": write(good / "scores.parquet", scores, SCORES_SCHEMA),
+    }
+
+
+def edit_row(column: str, value: Any, row: int = 1) -> Callable[[Path, Path], None]:
+    """A copy of the file with one cell changed (``row`` 0-based; messages name it 1-based)."""
+
+    def make(good: Path, bad: Path) -> None:
+        table = pq.read_table(good)
+        rows = table.to_pylist()
+        rows[row][column] = value
+        write(bad, rows, table.schema)
+
+    return make
+
+
+def retype(column: str, typ: pa.DataType, value: Any) -> Callable[[Path, Path], None]:
+    """A copy of the file whose ``column`` has another type (every cell ``value``)."""
+
+    def make(good: Path, bad: Path) -> None:
+        table = pq.read_table(good)
+        i = table.schema.get_field_index(column)
+        write(
+            bad, [{**r, column: value} for r in table.to_pylist()], table.schema.set(i, pa.field(column, typ))
+        )
+
+    return make
+
+
+def drop(column: str) -> Callable[[Path, Path], None]:
+    return lambda good, bad: pq.write_table(pq.read_table(good).drop_columns([column]), bad)
+
+
+def corrupt(good: Path, bad: Path) -> None:
+    data = good.read_bytes()
+    bad.write_bytes(data[:8] + b"\xff" * 64 + data[72:])
+
+
+def truncated(good: Path, bad: Path) -> None:
+    bad.write_bytes(good.read_bytes()[:-40])
+
+
+def empty(good: Path, bad: Path) -> None:
+    bad.write_bytes(b"")
+
+
+# (which file, case) -> (how to make the bad file from the good one, what the message must say besides its path)
+TABLE_CASES: dict[tuple[str, str], tuple[Callable[[Path, Path], None], tuple[str, ...]]] = {
+    ("prompts", "corrupt"): (corrupt, ("cannot read prompts file", "rrhf ingest")),
+    ("prompts", "empty file"): (empty, ("cannot read prompts file",)),
+    ("prompts", "missing column"): (drop("messages"), ("lacks column(s) ['messages']", "rrhf ingest")),
+    ("prompts", "null messages"): (edit_row("messages", None), ("row 2", "column 'messages'", "rrhf ingest")),
+    ("prompts", "ends with assistant"): (
+        edit_row("messages", [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]),
+        ("row 2", "column 'messages'", "the last message must be a user turn"),
+    ),
+    ("prompts", "null prompt_id"): (edit_row("prompt_id", None), ("row 2", "column 'prompt_id'")),
+    ("prompts", "null reference text"): (
+        edit_row("references", [{"text": None, "source": "dataset:reference", "reward": None}]),
+        ("row 2", "column 'references'"),
+    ),
+    ("samples", "corrupt"): (corrupt, ("cannot read samples file", "rrhf sample")),
+    ("samples", "truncated"): (truncated, ("cannot read samples file",)),
+    ("samples", "missing column"): (drop("text"), ("lacks column(s) ['text']", "rrhf sample")),
+    ("samples", "text is a number"): (retype("text", pa.int64(), 7), ("column 'text' has type int64",)),
+    ("samples", "null text"): (edit_row("text", None), ("row 2", "column 'text'", "rrhf sample")),
+    ("samples", "null response_id"): (edit_row("response_id", None), ("row 2", "column 'response_id'")),
+    ("samples", "null source"): (edit_row("source", None), ("row 2", "column 'source'")),
+    ("samples", "negative num_tokens"): (
+        edit_row("num_tokens", -5),
+        ("row 2", "column 'num_tokens'", "-5", "negative"),
+    ),
+    ("samples", "null num_tokens"): (edit_row("num_tokens", None), ("row 2", "column 'num_tokens'")),
+    ("scores", "corrupt"): (corrupt, ("cannot read scores file", "rrhf score")),
+    ("scores", "missing column"): (drop("reward"), ("lacks column(s) ['reward']", "rrhf score")),
+    ("scores", "string rewards"): (
+        retype("reward", pa.string(), "1.5"),
+        ("column 'reward' has type string",),
+    ),
+    ("scores", "nan reward"): (edit_row("reward", float("nan")), ("row 2", "column 'reward'", "nan")),
+    ("scores", "inf reward"): (edit_row("reward", float("inf")), ("row 2", "column 'reward'", "inf")),
+    ("scores", "null reward"): (edit_row("reward", None), ("row 2", "column 'reward'", "None")),
+    ("scores", "null response_id"): (edit_row("response_id", None), ("row 2", "column 'response_id'")),
+}
+READERS = {"prompts": ("sample", "score", "build"), "samples": ("score", "build"), "scores": ("build",)}
+
+
+def stage_argv(stage: str, files: dict[str, Path], tmp_path: Path) -> list[Any]:
+    out = tmp_path / f"{stage}-out"
+    if stage == "sample":  # the model is never reached: the prompts are read first
+        return [
+            "sample",
+            "--prompts",
+            files["prompts"],
+            "--model",
+            tmp_path / "no-model",
+            "--output-dir",
+            out,
+        ]
+    if stage == "score":
+        return [
+            "score",
+            "--samples",
+            files["samples"],
+            "--prompts",
+            files["prompts"],
+            "--reward",
+            "reward_fns:count_a",
+            "--cache-path",
+            tmp_path / "cache.sqlite",
+            "--output-dir",
+            out,
+            "--no-progress",
+        ]
+    return [
+        "build",
+        "--prompts",
+        files["prompts"],
+        "--samples",
+        files["samples"],
+        "--scores",
+        files["scores"],
+        "--output-dir",
+        out,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stage", "which", "case"),
+    [(stage, which, case) for (which, case) in TABLE_CASES for stage in READERS[which]],
+)
+def test_a_bad_table_is_a_clean_error_naming_file_row_and_column(stage, which, case, chain, tmp_path, capsys):
+    make, needles = TABLE_CASES[(which, case)]
+    bad = tmp_path / f"bad-{which}.parquet"
+    make(chain[which], bad)
+    code, out = rrhf(capsys, *stage_argv(stage, {**chain, which: bad}, tmp_path))
+    assert_clean_error(code, out, str(bad), *needles)
+
+
+def test_the_good_chain_scores_and_builds(chain, tmp_path, capsys):
+    code, out = rrhf(capsys, *stage_argv("score", chain, tmp_path))
+    assert code == 0, out
+    code, out = rrhf(capsys, *stage_argv("build", chain, tmp_path))
+    assert code == 0, out
+    assert "2 of 2 prompts kept" in out
+
+
+def test_build_skips_and_counts_blank_responses(chain, tmp_path, capsys):
+    """A blank candidate (a blank reference answer sampled before ingest dropped them) is left out and counted."""
+    samples, scores = rows_of(chain["samples"]), rows_of(chain["scores"])
+    rid = response_id("p0", " ")
+    samples.append({**samples[0], "response_id": rid, "text": " ", "source": "dataset:reference"})
+    scores.append({**scores[0], "response_id": rid, "reward": 5.0})
+    files = {
+        **chain,
+        "samples": write(tmp_path / "samples.parquet", samples, SAMPLES_SCHEMA),
+        "scores": write(tmp_path / "scores.parquet", scores, SCORES_SCHEMA),
+    }
+    code, out = rrhf(capsys, *stage_argv("build", files, tmp_path))
+    assert code == 0, out
+    assert "2 of 2 prompts kept" in out and "1 blank response(s) skipped" in out
+    train = rows_of(tmp_path / "build-out" / "train.parquet")
+    assert all(t.strip() for r in train for t in r["responses"])
+    assert (
+        json.loads((tmp_path / "build-out" / "build_stats.json").read_text())["blank_responses_skipped"] == 1
+    )
+
+
+# --- score: reward functions and the score cache --------------------------------------------------------------------
+
+REWARD_FUNCTIONS = {
+    "as_string": "'1.5' (str)",
+    "as_none": "None (NoneType)",
+    "as_word": "'high' (str)",
+    "as_list": "[1.0] (list)",
+}
+
+
+@pytest.mark.parametrize("fn", list(REWARD_FUNCTIONS))
+def test_a_reward_function_that_returns_no_number_is_refused(fn, chain, tmp_path, capsys):
+    argv = stage_argv("score", chain, tmp_path)
+    argv[argv.index("reward_fns:count_a")] = f"reward_fns:{fn}"
+    code, out = rrhf(capsys, *argv)
+    assert_clean_error(code, out, f"reward_fns:{fn}", REWARD_FUNCTIONS[fn], "must return a number")
+    assert not (tmp_path / "score-out" / "scores.parquet").exists()
+
+
+def test_a_nan_reward_names_the_response(chain, tmp_path, capsys):
+    argv = stage_argv("score", chain, tmp_path)
+    argv[argv.index("reward_fns:count_a")] = "reward_fns:as_inf"
+    code, out = rrhf(capsys, *argv)
+    assert_clean_error(code, out, "gave inf for response", "rewards must be finite numbers")
+
+
+def _corrupt_cache(path: Path) -> None:
+    path.write_bytes(b"this is not an SQLite database\n" * 64)
+
+
+def _cache_under_a_file(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / "a-file").write_text("x")
+    return path.parent / "a-file" / "cache.sqlite"
+
+
+def test_a_corrupt_score_cache_is_named(chain, tmp_path, capsys):
+    cache = tmp_path / "cache.sqlite"
+    _corrupt_cache(cache)
+    code, out = rrhf(capsys, *stage_argv("score", chain, tmp_path))
+    assert_clean_error(code, out, f"score cache {cache}", "delete it")
+
+
+def test_a_score_cache_that_cannot_be_made_is_named(chain, tmp_path, capsys):
+    argv = stage_argv("score", chain, tmp_path)
+    bad = _cache_under_a_file(tmp_path / "c" / "cache.sqlite")
+    argv[argv.index("--cache-path") + 1] = bad
+    code, out = rrhf(capsys, *argv)
+    assert_clean_error(code, out, str(bad), "--cache-path")
+
+
+def test_a_locked_score_cache_is_named(chain, tmp_path, capsys, monkeypatch):
+    import rrhf_core.scoring.stage as stage
+
+    monkeypatch.setattr(stage, "CACHE_LOCK_TIMEOUT_S", 0.2)
+    cache = tmp_path / "cache.sqlite"
+    holder = sqlite3.connect(cache, isolation_level=None)
+    holder.execute("CREATE TABLE held (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code, out = rrhf(capsys, *stage_argv("score", chain, tmp_path))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert_clean_error(code, out, f"score cache {cache}", "locked", "--cache-path")
+
+
+# --- models that are not there --------------------------------------------------------------------------------------
+
+HUB_ID = "nonexistent-org/nonexistent-model"
+
+
+@pytest.mark.parametrize("model", [HUB_ID, "runs/no/such/model"])
+def test_an_unavailable_model_is_one_clean_line(model, chain, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, out = rrhf(
+        capsys, "sample", "--prompts", chain["prompts"], "--model", model, "--output-dir", tmp_path / "s"
+    )
+    why = "not in the local Hugging Face cache" if model == HUB_ID else "does not exist"
+    assert_clean_error(code, out, model, why)
+    assert len(out.strip().splitlines()) == 1, out
+
+
+@pytest.mark.parametrize(("stage", "flag"), [("train", "--model"), ("train-rm", "--backbone")])
+def test_an_offline_hub_id_for_training_is_one_clean_error(
+    stage, flag, learnable_set, tmp_path, capsys, monkeypatch
+):
+    """The data is read first and is valid; the model fails to load, before any training step."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = "--data" if stage == "train" else "--pairs"
+    argv = [stage, flag, HUB_ID, data, learnable_set, "--output-dir", tmp_path / "t", "--no-progress"]
+    code, out = rrhf(capsys, *argv)
+    assert_clean_error(code, out, HUB_ID, "not in the local Hugging Face cache", "hf download")
+    assert len(out.split(" error: ", 1)[1].strip().splitlines()) == 1, out
+
+
+def test_an_offline_reward_model_is_one_clean_line(chain, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = stage_argv("score", chain, tmp_path)
+    argv[argv.index("reward_fns:count_a")] = "nonexistent-org/nonexistent-rm"
+    code, out = rrhf(capsys, *argv)
+    assert_clean_error(code, out, "nonexistent-org/nonexistent-rm", "not in the local Hugging Face cache")
+    assert len(out.strip().splitlines()) == 1, out
+
+
+# --- the pipeline checks its inputs before any stage ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("prompts", "policy", "needles"),
+    [
+        ("missing.jsonl", None, ("missing.jsonl", "does not exist")),
+        (
+            "hf:nonexistent-org/nonexistent-dataset",
+            None,
+            ("nonexistent-org/nonexistent-dataset", "HF dataset"),
+        ),
+        ("embedded:no-such-set", None, ("unknown embedded prompt set",)),
+        ("readme.txt", None, ("unsupported file type",)),
+        ("embedded:demo-prompts", HUB_ID, (HUB_ID, "not in the local Hugging Face cache")),
+    ],
+    ids=["missing-file", "hf-dataset-offline", "unknown-embedded", "unsupported-type", "offline-policy"],
+)
+def test_the_pipeline_refuses_unusable_inputs_before_any_stage(
+    prompts, policy, needles, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if prompts in ("missing.jsonl", "readme.txt"):
+        prompts = str(tmp_path / prompts)
+        if prompts.endswith(".txt"):
+            Path(prompts).write_text("hello\n")
+    argv = ["pipeline", "--workdir", tmp_path / "work", "--prompts", prompts]
+    if policy:
+        argv += ["--policy", policy]
+    code, out = rrhf(capsys, *argv)
+    assert_clean_error(code, out, *needles)
+    assert not (tmp_path / "work").exists()  # no stage ran, no Prefect server started
+    assert "prefect" not in out.lower()
+
+
+# --- read-only outputs and caches (file modes bind root only without its capabilities) --------------------------
+
+
+def unprivileged() -> list[str]:
+    """A command prefix under which file modes bind (root drops the capabilities that bypass them)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    prefix = [setpriv or "setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+    if not setpriv or subprocess.run([*prefix, "true"], capture_output=True).returncode != 0:
+        pytest.skip("running as root, and setpriv cannot drop the capability that ignores file modes")
+    return prefix
+
+
+def run_cli(*argv: Any) -> tuple[int, str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "HF_HUB_OFFLINE": "1",
+    }
+    proc = subprocess.run(
+        [*unprivileged(), sys.executable, "-m", "rrhf_cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def read_only(tmp_path: Path):
+    """A folder nobody may write to (its mode restored afterwards, so pytest can clean it up)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    yield folder
+    folder.chmod(0o755)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", ["ingest", "sample", "score", "build"])
+def test_a_read_only_output_folder_is_named(stage, chain, read_only, tmp_path):
+    if stage == "ingest":
+        argv: list[Any] = ["ingest", "--inputs", BAD / "bom.jsonl", "--output-dir", read_only]
+    else:
+        argv = stage_argv(stage, chain, tmp_path)
+        argv[argv.index("--output-dir") + 1] = read_only
+    code, out = run_cli(*argv)
+    assert_clean_error(code, out, f"cannot write to output folder {read_only}")
+
+
+@pytest.mark.integration
+def test_a_read_only_score_cache_is_named(chain, tmp_path, capsys):
+    cache = tmp_path / "cache" / "cache.sqlite"
+    argv = stage_argv("score", chain, tmp_path)
+    argv[argv.index("--cache-path") + 1] = cache
+    code, out = rrhf(capsys, *argv)  # fills the cache with count_a's scores
+    assert code == 0, out
+    argv[argv.index("reward_fns:count_a")] = "reward_fns:checksum"  # new scores to store
+    cache.chmod(0o444)
+    cache.parent.chmod(0o555)
+    try:
+        code, out = run_cli(*argv)
+    finally:
+        cache.parent.chmod(0o755)
+        cache.chmod(0o644)
+    assert_clean_error(code, out, f"score cache {cache}", "--cache-path")
+
+
+@pytest.mark.integration
+def test_sampling_leaves_out_blank_references(tmp_path, tiny_model_dir, capsys):
+    """A prompts file from before ingest dropped blank reference answers: the blank one is not a candidate."""
+    refs = [{"text": "  ", "source": "dataset:reference", "reward": None}]
+    refs.append({"text": "A real answer.", "source": "dataset:reference", "reward": None})
+    prompts = write(
+        tmp_path / "prompts.parquet",
+        [
+            {
+                "prompt_id": "p0",
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "split": "train",
+                "source": "t",
+                "references": refs,
+                "meta": "{}",
+            }
+        ],
+        PROMPTS_SCHEMA,
+    )
+    code, out = rrhf(
+        capsys,
+        "sample",
+        "--prompts",
+        prompts,
+        "--model",
+        tiny_model_dir,
+        "--output-dir",
+        tmp_path / "s",
+        "--backend",
+        "hf",
+        "--k",
+        "1",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+    )
+    assert code == 0, out
+    texts = [
+        r["text"] for r in rows_of(tmp_path / "s" / "samples.parquet") if r["finish_reason"] == "reference"
+    ]
+    assert texts == ["A real answer."]
