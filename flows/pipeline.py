@@ -80,6 +80,7 @@ def data_stages(
 def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     """Ingest -> sample -> score -> build -> train -> evaluate -> register (challenger) -> gate (champion)."""
     t0 = time.perf_counter()
+    plan.preflight(config)  # inputs and models checked before the workdir is taken or any stage runs
     work = Path(config.workdir).resolve()
     stages = str(work / "stages")
     with tracked_workdir(work, config.experiment, config.tracking_uri, "rrhf-pipeline") as uri:
@@ -197,6 +198,7 @@ def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> lis
     trained with the same settings and steps and evaluated by the same judge against the same base policy; one
     comparison table and plot in MLflow and as a Prefect artifact."""
     losses = losses or ["rrhf", "sft_best", "dpo", "simpo"]
+    plan.preflight(config)
     work = Path(config.workdir).resolve()
     stages = str(work / "stages")
     with (

@@ -660,3 +660,18 @@ def test_sampling_leaves_out_blank_references(tmp_path, tiny_model_dir, capsys):
         r["text"] for r in rows_of(tmp_path / "s" / "samples.parquet") if r["finish_reason"] == "reference"
     ]
     assert texts == ["A real answer."]
+
+
+@pytest.mark.integration
+def test_a_read_only_training_folder_is_named_before_training(learnable_set, tiny_model_dir, read_only):
+    code, out = run_cli(
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--data",
+        learnable_set,
+        "--output-dir",
+        read_only,
+        "--no-progress",
+    )
+    assert_clean_error(code, out, f"cannot write to output folder {read_only}")

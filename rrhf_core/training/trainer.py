@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from rrhf_core.data.contracts import LoadReport, load_listwise
+from rrhf_core.data.contracts import LoadReport, load_listwise, prepare_output_dir
 from rrhf_core.digest import file_digest
 from rrhf_core.errors import ConfigError, DataError, TrainingDivergedError
 from rrhf_core.hardware import use_bf16
@@ -226,8 +226,7 @@ def _reference(
 def setup(cfg: TrainConfig, env: DistEnv) -> Run:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    output_dir = Path(cfg.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = prepare_output_dir(cfg.output_dir)  # a read-only folder fails now, naming itself
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     encoded, dropped, enc_stats, report, tokenizer = load_encoded(cfg)
