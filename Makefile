@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine (Python >= 3.11 and the package registries):
 #   make demo   - set up .venv once, then run the main job, a whole RRHF round, on embedded defaults (no network, no GPU)
 #   make test   - set up .venv once, then lint, type-check the library and run the whole test suite
-# Both are idempotent: the environment is rebuilt only when pyproject.toml or constraints.txt change.
+# Both are idempotent: the environment is rebuilt only when the content of pyproject.toml or constraints.txt changes
+# (the stamp's name is their digest; file times do not count, so a fresh clone beside an existing .venv reuses it).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ export HF_HUB_OFFLINE := 1
 
 .PHONY: setup demo demo-matrix hh-matrix test test-fast lint typecheck format
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU build of torch first (a plain resolve could pick a multi-GB CUDA build)
