@@ -230,6 +230,12 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return bench_main(list(args.rest))
 
 
+def cmd_stack(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_cli.stack import main as stack_main
+
+    return stack_main(list(args.rest))
+
+
 def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_cli.report import run_report
 
@@ -316,6 +322,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of the benchmark")
     b.set_defaults(func=cmd_bench)
 
+    s = sub.add_parser(
+        "stack",
+        help="the production stack on this machine: PostgreSQL, Prefect and MLflow servers, a worker "
+        "(`rrhf stack up|down|status|env`; `rrhf stack --help`)",
+        add_help=False,
+    )
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="up | down | status | env, then options")
+    s.set_defaults(func=cmd_stack)
+
     r = sub.add_parser("report", help="render the result table (markdown) from runs' last_summary.json files")
     r.add_argument("summaries", nargs="+", help="last_summary.json files or run workdirs")
     r.set_defaults(func=cmd_report)
@@ -333,7 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    if argv[:1] == ["stack"]:  # its own parser (its --help included)
+        args = argparse.Namespace(command="stack", func=cmd_stack, rest=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return int(args.func(args, argv) or 0)
     except RRHFError as e:

@@ -1,0 +1,470 @@
+"""`rrhf stack up|down|status|env`: the production stack on this machine, without docker.
+
+PostgreSQL (the system's server binaries: Debian's ``postgresql`` package), a Prefect server and an MLflow tracking
+server on it (MLflow's artifacts in a folder of the stack), and a Prefect process worker on the pool the deployments of
+``prefect.yaml`` use. Everything listens on 127.0.0.1 only; the database password is generated once and kept in
+``<dir>/credentials.env`` (mode 0600). ``docker/compose.yaml`` describes the same stack for docker users.
+
+The stack's folder holds each component's data, pid file and log (``<dir>/logs/``); ``rrhf stack env`` prints the
+``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` exports that point commands at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rrhf_core.errors import ConfigError
+
+DB_USER = "rrhf"
+POOL = "rrhf-process"
+COMPONENTS = ("postgres", "prefect", "mlflow", "worker")
+
+
+@dataclass
+class Ports:
+    postgres: int = 5433  # beside a system cluster on 5432
+    prefect: int = 4200
+    mlflow: int = 5000
+    worker: int = 8081  # the worker's health endpoint
+
+
+@dataclass
+class Stack:
+    dir: Path
+    ports: Ports
+
+    # -- places ---------------------------------------------------------------------------------------------------
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.dir / "postgres" / "data"
+
+    @property
+    def pgsocket(self) -> Path:
+        return self.dir / "postgres" / "socket"
+
+    def pidfile(self, name: str) -> Path:
+        return self.dir / f"{name}.pid"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "stack.json"
+
+    # -- addresses --------------------------------------------------------------------------------------------------
+    def password(self) -> str:
+        creds = self.dir / "credentials.env"
+        for line in creds.read_text().splitlines():
+            if line.startswith("POSTGRES_PASSWORD="):
+                return line.split("=", 1)[1]
+        raise ConfigError(
+            f"{creds} has no POSTGRES_PASSWORD line; delete the stack folder {self.dir} to start over"
+        )
+
+    def db_url(self, db: str, driver: str = "postgresql") -> str:
+        return f"{driver}://{DB_USER}:{self.password()}@127.0.0.1:{self.ports.postgres}/{db}"
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://127.0.0.1:{self.ports.prefect}/api"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://127.0.0.1:{self.ports.mlflow}"
+
+    def client_env(self) -> dict[str, str]:
+        return {"PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_uri}
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------------
+def _pg_bindir() -> Path:
+    """The folder of the PostgreSQL server binaries (initdb, pg_ctl, postgres)."""
+    candidates = [os.environ.get("RRHF_PG_BINDIR", "")]
+    if shutil.which("pg_config"):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        candidates.append(out.stdout.strip())
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    candidates.append(str(Path(shutil.which("initdb") or "/nonexistent").parent))
+    for c in candidates:
+        if c and (Path(c) / "initdb").exists() and (Path(c) / "pg_ctl").exists():
+            return Path(c)
+    raise ConfigError(
+        "no PostgreSQL server found (initdb and pg_ctl): install it (Debian/Ubuntu: apt-get install postgresql) "
+        "or point RRHF_PG_BINDIR at the folder that holds its binaries"
+    )
+
+
+def _as_db_owner() -> list[str]:
+    """PostgreSQL refuses to run as root: as root, its commands run as the system's ``postgres`` user."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        import pwd
+
+        pwd.getpwnam("postgres")
+    except KeyError as e:
+        raise ConfigError(
+            "PostgreSQL cannot run as root and there is no 'postgres' user to run it as: "
+            "run `rrhf stack` as an ordinary user, or create the user (useradd --system postgres)"
+        ) from e
+    return ["runuser", "-u", "postgres", "--"]
+
+
+def _chown_to_db_owner(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, "postgres", "postgres")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return 200 <= r.status < 300
+    except OSError:
+        return False
+
+
+def _wait(
+    what: str, ok: Callable[[], bool], log: Path, timeout: float, proc: subprocess.Popen | None = None
+) -> None:
+    deadline = time.time() + timeout
+    while not ok():
+        if proc is not None and proc.poll() is not None:
+            raise ConfigError(
+                f"{what} exited with code {proc.returncode} while starting; its log: {log}\n{_tail(log)}"
+            )
+        if time.time() > deadline:
+            raise ConfigError(f"{what} did not become ready in {timeout:.0f} s; its log: {log}\n{_tail(log)}")
+        time.sleep(0.5)
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _spawn(st: Stack, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    log = st.logs / f"{name}.log"
+    # its own session: `down` stops the whole process group, and a Ctrl-C in the shell does not reach it
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        stdout=log.open("a"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=Path.cwd(),
+    )
+    st.pidfile(name).write_text(f"{proc.pid}\n")
+    return proc
+
+
+def _child_env(st: Stack) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING"))}
+    env.update(
+        PREFECT_HOME=str(st.dir / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="true",
+        MLFLOW_DISABLE_TELEMETRY="true",
+    )
+    return env
+
+
+# -- the four components ----------------------------------------------------------------------------------------------
+def _postgres_up(st: Stack, say: Callable[[str], None]) -> None:
+    bindir = _pg_bindir()
+    sudo = _as_db_owner()
+    pg_log = st.logs / "postgres.log"
+    if not (st.pgdata / "PG_VERSION").exists():
+        st.pgdata.mkdir(parents=True, exist_ok=True)
+        st.pgsocket.mkdir(parents=True, exist_ok=True)
+        pwfile = st.dir / "postgres" / "pwfile"
+        pwfile.write_text(st.password() + "\n")
+        pwfile.chmod(0o600)
+        for p in (st.dir / "postgres", st.pgdata, st.pgsocket, pwfile):
+            _chown_to_db_owner(p)
+        if sudo and subprocess.run([*sudo, "test", "-w", str(st.pgdata)]).returncode != 0:
+            blocked = next(
+                (str(q) for q in reversed(st.pgdata.parents) if not os.stat(q).st_mode & 0o001), "?"
+            )
+            raise ConfigError(
+                f"the database runs as the user 'postgres', which cannot reach {st.pgdata} ({blocked} is closed to "
+                "other users): put the stack in a folder others can traverse (--dir), or run rrhf stack as a "
+                "non-root user"
+            )
+        out = subprocess.run(
+            [*sudo, str(bindir / "initdb"), "-D", str(st.pgdata), "-U", DB_USER, f"--pwfile={pwfile}",
+             "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        pwfile.unlink()
+        if out.returncode != 0:
+            raise ConfigError(f"initdb failed in {st.pgdata}:\n{out.stdout}{out.stderr}")
+        say(f"postgres: initialised a cluster in {st.pgdata}")
+    if _pg_running(st):
+        say(f"postgres: already running on 127.0.0.1:{st.ports.postgres}")
+    else:
+        if not _port_free(st.ports.postgres):
+            raise ConfigError(f"port {st.ports.postgres} is in use: give the stack another (--postgres-port)")
+        pg_log.touch()
+        _chown_to_db_owner(pg_log)
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -p {st.ports.postgres} -c unix_socket_directories='{st.pgsocket}'"
+        )
+        out = subprocess.run(
+            [*sudo, str(bindir / "pg_ctl"), "-D", str(st.pgdata), "-l", str(pg_log), "-o", opts, "-w", "-t", "60", "start"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise ConfigError(
+                f"PostgreSQL did not start; its log: {pg_log}\n{out.stdout}{out.stderr}\n{_tail(pg_log)}"
+            )
+        say(f"postgres: started on 127.0.0.1:{st.ports.postgres}")
+    import psycopg2
+
+    conn = psycopg2.connect(st.db_url("postgres"))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for db in ("prefect", "mlflow"):
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{db}" OWNER {DB_USER}')
+                say(f"postgres: created database {db}")
+    conn.close()
+
+
+def _pg_running(st: Stack) -> bool:
+    pid = _read_pid(st.pgdata / "postmaster.pid")
+    return _alive(pid)
+
+
+def _prefect_up(st: Stack, say: Callable[[str], None]) -> None:
+    if _alive(_read_pid(st.pidfile("prefect"))) and _http_ok(f"{st.prefect_api}/health"):
+        say(f"prefect: already running at {st.prefect_api}")
+        return
+    if not _port_free(st.ports.prefect):
+        raise ConfigError(f"port {st.ports.prefect} is in use: give the stack another (--prefect-port)")
+    env = _child_env(st)
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = st.db_url("prefect", "postgresql+asyncpg")
+    # the UI asks this address for its data (by default the one on port 4200, whatever port the server has)
+    env["PREFECT_UI_API_URL"] = st.prefect_api
+    exe = str(Path(sys.executable).parent / "prefect")
+    cmd = [exe, "server", "start", "--host", "127.0.0.1", "--port", str(st.ports.prefect)]
+    proc = _spawn(st, "prefect", cmd, env)
+    _wait(
+        "the Prefect server", lambda: _http_ok(f"{st.prefect_api}/health"), st.logs / "prefect.log", 180, proc
+    )
+    say(f"prefect: server at {st.prefect_api} (UI http://127.0.0.1:{st.ports.prefect}), database on Postgres")
+
+
+def _mlflow_up(st: Stack, say: Callable[[str], None]) -> None:
+    if _alive(_read_pid(st.pidfile("mlflow"))) and _http_ok(f"{st.mlflow_uri}/health"):
+        say(f"mlflow: already running at {st.mlflow_uri}")
+        return
+    if not _port_free(st.ports.mlflow):
+        raise ConfigError(f"port {st.ports.mlflow} is in use: give the stack another (--mlflow-port)")
+    artifacts = st.dir / "mlartifacts"
+    artifacts.mkdir(exist_ok=True)
+    exe = str(Path(sys.executable).parent / "mlflow")
+    cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(st.ports.mlflow), "--workers", "1",
+           "--backend-store-uri", st.db_url("mlflow"), "--artifacts-destination", str(artifacts)]  # fmt: skip
+    env = _child_env(st)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    proc = _spawn(st, "mlflow", cmd, env)
+    _wait("the MLflow server", lambda: _http_ok(f"{st.mlflow_uri}/health"), st.logs / "mlflow.log", 180, proc)
+    say(f"mlflow: tracking server at {st.mlflow_uri}, runs on Postgres, artifacts in {artifacts}")
+
+
+def _worker_up(st: Stack, say: Callable[[str], None]) -> None:
+    health = f"http://127.0.0.1:{st.ports.worker}/health"
+    if _alive(_read_pid(st.pidfile("worker"))) and _http_ok(health):
+        say(f"worker: already polling pool {POOL}")
+        return
+    if not _port_free(st.ports.worker):
+        raise ConfigError(f"port {st.ports.worker} is in use: give the stack another (--worker-port)")
+    env = {**_child_env(st), **st.client_env()}
+    exe = str(Path(sys.executable).parent / "prefect")
+    out = subprocess.run(
+        [exe, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        raise ConfigError(f"could not create the work pool {POOL}:\n{out.stdout}{out.stderr}")
+    env.update(PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1", PREFECT_WORKER_WEBSERVER_PORT=str(st.ports.worker))
+    proc = _spawn(st, "worker", [exe, "worker", "start", "--pool", POOL, "--with-healthcheck"], env)
+    _wait("the Prefect worker", lambda: _http_ok(health), st.logs / "worker.log", 120, proc)
+    say(f"worker: a process worker polls pool {POOL} (runs track to {st.mlflow_uri})")
+
+
+# -- commands ---------------------------------------------------------------------------------------------------------
+def _load(dir_: Path, ports: Ports | None) -> Stack:
+    """The stack in ``dir_``: its recorded ports unless new ones are given."""
+    if ports is None and (dir_ / "stack.json").exists():
+        ports = Ports(**json.loads((dir_ / "stack.json").read_text())["ports"])
+    return Stack(dir_.resolve(), ports or Ports())
+
+
+def up(dir_: Path, ports: Ports | None = None, say: Callable[[str], None] = print) -> Stack:
+    st = _load(dir_, ports)
+    st.dir.mkdir(parents=True, exist_ok=True)
+    st.logs.mkdir(exist_ok=True)
+    creds = st.dir / "credentials.env"
+    if not creds.exists():
+        creds.write_text(f"POSTGRES_PASSWORD={secrets.token_urlsafe(24)}\n")
+        creds.chmod(0o600)
+    if os.geteuid() == 0:  # the database's owner must reach its folder
+        st.dir.chmod(0o755)
+    st.state_file.write_text(json.dumps({"ports": asdict(st.ports)}, indent=2) + "\n")
+    start = time.time()
+    _postgres_up(st, say)
+    _prefect_up(st, say)
+    _mlflow_up(st, say)
+    _worker_up(st, say)
+    say(
+        f'stack up in {time.time() - start:.0f} s; point commands at it with: eval "$(rrhf stack env --dir {dir_})"'
+    )
+    return st
+
+
+def _stop_pid(st: Stack, name: str, timeout: float = 30) -> bool:
+    pid = _read_pid(st.pidfile(name))
+    if not _alive(pid):
+        st.pidfile(name).unlink(missing_ok=True)
+        return False
+    assert pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.time() + timeout
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.3)
+        with contextlib.suppress(ChildProcessError):  # reap it when it is our own child (started in-process)
+            os.waitpid(pid, os.WNOHANG)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    st.pidfile(name).unlink(missing_ok=True)
+    return True
+
+
+def down(dir_: Path, say: Callable[[str], None] = print) -> None:
+    st = _load(dir_, None)
+    if not st.dir.exists():
+        raise ConfigError(f"no stack in {st.dir}")
+    for name in ("worker", "mlflow", "prefect"):
+        say(f"{name}: {'stopped' if _stop_pid(st, name) else 'was not running'}")
+    if _pg_running(st):
+        out = subprocess.run(
+            [*_as_db_owner(), str(_pg_bindir() / "pg_ctl"), "-D", str(st.pgdata), "-m", "fast", "-w", "stop"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise ConfigError(f"PostgreSQL did not stop:\n{out.stdout}{out.stderr}")
+        say("postgres: stopped")
+    else:
+        say("postgres: was not running")
+    say(f"data kept in {st.dir} (`rrhf stack up` starts it again; delete the folder to start from nothing)")
+
+
+def status(dir_: Path) -> dict[str, dict[str, object]]:
+    st = _load(dir_, None)
+    health = {
+        "postgres": lambda: _pg_running(st),
+        "prefect": lambda: _http_ok(f"{st.prefect_api}/health"),
+        "mlflow": lambda: _http_ok(f"{st.mlflow_uri}/health"),
+        "worker": lambda: _http_ok(f"http://127.0.0.1:{st.ports.worker}/health"),
+    }
+    where = {
+        "postgres": f"127.0.0.1:{st.ports.postgres}",
+        "prefect": st.prefect_api,
+        "mlflow": st.mlflow_uri,
+        "worker": f"pool {POOL}",
+    }
+    out: dict[str, dict[str, object]] = {}
+    for name in COMPONENTS:
+        pid = _read_pid(st.pgdata / "postmaster.pid" if name == "postgres" else st.pidfile(name))
+        out[name] = {"pid": pid if _alive(pid) else None, "healthy": bool(health[name]()), "at": where[name]}
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="rrhf stack",
+        description="the production stack on this machine (PostgreSQL, Prefect server, MLflow server, a process "
+        "worker), all on 127.0.0.1; docker/compose.yaml is the same stack for docker",
+    )
+    p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.add_argument("--dir", type=Path, default=Path("runs/stack"), metavar="PATH",
+                   help="the stack's folder: databases, artifacts, logs, pid files (default: runs/stack)")  # fmt: skip
+    defaults = Ports()
+    for name in asdict(defaults):
+        p.add_argument(f"--{name}-port", type=int, metavar="PORT",
+                       help=f"{name} port (default: {getattr(defaults, name)}, or the one the stack was started with)")  # fmt: skip
+    a = p.parse_args(argv)
+    given = {n: getattr(a, f"{n}_port") for n in asdict(defaults)}
+    ports = None
+    if any(v is not None for v in given.values()):
+        base = _load(a.dir, None).ports
+        ports = Ports(**{n: v if v is not None else getattr(base, n) for n, v in given.items()})
+    if a.action == "up":
+        up(a.dir, ports)
+    elif a.action == "down":
+        down(a.dir)
+    elif a.action == "env":
+        st = _load(a.dir, ports)
+        for k, v in st.client_env().items():
+            print(f"export {k}={v}")
+    else:
+        report = status(a.dir)
+        for name, s in report.items():
+            state = "healthy" if s["healthy"] else ("running, not answering" if s["pid"] else "down")
+            print(f"{name:9s} {state:24s} pid {s['pid'] or '-':<8} {s['at']}")
+        return 0 if all(s["healthy"] for s in report.values()) else 1
+    return 0
