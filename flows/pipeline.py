@@ -108,7 +108,9 @@ def _round(config: PipelineConfig, work: Path, stages: str, uri: str, t0: float)
         eval_state = evaluate_task(eval_cfg, pid, return_state=True)
         report = eval_state.result(raise_on_failure=False) if eval_state.is_completed() else None
         # every trained model is registered as challenger; a failed evaluation never moves champion
-        promotion = promote_task(trained.model_dir, report, resolved.gate, resolved.registered_model, pid)
+        promotion = promote_task(
+            trained, report, resolved.gate, resolved.registered_model, pid, resolved.prompt_format
+        )
         if report is None:
             eval_state.result()  # re-raise the evaluation's error: the round failed
 

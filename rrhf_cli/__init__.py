@@ -31,24 +31,79 @@ def flag_kind(annotation: Any) -> str:
     return "yaml"
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, cls: Any) -> None:
+def metavar(annotation: Any) -> str:
+    """What a flag takes, for help: the choices of a Literal (``{cosine,linear,constant}``), else the type (``INT``,
+    ``FLOAT``, ``BOOL``, ``TEXT``, ``MAPPING``); an optional setting shows its type (``null`` unsets it)."""
+    origin, parts = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "{" + ",".join(str(p) for p in parts) + "}"
+    if origin is list:
+        return metavar(parts[0]) if parts else "TEXT"
+    if origin is dict:
+        return "MAPPING"
+    if parts:  # a union: X | None, list[str] | Literal[...]
+        shown = [metavar(p) for p in parts if p is not type(None)]
+        return shown[0] if len(shown) == 1 else "|".join(shown)
+    names = {bool: "BOOL", int: "INT", float: "FLOAT", str: "TEXT"}
+    return names.get(annotation, "VALUE")
+
+
+def _default_text(f: Any) -> str:
+    return "required" if f.is_required() else f"default: {f.get_default(call_default_factory=True)}"
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: Any, skip: tuple[str, ...] = ()) -> None:
     """A ``--kebab-name`` flag for every top-level field of a pydantic config that is not a section, help from its
-    description. List settings take the flag once per value (``--inputs a --inputs b``); text settings take the value
-    literally (``--output-dir "runs/exp #3"``)."""
+    description; the metavar shows the type or choices. List settings take the flag once per value
+    (``--inputs a --inputs b``); text settings take the value literally (``--output-dir "runs/exp #3"``)."""
     for name, f in cls.model_fields.items():
-        if isinstance(f.get_default(call_default_factory=True), BaseModel):
-            continue  # nested sections: set them with --set section.key=value
+        if name in skip or isinstance(f.get_default(call_default_factory=True), BaseModel):
+            continue  # nested sections: set them with --set section.key=value (listed in the epilog)
         kind = flag_kind(f.annotation)
-        default = "required" if f.is_required() else f"default: {f.get_default(call_default_factory=True)}"
         parser.add_argument(
             f"--{name.replace('_', '-')}",
             dest=f"cfg__{name}",
-            metavar="VALUE",
+            metavar=metavar(f.annotation),
             action="append" if kind == "list" else "store",
-            help=f"{f.description or ''} ({default}{'; repeat for several' if kind == 'list' else ''})".replace(
+            help=f"{f.description or ''} ({_default_text(f)}{'; repeat for several' if kind == 'list' else ''})".replace(
                 "%", "%%"
             ),
         )
+
+
+def _section_keys(section: BaseModel, prefix: str = "") -> list[str]:
+    keys = []
+    for k, sf in type(section).model_fields.items():
+        value = getattr(section, k)
+        if isinstance(value, BaseModel):
+            keys.extend(_section_keys(value, f"{prefix}{k}."))
+        elif not sf.is_required():
+            keys.append(f"{prefix}{k}={metavar(sf.annotation)} ({value})")
+    return keys
+
+
+def nested_keys(cls: Any) -> str:
+    """The ``--set`` keys of a config's sections, one paragraph per section: ``key=TYPE (default)``."""
+    import textwrap
+
+    out = []
+    for name, f in cls.model_fields.items():
+        section = f.get_default(call_default_factory=True)
+        if not isinstance(section, BaseModel):
+            continue
+        keys = ", ".join(_section_keys(section))
+        out.append(
+            textwrap.fill(
+                f"{name}: {keys}",
+                width=110,
+                initial_indent="  ",
+                subsequent_indent="      ",
+                break_on_hyphens=False,
+            )
+        )
+    if not out:
+        return ""
+    return "settings of the sections, given as --set SECTION.KEY=VALUE (type, default):\n" + "\n".join(out)
 
 
 def _list_items(value: str) -> list[Any]:
@@ -205,6 +260,20 @@ def cmd_train_rm(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from rrhf_cli.pipeline import print_evaluation
+    from rrhf_core.evaluation.config import EvalConfig
+    from rrhf_core.evaluation.evaluate import evaluate
+
+    cfg = _config(args, EvalConfig, "evaluation configuration")
+    report = evaluate(cfg, log=print).to_dict()
+    print()
+    print_evaluation(report)
+    out = Path(cfg.output_dir)
+    print(f"report: {out / 'eval_report.json'}  answers: {out / 'eval_samples.parquet'}")
+    return 0
+
+
 def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_cli.pipeline import run_pipeline
     from rrhf_core.pipeline import PipelineConfig, preflight
@@ -248,22 +317,30 @@ def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return run_demo(Path(args.workdir), steps=args.steps, seed=args.seed)
 
 
-def _settings_parser(sub: Any, name: str, text: str, cls: Any, func: Any) -> argparse.ArgumentParser:
-    """A subcommand whose settings come from --config FILE, then one flag per setting, then --set key=value."""
+def _settings_parser(
+    sub: Any, name: str, text: str, cls: Any, func: Any, skip: tuple[str, ...] = ()
+) -> argparse.ArgumentParser:
+    """A subcommand whose settings come from --config FILE, then one flag per setting, then --set key=value; its
+    epilog lists the nested keys."""
     t = sub.add_parser(
-        name, help=text, description=f"{text}. Settings: --config FILE, then flags, then --set key=value."
+        name,
+        help=text,
+        description=f"{text}. Settings: --config FILE, then flags, then --set key=value.",
+        epilog=nested_keys(cls).replace("%", "%%") or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     t.add_argument("--config", help="YAML file with settings (presets: configs/)")
     t.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. --set train.seed=1"
     )
-    _add_config_flags(t, cls)
+    _add_config_flags(t, cls, skip)
     t.set_defaults(func=func)
     return t
 
 
 def _add_stage_commands(sub: Any) -> None:
     from rrhf_core.data.config import BuildConfig, IngestConfig
+    from rrhf_core.evaluation.config import EvalConfig
     from rrhf_core.reward_model.config import RMTrainConfig
     from rrhf_core.sampling.config import SampleConfig
     from rrhf_core.scoring.config import ScoreConfig
@@ -276,10 +353,12 @@ def _add_stage_commands(sub: Any) -> None:
         ("build", BuildConfig, cmd_build, "join prompts, samples and scores into the listwise training set"),
         ("train", TrainConfig, cmd_train, "train a policy with the RRHF loss on a listwise training set"),
         ("train-rm", RMTrainConfig, cmd_train_rm, "train a reward model on preference pairs (Bradley-Terry)"),
+        ("evaluate", EvalConfig, cmd_evaluate, "a trained model against a baseline on held-out prompts: judge gain and win rate with CIs"),
     ]  # fmt: skip
     for name, cls, func, text in stages:
         t = _settings_parser(sub, name, text, cls, func)
-        t.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name != "evaluate":  # evaluation logs a line per model instead of a bar
+            t.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "train":
             t.add_argument(
                 "--nproc", type=int, default=1, help="processes to launch with torchrun (DDP; gloo on CPU)"
@@ -289,11 +368,21 @@ def _add_stage_commands(sub: Any) -> None:
 def _add_round_commands(sub: Any) -> None:
     from rrhf_core.pipeline import PipelineConfig
 
-    for name, text in (
-        ("pipeline", "run a whole RRHF round as a Prefect flow tracked in MLflow (embedded defaults)"),
-        ("retrain", "another RRHF round sampled from the current champion (iterative RRHF)"),
-    ):
-        _settings_parser(sub, name, text, PipelineConfig, cmd_pipeline)
+    _settings_parser(
+        sub,
+        "pipeline",
+        "run a whole RRHF round as a Prefect flow tracked in MLflow (embedded defaults)",
+        PipelineConfig,
+        cmd_pipeline,
+    )
+    _settings_parser(  # retrain always samples from the champion: no --from-champion to set
+        sub,
+        "retrain",
+        "another RRHF round sampled from the current champion (iterative RRHF)",
+        PipelineConfig,
+        cmd_pipeline,
+        skip=("from_champion",),
+    )
     losses = ["rrhf", "sft_best", "dpo", "simpo"]
     c = _settings_parser(
         sub,

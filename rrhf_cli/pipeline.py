@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from rrhf_core.pipeline import PipelineConfig
 
@@ -23,49 +24,13 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
     work = Path(cfg.workdir).resolve()
     print()
     print(f"RRHF round done in {time.perf_counter() - t0:.0f} s (pipeline time)")
-    judge = e["judge"] + ("  (the training reward itself)" if e["judge_is_training_reward"] else "")
-    lo, hi = e["reward_gain_ci"]
-    print(f"  held-out prompts: {e['prompts']}   judge: {judge}")
-    print(
-        f"  judge score: baseline {e['baseline']['reward_mean']:.4f} -> trained {e['candidate']['reward_mean']:.4f}"
-        f"  (gain {e['reward_gain']:+.4f}, 95 % CI {lo:+.4f}..{hi:+.4f})"
-    )
-    wlo, whi = e["win_rate_ci"]
-    print(
-        f"  win rate (ties half): {e['win_rate']:.3f} (95 % CI {wlo:.3f}..{whi:.3f}; "
-        f"{e['wins']} wins, {e['ties']} ties, {e['losses']} losses)"
-    )
-    b, c = e["baseline"], e["candidate"]
-    print(
-        f"  answers: {b['tokens_mean']:.1f} -> {c['tokens_mean']:.1f} tokens on average; empty "
-        f"{b.get('empty_share', 0.0):.0%} -> {c.get('empty_share', 0.0):.0%}"
-    )
-    if b.get("preference_accuracy") is not None and c.get("preference_accuracy") is not None:
-        clo, chi = c["preference_accuracy_ci"]
-        print(
-            f"  policy as reward model on {e['preference_pairs']} held-out human pairs: "
-            f"{b['preference_accuracy']:.3f} -> {c['preference_accuracy']:.3f} (95 % CI {clo:.3f}..{chi:.3f})"
-        )
+    print_evaluation(e)
     for name, rm in (summary.get("reward_models") or {}).items():
         acc = rm.get("held_out_accuracy")
         print(
             f"  reward model {name!r}: held-out pair accuracy {acc:.3f}" if acc is not None else f"  {name}"
         )
-    if e.get("baseline_best_of_k") is not None:
-        print(f"  baseline best-of-{e['best_of_k']} by the judge: {e['baseline_best_of_k']:.4f}")
-    for spec, value in e["candidate"]["also"].items():
-        print(f"  {spec}: baseline {e['baseline']['also'][spec]:.4f} -> trained {value:.4f}")
-    if not e["judge_is_training_reward"]:
-        tlo, thi = e["training_reward_gain_ci"]
-        print(
-            f"  training reward ({e['reward']}): gain {e['training_reward_gain']:+.4f} (95 % CI {tlo:+.4f}..{thi:+.4f})"
-        )
-    if e.get("gap_recovered") is not None:
-        print(
-            f"  best-of-n ceiling {e['best_of_n_ceiling']:.4f}: the trained model recovered "
-            f"{100 * e['gap_recovered']:.0f} % of the gap from the baseline"
-        )
-    verdict = "promoted to champion" if p["promoted"] else "not promoted (champion kept)"
+    verdict = "promoted to champion" if p["promoted"] else "not promoted"
     print(f"  model version {p['version']} of '{cfg.registered_model}': challenger, {verdict}")
     print(f"    gate: {'; '.join(p['decision']['reasons'])}")
     print()
@@ -101,3 +66,45 @@ def run_compare(cfg: PipelineConfig, losses: list[str]) -> int:
         )
     print(f"  table: {Path(cfg.workdir).resolve() / 'last_comparison.json'}")
     return 0
+
+
+def print_evaluation(e: dict[str, Any]) -> None:
+    """What a person wants to know of an evaluation report (``EvalReport.to_dict()``): judge, gain with CI, win rate,
+    answer lengths, preference accuracy, best-of-k, the other rewards."""
+    judge = e["judge"] + ("  (the training reward itself)" if e["judge_is_training_reward"] else "")
+    lo, hi = e["reward_gain_ci"]
+    print(f"  held-out prompts: {e['prompts']}   judge: {judge}")
+    print(
+        f"  judge score: baseline {e['baseline']['reward_mean']:.4f} -> trained {e['candidate']['reward_mean']:.4f}"
+        f"  (gain {e['reward_gain']:+.4f}, 95 % CI {lo:+.4f}..{hi:+.4f})"
+    )
+    wlo, whi = e["win_rate_ci"]
+    print(
+        f"  win rate (ties half): {e['win_rate']:.3f} (95 % CI {wlo:.3f}..{whi:.3f}; "
+        f"{e['wins']} wins, {e['ties']} ties, {e['losses']} losses)"
+    )
+    b, c = e["baseline"], e["candidate"]
+    print(
+        f"  answers: {b['tokens_mean']:.1f} -> {c['tokens_mean']:.1f} tokens on average; empty "
+        f"{b.get('empty_share', 0.0):.0%} -> {c.get('empty_share', 0.0):.0%}"
+    )
+    if b.get("preference_accuracy") is not None and c.get("preference_accuracy") is not None:
+        clo, chi = c["preference_accuracy_ci"]
+        print(
+            f"  policy as reward model on {e['preference_pairs']} held-out human pairs: "
+            f"{b['preference_accuracy']:.3f} -> {c['preference_accuracy']:.3f} (95 % CI {clo:.3f}..{chi:.3f})"
+        )
+    if e.get("baseline_best_of_k") is not None:
+        print(f"  baseline best-of-{e['best_of_k']} by the judge: {e['baseline_best_of_k']:.4f}")
+    for spec, value in e["candidate"]["also"].items():
+        print(f"  {spec}: baseline {e['baseline']['also'][spec]:.4f} -> trained {value:.4f}")
+    if not e["judge_is_training_reward"]:
+        tlo, thi = e["training_reward_gain_ci"]
+        print(
+            f"  training reward ({e['reward']}): gain {e['training_reward_gain']:+.4f} (95 % CI {tlo:+.4f}..{thi:+.4f})"
+        )
+    if e.get("gap_recovered") is not None:
+        print(
+            f"  best-of-n ceiling {e['best_of_n_ceiling']:.4f}: the trained model recovered "
+            f"{100 * e['gap_recovered']:.0f} % of the gap from the baseline"
+        )

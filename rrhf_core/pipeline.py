@@ -155,6 +155,9 @@ class Built(StageResult):
 
 class Trained(StageResult):
     model_dir: str
+    run_id: str | None = Field(
+        None, description="The tracking run that trained it (the registered version's source)."
+    )
 
 
 class RewardTrained(StageResult):

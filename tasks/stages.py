@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import mlflow
 import pyarrow.parquet as pq
+from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from pydantic import BaseModel
@@ -182,9 +183,21 @@ def score_task(cfg: ScoreConfig, stages: str | None, parent: str | None) -> Scor
     def work(cfg: ScoreConfig, run: Any) -> Scored:
         r = score(cfg, progress=False, on_progress=StageProgress("score", "responses"))
         mlflow.set_tag("reward_model", r.reward_id)
+        for i, path in enumerate(cfg.samples):
+            log_parquet_input(path, "samples", name=f"samples{i}" if len(cfg.samples) > 1 else None)
         rewards = read_scores([r.scores_path])
-        mlflow.log_figure(
-            plots.rewards_by_source(read_samples(cfg.samples), rewards), "rewards_by_source.png"
+        samples = read_samples(cfg.samples)
+        mlflow.log_figure(plots.rewards_by_source(samples, rewards), "rewards_by_source.png")
+        head = [s for s in samples if s["response_id"] in rewards][:200]
+        mlflow.log_table(
+            {
+                "prompt_id": [s["prompt_id"] for s in head],
+                "source": [s["source"] for s in head],
+                "reward": [rewards[s["response_id"]] for s in head],
+                "num_tokens": [s["num_tokens"] for s in head],
+                "text": [s["text"] for s in head],
+            },
+            "scored_samples_head.json",
         )
         metrics = {
             "responses": r.responses,
@@ -280,7 +293,12 @@ def train_task(cfg: TrainConfig, stages: str | None, parent: str | None) -> Trai
         mlflow.log_figure(plots.training_curves(read_metrics(out / "metrics.jsonl")), "training_curves.png")
         mlflow.log_artifact(str(out / "train_summary.json"))
         final = {f"final_{k}": v for k, v in numeric(r.summary.get("final") or {}).items()}
-        return Trained(folder=str(out), model_dir=str(r.model_dir), metrics={"steps": r.steps, **final})
+        return Trained(
+            folder=str(out),
+            model_dir=str(r.model_dir),
+            run_id=run.info.run_id,
+            metrics={"steps": r.steps, **final},
+        )
 
     inputs = {"data": file_digest(cfg.data), "model": model_fingerprint(cfg.model)}
     return reuse_or_run("train", cfg, inputs, stages, parent, work, Trained)
@@ -334,6 +352,7 @@ def train_rm_task(cfg: RMTrainConfig, stages: str | None, parent: str | None) ->
 def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
     """Candidate vs baseline on the held-out prompts (always run: the baseline may have changed)."""
     with stage_run("evaluate", parent, cfg.model_dump()):
+        log_parquet_input(cfg.prompts, "evaluation")
         report = evaluate(cfg, log=get_run_logger().info).to_dict()
         mlflow.set_tags(
             {"judge": report["judge"], "judge_is_training_reward": report["judge_is_training_reward"]}
@@ -369,16 +388,27 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
 
 @task(name="register-and-promote", retries=1, retry_condition_fn=transient)
 def promote_task(
-    model_dir: str, report: dict[str, Any] | None, gate: GateConfig, name: str, parent: str | None
+    trained: Trained,
+    report: dict[str, Any] | None,
+    gate: GateConfig,
+    name: str,
+    parent: str | None,
+    prompt_format: str = "chat",
 ) -> dict[str, Any]:
-    """Register the model as challenger (once per model content, so a retry registers nothing twice); move
-    champion only if the gate passes."""
+    """Register the model as challenger (once per model content, so a retry registers nothing twice), logged in its
+    training run (the version's source run); move champion only if the gate passes. The round's run is tagged
+    with the registered version and the decision."""
     with stage_run("register", parent, {"registered_model": name, **gate.model_dump()}):
-        version = registry.register(model_dir, name)
+        version = registry.register(
+            trained.model_dir, name, source_run_id=trained.run_id, prompt_format=prompt_format
+        )
         decision = decide(report, gate)
         promoted = registry.record_decision(name, version, decision)
         mlflow.log_dict(decision.to_dict(), "decision.json")
         mlflow.log_metrics({f"gate.{k}": v for k, v in decision.numbers.items()})
+    if parent:
+        MlflowClient().set_tag(parent, "rrhf.registered_model", f"{name} v{version}")
+        MlflowClient().set_tag(parent, "rrhf.promotion", "promoted" if promoted else "rejected")
     create_table_artifact(
         key="promotion",
         table=[{"version": version, "promoted": promoted, "reasons": "; ".join(decision.reasons)}],

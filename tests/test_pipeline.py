@@ -70,9 +70,28 @@ def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
     assert "loss" in runs["train"][0].data.metrics and "win_rate" in runs["evaluate"][0].data.metrics
     from mlflow.tracking import MlflowClient
 
-    mv = MlflowClient().get_model_version_by_alias("tiny-policy", "challenger")
+    client = MlflowClient()
+    mv = client.get_model_version_by_alias("tiny-policy", "challenger")
     assert str(mv.version) == summary["promotion"]["version"]
     assert mv.tags["rrhf.promotion"] in ("promoted", "rejected") and "judge gain" in mv.description
+    assert mv.run_id == runs["train"][0].info.run_id  # the version's source is the run that trained it
+    round_tags = client.get_run(parent).data.tags  # the round lists what it registered
+    assert round_tags["rrhf.registered_model"] == f"tiny-policy v{mv.version}"
+    assert round_tags["rrhf.promotion"] == mv.tags["rrhf.promotion"]
+
+    def contexts(stage: str) -> set[str]:
+        run = client.get_run(runs[stage][0].info.run_id)
+        return {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+
+    assert "samples" in contexts("score") and "evaluation" in contexts("evaluate")
+    scored = client.list_artifacts(runs["score"][0].info.run_id)
+    assert "scored_samples_head.json" in {a.path for a in scored}  # the samples beside their rewards
+    table = json.loads(
+        Path(
+            client.download_artifacts(runs["score"][0].info.run_id, "scored_samples_head.json", str(tmp_path))
+        ).read_text()
+    )
+    assert {"prompt_id", "source", "reward", "text"} <= set(table["columns"])
 
 
 def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, tmp_path, tiny_model_dir):
@@ -80,6 +99,7 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
     from mlflow.tracking import MlflowClient
 
     from rrhf_core.evaluation.promotion import GateConfig
+    from rrhf_core.pipeline import Trained
     from tasks.stages import promote_task
     from tasks.tracking import configure
 
@@ -101,15 +121,26 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
         (folder / "note.txt").write_text(tag)
         return str(folder)
 
+    def trained(folder: str) -> Trained:
+        return Trained(folder=folder, model_dir=folder)
+
     gate = GateConfig()
     with mlflow.start_run() as run:
         rid = run.info.run_id
-        better = promote_task.fn(model_copy("better"), report(1.0, 0.5, 0.8), gate, "gate-test", rid)
-        worse = promote_task.fn(model_copy("worse"), report(0.2, 1.0, 0.1), gate, "gate-test", rid)
-        failed = promote_task.fn(model_copy("failed"), None, gate, "gate-test", rid)
-        retried = promote_task.fn(str(tmp_path / "model-failed"), None, gate, "gate-test", rid)
+        first = promote_task.fn(trained(model_copy("first")), report(0.2, 1.0, 0.1), gate, "gate-test", rid)
+        better = promote_task.fn(trained(model_copy("better")), report(1.0, 0.5, 0.8), gate, "gate-test", rid)
+        worse = promote_task.fn(trained(model_copy("worse")), report(0.2, 1.0, 0.1), gate, "gate-test", rid)
+        failed = promote_task.fn(trained(model_copy("failed")), None, gate, "gate-test", rid)
+        retried = promote_task.fn(trained(str(tmp_path / "model-failed")), None, gate, "gate-test", rid)
     assert retried["version"] == failed["version"]  # a retried registration registers nothing twice
     client = MlflowClient()
+    # a version's description speaks of a champion only when there is one
+    assert client.get_model_version("gate-test", first["version"]).description.startswith(
+        "not promoted (there is no champion yet)"
+    )
+    assert client.get_model_version("gate-test", worse["version"]).description.startswith(
+        "keep the current champion"
+    )
     assert better["promoted"] and not worse["promoted"] and not failed["promoted"]
     assert str(client.get_model_version_by_alias("gate-test", "champion").version) == better["version"]
     assert str(client.get_model_version_by_alias("gate-test", "challenger").version) == failed["version"]

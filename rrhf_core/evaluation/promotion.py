@@ -49,8 +49,14 @@ class Decision:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def summary(self) -> str:
-        verdict = "PROMOTE to champion" if self.promote else "keep the current champion"
+    def summary(self, has_champion: bool = True) -> str:
+        """One line for the model version's description; ``has_champion``: whether the registry has one to keep."""
+        if self.promote:
+            verdict = "PROMOTE to champion"
+        else:
+            verdict = (
+                "keep the current champion" if has_champion else "not promoted (there is no champion yet)"
+            )
         return f"{verdict}: " + "; ".join(self.reasons)
 
 

@@ -1,0 +1,61 @@
+"""The registered policy as an MLflow pyfunc chat model (logged as code: MLflow copies this file into the model).
+
+Input: rows with ``messages``, a chat (``[{"role": "user", "content": "..."}]``); params ``max_new_tokens``
+(default 128), ``temperature`` (0 = greedy, the default) and ``top_p``. Each chat is rendered exactly as training
+rendered prompts (the tokenizer's chat template with the generation prompt, or HH text for ``prompt_format: hh``,
+from the model config) and only the new tokens are decoded, so the answer never echoes the prompt. Output: one
+answer string per row.
+
+    mlflow models serve -m models:/rrhf-policy@champion --env-manager local -p 5001
+    curl -s localhost:5001/invocations -H 'Content-Type: application/json' -d \
+      '{"dataframe_records": [{"messages": [{"role": "user", "content": "Hi"}]}], "params": {"max_new_tokens": 32}}'
+
+This module is only ever loaded by MLflow (it registers the model object on import); import nothing from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+from rrhf_core.serving import ARTIFACT, DEFAULT_PARAMS, answer, chats, render
+
+
+class ChatModel(PythonModel):
+    def load_context(self, context: Any) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = context.artifacts[ARTIFACT]
+        self.torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.prompt_format = (context.model_config or {}).get("prompt_format", "chat")
+
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # MLflow reads hints as a schema
+        p = {**DEFAULT_PARAMS, **(params or {})}
+        greedy = float(p["temperature"]) <= 0
+        sampling = {} if greedy else {"temperature": float(p["temperature"]), "top_p": float(p["top_p"])}
+        out = []
+        for chat in chats(model_input):
+            enc = self.tokenizer(
+                render(self.tokenizer, chat, self.prompt_format),
+                return_tensors="pt",
+                add_special_tokens=False,
+            )
+            with self.torch.no_grad():
+                ids = self.model.generate(
+                    **enc,
+                    max_new_tokens=int(p["max_new_tokens"]),
+                    do_sample=not greedy,
+                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    **sampling,
+                )
+            new = ids[0, enc["input_ids"].shape[1] :]
+            out.append(answer(self.tokenizer.decode(new, skip_special_tokens=True), self.prompt_format))
+        return out
+
+
+mlflow.models.set_model(ChatModel())
