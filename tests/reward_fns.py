@@ -1,6 +1,8 @@
 """Reward functions used by the tests through the `module:function` reward backend."""
 
 import math
+import os
+import time
 
 
 def count_a(messages, response):
@@ -37,3 +39,15 @@ def as_list(messages, response):
 
 def as_inf(messages, response):
     return math.inf
+
+
+_calls = 0
+
+
+def stalls_after_100(messages, response):
+    """``checksum``, but with RRHF_TEST_STALL set the 101st call hangs (a scoring run to kill mid-way)."""
+    global _calls
+    _calls += 1
+    if os.environ.get("RRHF_TEST_STALL") and _calls > 100:
+        time.sleep(600)
+    return float(sum(map(ord, response)) % 97)

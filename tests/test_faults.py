@@ -137,3 +137,58 @@ def test_the_temporary_prefect_server_does_not_outlive_a_killed_command(tmp_path
     while _alive(server) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _alive(server), "the temporary Prefect server outlived the killed command"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_pipeline_killed_in_training_reruns_reusing_its_data_stages_and_resuming_training(
+    tmp_path, tiny_model_dir
+):
+    """`rrhf pipeline` killed with -9 while it trains: the rerun (same command) reuses ingest, sample, score and
+    build, resumes training from the last checkpoint, marks the killed MLflow runs FAILED and finishes."""
+    import json
+
+    import mlflow
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"write some letters, case {i}"}) + "\n" for i in range(12))
+    )
+    work = tmp_path / "w"
+    command = [sys.executable, "-m", "rrhf_cli", "pipeline", "--workdir", str(work), "--prompts", str(prompts),
+               "--policy", str(tiny_model_dir), "--reward", "reward_fns:checksum", "--registered-model", "killed",
+               "--set", "ingest.eval_share=0.25", "--set", "sample.backend=hf", "--set", "sample.k=3",
+               "--set", "sample.max_new_tokens=8", "--set", "sample.dtype=fp32", "--set", "train.bf16=off",
+               "--set", "train.max_steps=150", "--set", "train.checkpoint_every=10", "--set", "train.max_length=96",
+               "--set", "train.max_response_tokens=16", "--set", "train.micro_batch_size=2",
+               "--set", "train.grad_accum=1", "--set", "evaluate.max_new_tokens=8",
+               "--set", "evaluate.dtype=fp32", "--set", "evaluate.preference_accuracy=false"]  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PREFECT_API_URL": "",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "PREFECT_HOME": str(tmp_path / "prefect-home")}  # fmt: skip
+    log = (tmp_path / "killed.log").open("w")
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not list(work.glob("stages/train-*/checkpoints/step-*/trainer_state.json")):
+        assert first.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "training did not checkpoint within 10 minutes"
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    done = {p.parent.name: p.stat().st_mtime_ns for p in work.glob("stages/*/_DONE")}
+    assert {n.split("-")[0] for n in done} == {"ingest", "sample", "score", "build"}  # training was not done
+
+    rerun = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    summary = json.loads((work / "last_summary.json").read_text())
+    assert sorted(summary["reused"]) == ["build", "ingest", "sample", "score"]
+    after = {p.parent.name: p.stat().st_mtime_ns for p in work.glob("stages/*/_DONE")}
+    assert all(after[name] == stamp for name, stamp in done.items())  # nothing sampled or scored again
+    train = json.loads((Path(summary["model_dir"]).parent / "train_summary.json").read_text())
+    assert train["resumed_from"] >= 10 and train["resumed_from"] % 10 == 0 and train["steps"] == 150
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["rrhf"], output_format="list")
+    killed = [r for r in runs if r.data.tags.get("rrhf.reaped")]
+    assert {r.data.tags.get("rrhf.stage", r.info.run_name) for r in killed} >= {"rrhf-round", "train"}
+    assert all(r.info.status == "FAILED" for r in killed)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    print(f"killed at step {train['resumed_from']}+; reused {summary['reused']}")

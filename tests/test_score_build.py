@@ -245,3 +245,37 @@ def test_conflicting_rewards_for_one_response_are_refused_and_outputs_are_readab
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(os.stat(a).st_mode) == 0o666 & ~umask  # like any other file, not mkstemp's 0600
+
+
+@pytest.mark.integration
+def test_killed_scoring_keeps_what_it_scored_and_the_rerun_scores_only_the_rest(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    texts = {f"prompt {p}": [(f"answer {p}-{i}", "policy:m") for i in range(20)] for p in range(10)}
+    prompts, samples = _setup(tmp_path, texts)  # 200 distinct responses: chunks of 64 with batch_size 1
+    cfg = ScoreConfig(samples=[str(samples)], prompts=str(prompts), output_dir=str(tmp_path / "score"),
+                      reward="reward_fns:stalls_after_100", cache_path=str(tmp_path / "cache.sqlite"),
+                      batch_size=1)  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import json, sys\nfrom rrhf_core.scoring.config import ScoreConfig\n"
+         "from rrhf_core.scoring.stage import score\n"
+         "score(ScoreConfig(**json.loads(sys.argv[1])), progress=False,\n"
+         "      on_progress=lambda done, total: print('DONE', done, flush=True))",
+         cfg.model_dump_json()],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent,
+        env={**os.environ, "RRHF_TEST_STALL": "1", "PYTHONPATH": os.pathsep.join(sys.path)},
+    )  # fmt: skip
+    assert child.stdout is not None
+    assert child.stdout.readline().split() == ["DONE", "64"]  # the first chunk is scored and cached ...
+    child.send_signal(signal.SIGKILL)  # ... and the second hangs at its 37th response: kill -9
+    child.wait()
+    assert not (tmp_path / "score" / "scores.parquet").exists()  # no partial output
+
+    again = score(cfg, progress=False)
+    assert (again.unique_pairs, again.cached, again.scored_now) == (200, 64, 136)
+    fresh = score(cfg.model_copy(update={"cache_path": str(tmp_path / "fresh.sqlite"),
+                                         "output_dir": str(tmp_path / "fresh")}), progress=False)  # fmt: skip
+    assert pq.read_table(again.scores_path).to_pylist() == pq.read_table(fresh.scores_path).to_pylist()
