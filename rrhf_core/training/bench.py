@@ -3,6 +3,10 @@
     rrhf bench train-step [--model M] [--ks 2 4 6 8] [--steps 3] [--json]
     python -m rrhf_core.training.bench ...            # the same, with only torch and transformers needed (GPU script)
 
+``--model random:smollm2-135m`` or ``random:llama-1b`` benchmarks a randomly initialised Llama of that shape (no
+weights, no tokenizer, no network: what a GPU machine without model files can run); step time and memory depend on
+the shape only.
+
 Both steps score the same HH-shaped batches (one prompt of 120-180 tokens with k responses of 40-80 tokens: prompts
 2-3x longer than responses, as in HH) with the RRHF loss and run backward:
 
@@ -67,8 +71,10 @@ def reference_step(
     pad: int,
     device: torch.device,
     bf16: bool,
+    record: list[Any] | None = None,
 ) -> int:
-    """The reference code's computation: k padded (query + response) rows, full log_softmax."""
+    """The reference code's computation: k padded (query + response) rows, full log_softmax. ``record`` receives the
+    loss output (scores included), for equivalence checks."""
     from rrhf_core.training.loss import rrhf_loss
 
     rows = [prompt + r for r in responses]
@@ -91,6 +97,8 @@ def reference_step(
         1,
     )
     out.loss.sum().backward()
+    if record is not None:
+        record.append(out)
     return int(ids.numel())
 
 
@@ -102,7 +110,9 @@ def project_step(
     pad: int,
     device: torch.device,
     bf16: bool,
+    record: list[Any] | None = None,
 ) -> int:
+    """This project's step: the prompt once for all k responses (block mask), scored positions' log-probs only."""
     from rrhf_core.training.collate import EncodedExample, collate_shared
     from rrhf_core.training.loss import rrhf_loss_from_sums, segment_logprobs
 
@@ -112,19 +122,67 @@ def project_step(
     sums, lengths = segment_logprobs(token_logps, batch.resp, len(responses))
     out = rrhf_loss_from_sums(sums, lengths, batch.rewards, batch.group, 1)
     out.loss.sum().backward()
+    if record is not None:
+        record.append(out)
     return int(batch.input_ids.numel())
+
+
+# Llama shapes for random-initialised benchmarks: SmolLM2-135M's and Llama-3.2-1B's (hidden, intermediate, layers,
+# heads, kv heads, vocabulary; tied embeddings)
+RANDOM_SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "smollm2-135m": (576, 1536, 30, 9, 3, 49152),
+    "llama-1b": (2048, 8192, 16, 32, 8, 128256),
+}
+
+
+def random_config(shape: str) -> Any:
+    """The ``LlamaConfig`` of ``random:<shape>``."""
+    from transformers import LlamaConfig
+
+    if shape not in RANDOM_SHAPES:
+        raise ValueError(f"unknown random shape {shape!r}; known: {', '.join(RANDOM_SHAPES)}")
+    hidden, inter, layers, heads, kv, vocab = RANDOM_SHAPES[shape]
+    return LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        vocab_size=vocab,
+        tie_word_embeddings=True,
+        max_position_embeddings=2048,
+        pad_token_id=0,
+    )
+
+
+def random_model(shape: str) -> tuple[Any, int, int]:
+    """``(model, vocabulary size, pad id)`` for ``random:<shape>``: a Llama of that shape, seeded, fp32."""
+    from transformers import LlamaForCausalLM
+
+    config = random_config(shape)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config), config.vocab_size, 0
+
+
+def load_for_bench(model_name: str, cache_dir: str | None) -> tuple[Any, int, int]:
+    """``(model, vocabulary size, pad id)`` of a model id/folder or of ``random:<shape>``."""
+    if model_name.startswith("random:"):
+        return random_model(model_name.removeprefix("random:"))
+    from rrhf_core.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(model_name, cache_dir)
+    return load_causal_lm(model_name, cache_dir), len(tok), tok.pad_token_id
 
 
 def run_case(
     model_name: str, method: str, k: int, steps: int, bf16: bool, cache_dir: str | None
 ) -> dict[str, Any]:
     """One (method, k) case in this process: median step time, throughput, peak memory, FLOP rate."""
-    from rrhf_core.models import load_causal_lm, load_tokenizer
     from rrhf_core.training.prefix import PrefixSharedLM
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tok = load_tokenizer(model_name, cache_dir)
-    model = load_causal_lm(model_name, cache_dir).to(device)
+    model, vocab, pad_id = load_for_bench(model_name, cache_dir)
+    model = model.to(device)
     model.train()
     params = sum(p.numel() for p in model.parameters())
     scorer = PrefixSharedLM(model) if method == "project" else model
@@ -133,12 +191,12 @@ def run_case(
         torch.cuda.reset_peak_memory_stats()
     times, logical, processed = [], 0, 0
     for step in range(steps + 1):  # the first step warms up
-        prompt, responses, rewards = hh_shaped(k, len(tok), seed=step)
+        prompt, responses, rewards = hh_shaped(k, vocab, seed=step)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn = project_step if method == "project" else reference_step
-        processed = fn(scorer, prompt, responses, rewards, tok.pad_token_id, device, bf16)
+        processed = fn(scorer, prompt, responses, rewards, pad_id, device, bf16)
         if device.type == "cuda":
             torch.cuda.synchronize()
         model.zero_grad(set_to_none=True)
@@ -235,7 +293,11 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rrhf bench train-step", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    ap.add_argument(
+        "--model",
+        default="embedded:smollm2-135m-instruct",
+        help="a model id or folder, or random:smollm2-135m / random:llama-1b (random weights of that shape)",
+    )
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 6, 8])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast")
