@@ -72,7 +72,9 @@ def registered(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
     root = tmp_path_factory.mktemp("serving")
     uri = f"sqlite:///{root / 'mlflow.db'}"
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     mlflow.set_experiment("serving")
     with mlflow.start_run(run_name="train") as train_run:
         pass
@@ -80,7 +82,8 @@ def registered(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         version = registry.register(smollm2_dir, "rrhf-policy", source_run_id=train_run.info.run_id)
     mlflow.MlflowClient().set_registered_model_alias("rrhf-policy", "champion", version)
     yield uri, "rrhf-policy", train_run.info.run_id
-    mlflow.set_tracking_uri(None)
+    mlflow.set_tracking_uri(before[0])  # what the session had, for the tests after this module
+    mlflow.set_registry_uri(before[1])
 
 
 @pytest.mark.integration

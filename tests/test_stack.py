@@ -127,7 +127,7 @@ def test_the_pipeline_deployment_runs_on_the_postgres_backed_stack(round_on_stac
     st, summary, flow_run_id = round_on_stack
     assert summary["promotion"]["version"] == "1" and summary["promotion"]["promoted"]
     # the round was tracked by the MLflow server, and its runs and the registry live in PostgreSQL
-    client = MlflowClient(st.mlflow_uri)
+    client = MlflowClient(st.mlflow_uri, registry_uri=st.mlflow_uri)  # not a registry an earlier test set
     assert client.get_model_version_by_alias("stack-policy", "champion").version == "1"
     conn = psycopg2.connect(st.db_url("mlflow"))
     with conn.cursor() as cur:
@@ -151,7 +151,7 @@ def test_the_uis_show_the_round_in_a_real_browser(round_on_stack):
     from playwright.sync_api import expect, sync_playwright
 
     st, summary, flow_run_id = round_on_stack
-    client = MlflowClient(st.mlflow_uri)
+    client = MlflowClient(st.mlflow_uri, registry_uri=st.mlflow_uri)  # not a registry an earlier test set
     parent = client.get_run(summary["mlflow_run_id"])
     exp = parent.info.experiment_id
     children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
