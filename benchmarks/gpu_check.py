@@ -114,10 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         section(report, "bench_llama_1b", bench, "llama-1b", ks, steps)
     attns = ["sdpa"] + (["flash_attention_2"] if report["environment"].get("flash_attn") else [])
-    report["prefix_sharing"] = []
     for attn in attns:
-        section(report, "_ps", prefix_sharing, 2 if args.quick else 6, attn)
-        report["prefix_sharing"].append(report.pop("_ps"))
+        section(report, f"prefix_sharing_{attn}", prefix_sharing, 2 if args.quick else 6, attn)
     report["not_covered"] = [
         "FSDP and DDP steps on one GPU: train.strategy fsdp is not built yet (issue 13, item 1)",
         "tests marked gpu: none written yet; pytest is not on the GPU machine",

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rrhf_cli.reaper import _alive
 from rrhf_core.errors import ConfigError
 
 DB_USER = "rrhf"
@@ -139,18 +140,6 @@ def _port_free(port: int) -> bool:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
-    return True
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -285,12 +274,19 @@ def _pg_running(st: Stack) -> bool:
     return _alive(pid)
 
 
+def _already_up(st: Stack, name: str, health: str, port: int, where: str, say: Callable[[str], None]) -> bool:
+    """True when the stack's ``name`` runs and answers ``health``; else its port must be free (or a clear error)."""
+    if _alive(_read_pid(st.pidfile(name))) and _http_ok(health):
+        say(f"{name}: already running at {where}")
+        return True
+    if not _port_free(port):
+        raise ConfigError(f"port {port} is in use: give the stack another (--{name}-port)")
+    return False
+
+
 def _prefect_up(st: Stack, say: Callable[[str], None]) -> None:
-    if _alive(_read_pid(st.pidfile("prefect"))) and _http_ok(f"{st.prefect_api}/health"):
-        say(f"prefect: already running at {st.prefect_api}")
+    if _already_up(st, "prefect", f"{st.prefect_api}/health", st.ports.prefect, st.prefect_api, say):
         return
-    if not _port_free(st.ports.prefect):
-        raise ConfigError(f"port {st.ports.prefect} is in use: give the stack another (--prefect-port)")
     env = _child_env(st)
     env["PREFECT_API_DATABASE_CONNECTION_URL"] = st.db_url("prefect", "postgresql+asyncpg")
     # the UI asks this address for its data (by default the one on port 4200, whatever port the server has)
@@ -305,11 +301,8 @@ def _prefect_up(st: Stack, say: Callable[[str], None]) -> None:
 
 
 def _mlflow_up(st: Stack, say: Callable[[str], None]) -> None:
-    if _alive(_read_pid(st.pidfile("mlflow"))) and _http_ok(f"{st.mlflow_uri}/health"):
-        say(f"mlflow: already running at {st.mlflow_uri}")
+    if _already_up(st, "mlflow", f"{st.mlflow_uri}/health", st.ports.mlflow, st.mlflow_uri, say):
         return
-    if not _port_free(st.ports.mlflow):
-        raise ConfigError(f"port {st.ports.mlflow} is in use: give the stack another (--mlflow-port)")
     artifacts = st.dir / "mlartifacts"
     artifacts.mkdir(exist_ok=True)
     exe = str(Path(sys.executable).parent / "mlflow")
@@ -324,11 +317,8 @@ def _mlflow_up(st: Stack, say: Callable[[str], None]) -> None:
 
 def _worker_up(st: Stack, say: Callable[[str], None]) -> None:
     health = f"http://127.0.0.1:{st.ports.worker}/health"
-    if _alive(_read_pid(st.pidfile("worker"))) and _http_ok(health):
-        say(f"worker: already polling pool {POOL}")
+    if _already_up(st, "worker", health, st.ports.worker, f"pool {POOL}", say):
         return
-    if not _port_free(st.ports.worker):
-        raise ConfigError(f"port {st.ports.worker} is in use: give the stack another (--worker-port)")
     env = {**_child_env(st), **st.client_env()}
     exe = str(Path(sys.executable).parent / "prefect")
     out = subprocess.run(

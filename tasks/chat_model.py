@@ -50,7 +50,11 @@ class ChatModel(PythonModel):
                     **enc,
                     max_new_tokens=int(p["max_new_tokens"]),
                     do_sample=not greedy,
-                    pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                    pad_token_id=(
+                        self.tokenizer.eos_token_id
+                        if self.tokenizer.pad_token_id is None
+                        else self.tokenizer.pad_token_id
+                    ),
                     **sampling,
                 )
             new = ids[0, enc["input_ids"].shape[1] :]

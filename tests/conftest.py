@@ -143,3 +143,24 @@ def learnable_set(tmp_path: Path) -> Path:
     path = tmp_path / "learnable.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in learnable_records()))
     return path
+
+
+def tiny_round(workdir: Path, prompts: Path, model: Path, registered_model: str) -> dict:
+    """Pipeline parameters (as a deployment takes them) for a seconds-long round on the tiny model."""
+    return {
+        "workdir": str(workdir),
+        "prompts": [str(prompts)],
+        "policy": str(model),
+        "reward": "reward_fns:checksum",
+        "registered_model": registered_model,
+        "sample": {"backend": "hf", "k": 3, "max_new_tokens": 8, "temperature": 1.0, "dtype": "fp32"},
+        "train": {
+            "max_steps": 2,
+            "micro_batch_size": 2,
+            "grad_accum": 1,
+            "max_length": 96,
+            "max_response_tokens": 16,
+            "bf16": "off",
+        },
+        "evaluate": {"max_new_tokens": 8},
+    }

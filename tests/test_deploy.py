@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_round
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -105,23 +107,7 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
             tmp_path / "worker.log",
         )
         work = tmp_path / "w"
-        config = {
-            "workdir": str(work),
-            "prompts": [str(_prompts(tmp_path))],
-            "policy": str(tiny_model_dir),
-            "reward": "reward_fns:checksum",
-            "registered_model": "deployed-policy",
-            "sample": {"backend": "hf", "k": 3, "max_new_tokens": 8, "temperature": 1.0, "dtype": "fp32"},
-            "train": {
-                "max_steps": 2,
-                "micro_batch_size": 2,
-                "grad_accum": 1,
-                "max_length": 96,
-                "max_response_tokens": 16,
-                "bf16": "off",
-            },
-            "evaluate": {"max_new_tokens": 8},
-        }
+        config = tiny_round(work, _prompts(tmp_path), tiny_model_dir, "deployed-policy")
         out = prefect(
             "deployment",
             "run",

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_round
 from rrhf_cli import stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,22 +81,9 @@ def round_on_stack(tmp_path_factory, tiny_model_dir):
             "".join(json.dumps({"prompt": f"say something, case {i}"}) + "\n" for i in range(12))
         )
         work = tmp / "w"
-        config = {
-            "workdir": str(work),
-            "prompts": [str(prompts)],
-            "policy": str(tiny_model_dir),
-            "reward": "reward_fns:checksum",
-            "registered_model": "stack-policy",
-            "sample": {"backend": "hf", "k": 3, "max_new_tokens": 8, "temperature": 1.0, "dtype": "fp32"},
-            "train": {
-                "max_steps": 2,
-                "micro_batch_size": 2,
-                "grad_accum": 1,
-                "max_length": 96,
-                "max_response_tokens": 16,
-                "bf16": "off",
-            },
-            "evaluate": {"max_new_tokens": 8, "dtype": "fp32"},
+        config = tiny_round(work, prompts, tiny_model_dir, "stack-policy")
+        config["evaluate"]["dtype"] = "fp32"
+        config |= {
             # a gate that lets this tiny round through, so the registry shows a champion to the browser
             "gate": {
                 "min_reward_gain": -1.0e9,
