@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import typing
 from collections.abc import Sequence
@@ -139,10 +138,6 @@ def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
     return build_config(cls, data, list(args.set or []), where)
 
 
-def _is_nproc_arg(argv: Sequence[str], i: int) -> bool:
-    return argv[i].startswith("--nproc") or (i > 0 and argv[i - 1] == "--nproc")
-
-
 def cmd_ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_core.data.config import IngestConfig
     from rrhf_core.data.ingest import ingest
@@ -207,19 +202,6 @@ def cmd_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.nproc and args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        rest = [a for i, a in enumerate(argv) if not _is_nproc_arg(argv, i)]
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={args.nproc}",
-            "-m",
-            "rrhf_cli",
-            *rest,
-        ]
-        return subprocess.call(cmd)
     from rrhf_core.training.config import TrainConfig
     from rrhf_core.training.trainer import train
 
@@ -359,10 +341,6 @@ def _add_stage_commands(sub: Any) -> None:
         t = _settings_parser(sub, name, text, cls, func)
         if name != "evaluate":  # evaluation logs a line per model instead of a bar
             t.add_argument("--no-progress", action="store_true", help="no progress bar")
-        if name == "train":
-            t.add_argument(
-                "--nproc", type=int, default=1, help="processes to launch with torchrun (DDP; gloo on CPU)"
-            )
 
 
 def _add_round_commands(sub: Any) -> None:

@@ -94,6 +94,25 @@ def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
     assert {"prompt_id", "source", "reward", "text"} <= set(table["columns"])
 
 
+@pytest.mark.slow
+def test_the_training_stage_launches_torchrun_itself(prefect_harness, tmp_path, prompts_file, tiny_model_dir):
+    """train.nproc > 1: the stage starts torchrun (here FSDP over gloo), and its steps still reach MLflow."""
+    from flows.pipeline import pipeline_flow
+
+    summary = pipeline_flow(
+        tiny_config(tmp_path / "w", prompts_file, tiny_model_dir, nproc=2, strategy="fsdp", max_steps=3)
+    )
+    train_dir = Path(summary["model_dir"]).parent
+    assert json.loads((train_dir / "train_summary.json").read_text())["world_size"] == 2
+    assert (train_dir / "launch_config.json").exists()
+    from mlflow.tracking import MlflowClient
+
+    train_run = runs_by_stage(tmp_path / "w")["train"][0]
+    history = MlflowClient().get_metric_history(train_run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert summary["evaluation"]["prompts"] >= 1
+
+
 def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, tmp_path, tiny_model_dir):
     import mlflow
     from mlflow.tracking import MlflowClient

@@ -1,9 +1,10 @@
 """Training checkpoints: written to a temporary folder then renamed, read back without running any code.
 
-``output_dir/checkpoints/step-NNNNNNNN`` holds the trainable weights, the optimizer and scheduler states, each
+``output_dir/checkpoints/step-NNNNNNNN`` holds the trainable weights, the optimizer and scheduler states (under
+FSDP the first two as a ``sharded/`` DCP folder, see :mod:`rrhf_core.training.sharding`), each
 process's RNG state and ``trainer_state.json`` (step, world size, the configuration fingerprint and the training
-data's digest). Every file is loaded with ``torch.load(weights_only=True)`` or as JSON, so a planted file cannot
-execute code on resume.
+data's digest). Every file is loaded with ``torch.load(weights_only=True)`` or as JSON (DCP's pickled metadata only
+after an allow-list check), so a planted file cannot execute code on resume.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from torch.nn.parallel import DistributedDataParallel
 from rrhf_core.errors import ConfigError
 from rrhf_core.training.distributed import DistEnv, barrier
 from rrhf_core.training.prefix import PrefixSharedLM
+from rrhf_core.training.sharding import is_sharded, load_sharded, save_sharded
 
 CHECKPOINTS = "checkpoints"
+SHARDED = "sharded"  # the DCP folder of an FSDP checkpoint
 
 
 def unwrap(model: Any) -> Any:
@@ -81,13 +84,21 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     barrier(env)
     save_rng(tmp, env.rank)
+    if is_sharded(model):  # FSDP: every process writes its shards of weights and optimizer state
+        save_sharded(tmp / SHARDED, model, optimizer)
     if env.is_main:
-        torch.save(trainable_state(model), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not is_sharded(model):
+            torch.save(trainable_state(model), tmp / "trainable.pt")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     barrier(env)
     if env.is_main:
-        state = {"step": step, "world_size": env.world_size, "fingerprint": fingerprint}
+        state = {
+            "step": step,
+            "world_size": env.world_size,
+            "sharded": is_sharded(model),
+            "fingerprint": fingerprint,
+        }
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -110,7 +121,8 @@ def check_compatible(path: Path, state: dict[str, Any], fingerprint: dict[str, A
     if state["world_size"] != env.world_size:
         raise ConfigError(
             f"{path} was written by {state['world_size']} process(es), this run has {env.world_size}; "
-            "resume with the same number of processes (the data split depends on it)"
+            "resume with the same number of processes (nproc x nnodes): which prompts a process trains on, "
+            "and each process's random state, depend on it"
         )
 
 
@@ -120,6 +132,16 @@ def load_checkpoint(
     """Restore weights, optimizer, scheduler and RNG from ``path``; return its step."""
     state = json.loads((path / "trainer_state.json").read_text())
     check_compatible(path, state, fingerprint, env)
+    if is_sharded(model):
+        load_sharded(path / SHARDED, model, optimizer)
+    else:
+        _load_whole(path, model, optimizer)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
+    load_rng(path, env.rank)
+    return int(state["step"])
+
+
+def _load_whole(path: Path, model: Any, optimizer: Any) -> None:
     weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
     params = dict(unwrap(model).named_parameters())
     missing = [n for n in weights if n not in params]
@@ -131,6 +153,3 @@ def load_checkpoint(
         for name, tensor in weights.items():
             params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
-    load_rng(path, env.rank)
-    return int(state["step"])

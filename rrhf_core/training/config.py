@@ -100,6 +100,27 @@ class TrainSettings(BaseModel):
     grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step per process.")
     seed: int = Field(0, description="Seed for data order, initialisation of adapters and dropout.")
 
+    # processes: how many, and how they share the model
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every process holds the whole model (DistributedDataParallel); fsdp: parameters, gradients "
+        "and optimizer state sharded over the processes (PyTorch FSDP2), for models one device cannot hold.",
+    )
+    nproc: int = Field(
+        1, ge=1, description="Training processes per machine (torchrun --nproc-per-node; one per GPU)."
+    )
+    nnodes: int = Field(1, ge=1, description="Machines in the training job (each runs the same command).")
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="host:port where the machines meet (needed when nnodes > 1; the first machine's address).",
+    )
+    rdzv_timeout_s: int = Field(
+        300,
+        ge=1,
+        description="Seconds to wait for every process to join (and for any collective) before failing with a "
+        "clear error instead of hanging.",
+    )
+
     # hardware and memory
     bf16: Literal["auto", "on", "off"] = Field(
         "auto", description="bf16 autocast: 'auto' uses it where the hardware has fast bf16."
@@ -146,11 +167,21 @@ class TrainSettings(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSettings:
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError(
+                f"nnodes is {self.nnodes}: set rdzv_endpoint to host:port of the first machine (every machine "
+                "runs the same command with the same rdzv_endpoint)"
+            )
         if self.max_response_tokens >= self.max_length:
             raise ValueError(
                 f"max_response_tokens ({self.max_response_tokens}) must be below max_length ({self.max_length})"
             )
         return self
+
+    @property
+    def world_size(self) -> int:
+        """Processes over all machines."""
+        return self.nproc * self.nnodes
 
     def global_batch_size(self, world_size: int) -> int:
         """Prompts per optimizer step over all processes."""
@@ -169,6 +200,8 @@ NOT_OUTPUT_CHANGING = frozenset(
         "checkpoint_minutes",
         "keep_checkpoints",
         "threads",
+        "rdzv_endpoint",
+        "rdzv_timeout_s",
     }
 )
 
@@ -195,4 +228,7 @@ class TrainConfig(TrainSettings):
 
     def resume_fingerprint(self) -> dict[str, Any]:
         """Fields that must match for a checkpoint to be resumed (what changes the trajectory)."""
-        return self.model_dump(exclude=set(NOT_OUTPUT_CHANGING | {"save_model", "max_steps", "epochs"}))
+        # the number of processes is checked on its own, with its own message (checkpoint.check_compatible)
+        return self.model_dump(
+            exclude=set(NOT_OUTPUT_CHANGING | {"save_model", "max_steps", "epochs", "nproc", "nnodes"})
+        )

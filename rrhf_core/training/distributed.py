@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -22,8 +23,13 @@ class DistEnv:
         return self.rank == 0
 
 
-def init_distributed() -> DistEnv:
-    """Join the process group that torchrun describes in the environment (gloo on CPU, nccl on CUDA)."""
+def init_distributed(group_of_one: bool = False, timeout_s: float = 300.0) -> DistEnv:
+    """Join the process group that torchrun describes in the environment (gloo on CPU, nccl on CUDA).
+
+    ``group_of_one``: a single process (no torchrun) still gets a process group of one, for code that needs one
+    (FSDP). ``timeout_s`` bounds every collective, so a process that never arrives fails the run with an error
+    instead of hanging it.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -32,8 +38,18 @@ def init_distributed() -> DistEnv:
     if cuda:
         torch.cuda.set_device(device)
     owns = False
+    backend = "nccl" if cuda else "gloo"
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        owns = True
+    elif group_of_one and not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            store=dist.HashStore(),
+            rank=0,
+            world_size=1,
+            timeout=timedelta(seconds=timeout_s),
+        )
         owns = True
     return DistEnv(rank, world, local_rank, device, owns)
 

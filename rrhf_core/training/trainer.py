@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -55,8 +56,9 @@ from rrhf_core.training.listwise import (
 from rrhf_core.training.loss import (
     ranking_pairs,
 )
-from rrhf_core.training.metrics import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger
+from rrhf_core.training.metrics import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger, read_metrics
 from rrhf_core.training.prefix import PrefixSharedLM
+from rrhf_core.training.sharding import as_float, full_state_dict, is_sharded, shard
 
 
 @dataclass
@@ -107,6 +109,8 @@ def _prepare_model(cfg: TrainConfig, env: DistEnv) -> Any:
     model.train()
     if cfg.prefix_sharing:
         model = PrefixSharedLM(model)
+    if cfg.strategy == "fsdp":  # the module the trainer calls is the root unit
+        return shard(model, use_bf16(cfg.bf16, env.device), env.device)
     if env.world_size > 1:
         model = DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None
@@ -114,8 +118,25 @@ def _prepare_model(cfg: TrainConfig, env: DistEnv) -> Any:
     return model
 
 
+def _gather_for_save(model: Any, cfg: TrainConfig, env: DistEnv) -> Any:
+    """The model to save, whole, on the main process (``None`` elsewhere). Under FSDP every process takes part in
+    gathering the weights, which the main process loads into a fresh copy of the model (adapters included)."""
+    if not is_sharded(model):
+        return unwrap(model) if env.is_main else None
+    weights = full_state_dict(model)
+    if isinstance(model, PrefixSharedLM):  # the scorer's own names for the LM's modules are aliases
+        weights = {k.removeprefix("lm."): v for k, v in weights.items() if k.startswith("lm.")}
+    if not env.is_main:
+        return None
+    whole = _prepare_model(cfg.model_copy(update={"strategy": "ddp", "prefix_sharing": False}), _ONE_CPU)
+    whole.load_state_dict(weights)
+    return whole
+
+
+_ONE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_group=False)
+
+
 def _save_model(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Path) -> Path:
-    model = unwrap(model)
     if cfg.lora.enabled and cfg.lora.merge_on_save:
         model = model.merge_and_unload()
     target = output_dir / "model"
@@ -286,7 +307,10 @@ def _accumulate(run: Run, indices: list[int]) -> dict[str, float]:
             if run.reference is not None
             else None
         )
-        sync = m == len(micros) - 1 or not isinstance(run.model, DistributedDataParallel)
+        last = m == len(micros) - 1
+        if is_sharded(run.model):  # FSDP: reduce-scatter gradients after the last micro-batch only
+            run.model.set_requires_gradient_sync(last)
+        sync = last or not isinstance(run.model, DistributedDataParallel)
         with contextlib.nullcontext() if sync else run.model.no_sync():
             out, scores = forward_loss(run.model, batch, run.cfg, run.bf16, ref)
             (out.loss.sum() * run.env.world_size / run.global_batch).backward()
@@ -318,7 +342,9 @@ def train_step(run: Run, step: int) -> dict[str, float]:
             + "Lower learning_rate, check the rewards and responses of those prompts, or turn bf16 off."
         )
     max_norm = run.cfg.max_grad_norm
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable, max_norm).item() if max_norm > 0 else math.nan
+    grad_norm = (
+        as_float(torch.nn.utils.clip_grad_norm_(run.trainable, max_norm)) if max_norm > 0 else math.nan
+    )
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -359,7 +385,15 @@ def summarize(
 
 def train(cfg: TrainConfig, logger: MetricsLogger | None = None, progress: bool = True) -> TrainResult:
     """Train a policy with RRHF as configured; returns where the model and metrics went."""
-    env = init_distributed()
+    if cfg.world_size > 1 and "WORLD_SIZE" not in os.environ:  # not started by torchrun: start it
+        from rrhf_core.training.launch import launch
+
+        out = launch(cfg, logger or NullLogger(), progress)
+        summary = json.loads((out / "train_summary.json").read_text())
+        history = read_metrics(out / "metrics.jsonl")
+        model_dir = Path(summary["model_dir"]) if summary.get("model_dir") else None
+        return TrainResult(out, model_dir, summary["steps"], summary["resumed_from"], history, summary)
+    env = init_distributed(group_of_one=cfg.strategy == "fsdp", timeout_s=cfg.rdzv_timeout_s)
     try:
         return _train(cfg, env, logger or NullLogger(), progress)
     finally:
@@ -419,9 +453,8 @@ def _train(cfg: TrainConfig, env: DistEnv, logger: MetricsLogger, progress: bool
                 env,
             )
     bar.close()
-    model_dir = (
-        _save_model(run.model, run.tokenizer, cfg, run.output_dir) if env.is_main and cfg.save_model else None
-    )
+    whole = _gather_for_save(run.model, cfg, env) if cfg.save_model else None
+    model_dir = _save_model(whole, run.tokenizer, cfg, run.output_dir) if whole is not None else None
     barrier(env)
     summary = summarize(run, step, start, history, model_dir, time.perf_counter() - started)
     if env.is_main:
