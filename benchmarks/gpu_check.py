@@ -10,9 +10,12 @@ Sections (each records its own error instead of stopping the rest):
 - ``prefix_sharing``: the packed, block-masked step against the plain one on the same batch in bf16, per attention
   implementation (sdpa; flash_attention_2 where installed): largest difference of the length-normalised scores and of
   the loss, and the gradients' relative difference;
+- ``strategy_ddp`` / ``strategy_fsdp``: two optimizer steps of the prefix-shared step under DDP and under FSDP2
+  on one GPU (a process group of one): losses, step time, peak memory;
+- ``gpu_tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each called directly, pass or its error;
 - ``not_covered``: what this script does not check yet, said rather than skipped silently.
 
-On a CPU-only machine it runs too (small k, one step; ``--quick``), which is how it is tested here.
+On a CPU-only machine it runs too (``--quick``: a tiny Llama shape, k = 2, one step), which is how it is tested here.
 """
 
 from __future__ import annotations
@@ -56,14 +59,14 @@ def bench(shape: str, ks: list[int], steps: int) -> dict[str, Any]:
     return {"cases": table, "seconds": time.perf_counter() - t0}
 
 
-def prefix_sharing(k: int, attn: str) -> dict[str, Any]:
+def prefix_sharing(k: int, attn: str, shape: str = "smollm2-135m") -> dict[str, Any]:
     """The benchmark's two steps (``reference_step``: k padded rows, full log-softmax; ``project_step``: prompt
     once, block mask) on one HH-shaped batch in bf16 autocast, the model in eval mode (no dropout): their RRHF losses
     and gradients must agree to bf16 precision."""
     from rrhf_core.training import bench as b
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, vocab, pad = b.random_model("smollm2-135m")
+    model, vocab, pad = b.random_model(shape)
     model.config._attn_implementation = attn
     model = model.to(device).eval()
     prompt, responses, rewards = b.hh_shaped(k, vocab, seed=0)
@@ -89,6 +92,31 @@ def prefix_sharing(k: int, attn: str) -> dict[str, Any]:
     }
 
 
+def strategy_step(strategy: str, shape: str, k: int) -> dict[str, Any]:
+    """Two optimizer steps of the prefix-shared step under DDP or FSDP on one device (a process group of one)."""
+    from rrhf_core.training.bench import strategy_step as step
+
+    return step(strategy, shape, k, bf16=True)
+
+
+def gpu_tests() -> dict[str, Any]:
+    """The tests marked ``gpu`` (tests/test_gpu.py), called directly: pytest is not on the GPU machine."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device"}
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import test_gpu
+
+    results: dict[str, Any] = {}
+    for name in sorted(n for n in dir(test_gpu) if n.startswith("test_")):
+        t0 = time.perf_counter()
+        try:
+            getattr(test_gpu, name)()
+            results[name] = {"passed": True, "seconds": round(time.perf_counter() - t0, 1)}
+        except Exception as e:
+            results[name] = {"passed": False, "error": f"{type(e).__name__}: {e}"[:2000]}
+    return results
+
+
 def section(report: dict[str, Any], key: str, fn: Any, *args: Any) -> None:
     t0 = time.perf_counter()
     try:
@@ -104,21 +132,25 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=os.environ.get("OUT", "."), help="folder for gpu_check.json (default $OUT)"
     )
     ap.add_argument(
-        "--quick", action="store_true", help="k = 2 only, one step, SmolLM2 shape only (CPU test)"
+        "--quick", action="store_true", help="k = 2 only, one step, a tiny Llama shape only (CPU test)"
     )
     args = ap.parse_args(argv)
     ks, steps = ([2], 1) if args.quick else ([2, 4, 6, 8], 3)
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     section(report, "environment", environment)
-    section(report, "bench_smollm2_135m", bench, "smollm2-135m", ks, steps)
+    shape = "tiny" if args.quick else "smollm2-135m"
+    section(report, f"bench_{shape.replace('-', '_')}", bench, shape, ks, steps)
     if not args.quick:
         section(report, "bench_llama_1b", bench, "llama-1b", ks, steps)
     attns = ["sdpa"] + (["flash_attention_2"] if report["environment"].get("flash_attn") else [])
     for attn in attns:
-        section(report, f"prefix_sharing_{attn}", prefix_sharing, 2 if args.quick else 6, attn)
+        section(report, f"prefix_sharing_{attn}", prefix_sharing, 2 if args.quick else 6, attn, shape)
+    for strategy in ("ddp", "fsdp"):
+        section(report, f"strategy_{strategy}", strategy_step, strategy, shape, 2 if args.quick else 6)
+    section(report, "gpu_tests", gpu_tests)
     report["not_covered"] = [
-        "FSDP and DDP steps on one GPU: train.strategy fsdp is not built yet (issue 13, item 1)",
-        "tests marked gpu: none written yet; pytest is not on the GPU machine",
+        "more than one GPU: FSDP/DDP across processes is tested on CPU over gloo only",
+        "vLLM sampling: vLLM is not installed on the GPU machine",
     ]
     path = Path(args.out) / "gpu_check.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,6 +34,8 @@ BOOKKEEPING = frozenset(
         "checkpoint_minutes",
         "keep_checkpoints",
         "threads",
+        "rdzv_endpoint",
+        "rdzv_timeout_s",
     }
 )
 

@@ -167,4 +167,4 @@ def test_a_machine_that_never_joins_fails_the_run_in_time(tiny_model_dir, learna
     t0 = time.monotonic()
     with pytest.raises(LaunchError, match="torchrun exit status"):
         train(cfg, progress=False)
-    assert time.monotonic() - t0 < 90
+    assert time.monotonic() - t0 < 60  # measured: about 8 s

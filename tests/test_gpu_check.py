@@ -32,3 +32,28 @@ def test_the_prefix_sharing_check_finds_the_two_steps_equal_in_bf16():
     r = prefix_sharing(2, "sdpa")
     assert r["max_abs_score_diff"] < 0.05 and r["abs_loss_diff"] < 0.05  # bf16: a few 1e-3 expected
     assert r["grad_rel_diff"] < 0.05
+
+
+def test_the_quick_check_runs_on_this_cpu_and_writes_every_section(tmp_path):
+    import json
+    import os
+    import subprocess
+
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    for key in ("environment", "bench_tiny", "prefix_sharing_sdpa", "strategy_ddp", "strategy_fsdp"):
+        assert "error" not in report[key], (key, report[key])
+    assert report["bench_tiny"]["cases"]
+    ddp, fsdp = report["strategy_ddp"], report["strategy_fsdp"]
+    assert len(ddp["losses"]) == len(fsdp["losses"]) == 2
+    assert fsdp["losses"][0] == pytest.approx(ddp["losses"][0], rel=0.02)  # one model, one batch, bf16
+    assert report["gpu_tests"] == {"skipped": "no CUDA device"}
+    assert report["not_covered"]

@@ -127,11 +127,61 @@ def project_step(
     return int(batch.input_ids.numel())
 
 
+def strategy_step(strategy: str, shape: str, k: int, bf16: bool, steps: int = 2) -> dict[str, Any]:
+    """``steps`` optimizer steps of the prefix-shared RRHF step under DDP or FSDP in this process (a process group
+    of one is made when none exists): the losses, the step time and the peak memory. The same seeded model and
+    batch for both strategies, so their losses can be compared."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from rrhf_core.training.prefix import PrefixSharedLM
+    from rrhf_core.training.sharding import shard
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    model, vocab, pad = random_model(shape)
+    scorer: Any = PrefixSharedLM(model.to(device).train())
+    if strategy == "fsdp":
+        scorer = shard(scorer, bf16, device)
+    else:
+        scorer = DistributedDataParallel(
+            scorer, device_ids=[device.index or 0] if device.type == "cuda" else None
+        )
+    optimizer = torch.optim.AdamW(scorer.parameters(), lr=1e-5)
+    prompt, responses, rewards = hh_shaped(k, vocab, seed=0)
+    losses: list[float] = []
+    times: list[float] = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(steps):
+        record: list[Any] = []
+        t0 = time.perf_counter()
+        project_step(scorer, prompt, responses, rewards, pad, device, bf16, record=record)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+        losses.append(float(record[0].loss.sum()))
+    return {
+        "strategy": strategy,
+        "shape": shape,
+        "k": k,
+        "bf16": bf16,
+        "losses": losses,
+        "step_s": times[1:] or times,  # the first step includes one-time set-up
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+    }
+
+
 # Llama shapes for random-initialised benchmarks: SmolLM2-135M's and Llama-3.2-1B's (hidden, intermediate, layers,
 # heads, kv heads, vocabulary; tied embeddings)
 RANDOM_SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
     "smollm2-135m": (576, 1536, 30, 9, 3, 49152),
     "llama-1b": (2048, 8192, 16, 32, 8, 128256),
+    "tiny": (64, 128, 2, 4, 2, 1024),  # for testing the benchmark code itself on a CPU
 }
 
 
