@@ -59,6 +59,29 @@ class SampleSettings(BaseModel):
     vllm_max_model_len: int | None = Field(
         None, ge=64, description="vLLM context length (default: the model's)."
     )
+    vllm_tensor_parallel_size: int = Field(
+        1, ge=1, description="vLLM: GPUs one policy copy is split over (for policies one GPU cannot hold)."
+    )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="local: shards one after another in this process; ray: shards as Ray tasks over a Ray "
+        "cluster (each worker process loads the policy once; results come back to this process, which writes "
+        "the shards, so no shared file system is needed).",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="executor ray: the cluster to join (the head's host:port from `ray start --head`, or 'auto'); "
+        "unset starts a Ray instance on this machine for the stage.",
+    )
+    ray_cpus_per_shard: float = Field(1.0, gt=0.0, description="executor ray: CPUs a shard task reserves.")
+    ray_gpus_per_shard: float = Field(
+        0.0,
+        ge=0.0,
+        description="executor ray: GPUs a shard task reserves (vLLM on GPU workers: 1, or the TP size).",
+    )
+    ray_timeout_s: float = Field(
+        30.0, gt=0.0, description="executor ray: seconds to wait for the cluster's address to answer."
+    )
 
     @model_validator(mode="after")
     def _strategy_consistent(self) -> SampleSettings:

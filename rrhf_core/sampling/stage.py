@@ -66,7 +66,13 @@ def make_sampler(cfg: SampleConfig) -> Sampler:
         from rrhf_core.sampling.vllm_backend import VLLMSampler
 
         return VLLMSampler(
-            cfg.model, cfg.cache_dir, cfg.dtype, cfg.seed, cfg.vllm_memory_utilization, cfg.vllm_max_model_len
+            cfg.model,
+            cfg.cache_dir,
+            cfg.dtype,
+            cfg.seed,
+            cfg.vllm_memory_utilization,
+            cfg.vllm_max_model_len,
+            tensor_parallel_size=cfg.vllm_tensor_parallel_size,
         )
     from rrhf_core.sampling.hf_backend import HFSampler
 
@@ -138,6 +144,15 @@ def sample_shard(
     return records, tokens, len(skipped)
 
 
+def sample_seeded_shard(
+    shard: list[dict[str, Any]], index: int, sampler: Sampler, cfg: SampleConfig, sid: str
+) -> tuple[list[dict[str, Any]], int, int]:
+    """:func:`sample_shard` seeded by its index (``seed + index``): a resumed run, or a shard run anywhere else
+    (a Ray worker), samples the same as an uninterrupted local run."""
+    torch.manual_seed(cfg.seed + index)
+    return sample_shard(shard, sampler, cfg, sid)
+
+
 def sample(
     cfg: SampleConfig,
     sampler: Sampler | None = None,
@@ -157,33 +172,39 @@ def sample(
     todo = [i for i, p in enumerate(shard_paths) if not p.exists()]
     tokens, t0 = 0, time.perf_counter()
     owned = sampler is None
-    if todo and sampler is None:
+    on_ray = bool(todo) and cfg.executor == "ray"
+    if todo and sampler is None and not on_ray:
         sampler = make_sampler(cfg)
     from tqdm.auto import tqdm
 
     bar = tqdm(
         total=len(rows),
         initial=len(rows) - sum(len(rows[i * cfg.shard_size : (i + 1) * cfg.shard_size]) for i in todo),
-        desc=f"rrhf sample ({sampler.name if sampler else 'cached'})",
+        desc=f"rrhf sample ({'ray' if on_ray else sampler.name if sampler else 'cached'})",
         unit="prompt",
         disable=not progress,
     )
     done = len(rows) - sum(len(rows[i * cfg.shard_size : (i + 1) * cfg.shard_size]) for i in todo)
+    shards = {i: rows[i * cfg.shard_size : (i + 1) * cfg.shard_size] for i in todo}
+
+    def finished(i: int, records: list[dict[str, Any]], n_tokens: int, skipped: int) -> None:
+        nonlocal tokens, done
+        tokens += n_tokens
+        atomic_write_parquet(pa.Table.from_pylist(records, schema=SAMPLES_SCHEMA), shard_paths[i])
+        bar.update(len(shards[i]))
+        bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}", skipped=skipped)
+        done += len(shards[i])
+        if on_progress:
+            on_progress(done, len(rows))
+
     try:
-        for i in todo:
+        if on_ray:
+            from rrhf_core.sampling.ray_executor import sample_on_ray
+
+            sample_on_ray(cfg, shards, sid, finished)
+        for i in todo if not on_ray else []:
             assert sampler is not None
-            shard = rows[i * cfg.shard_size : (i + 1) * cfg.shard_size]
-            torch.manual_seed(
-                cfg.seed + i
-            )  # per-shard seed: a resumed run samples the same as an uninterrupted one
-            records, n_tokens, skipped = sample_shard(shard, sampler, cfg, sid)
-            tokens += n_tokens
-            atomic_write_parquet(pa.Table.from_pylist(records, schema=SAMPLES_SCHEMA), shard_paths[i])
-            bar.update(len(shard))
-            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - t0):.0f}", skipped=skipped)
-            done += len(shard)
-            if on_progress:
-                on_progress(done, len(rows))
+            finished(i, *sample_seeded_shard(shards[i], i, sampler, cfg, sid))
     finally:
         bar.close()
         if owned and sampler is not None:

@@ -39,6 +39,7 @@ class VLLMSampler:
         memory_utilization: float = 0.3,
         max_model_len: int | None = None,
         enforce_eager: bool | None = None,
+        tensor_parallel_size: int = 1,
     ) -> None:
         os.environ.setdefault(
             "VLLM_LOGGING_LEVEL", "ERROR"
@@ -62,6 +63,7 @@ class VLLMSampler:
                 gpu_memory_utilization=memory_utilization,
                 max_model_len=max_model_len,
                 enforce_eager=(not cuda) if enforce_eager is None else enforce_eager,
+                tensor_parallel_size=tensor_parallel_size,
             )
         except ValueError as e:  # vLLM reports bad engine settings as ValueError (pydantic)
             raise ConfigError(f"vLLM refused the engine settings for {model!r}: {e}") from e

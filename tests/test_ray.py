@@ -1,0 +1,148 @@
+"""Sampling shards on a real local Ray cluster (`ray start --head`, 2 worker CPUs): the same samples as a local run,
+resume with only the missing shards, a killed worker's shard redone, and an address that does not answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from rrhf_core.data.ingest import ingest
+from rrhf_core.errors import ConfigError
+from rrhf_core.sampling.config import SampleConfig
+from rrhf_core.sampling.stage import sample
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.integration
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A Ray head on this machine with 2 CPUs (2 worker processes run shards at once); stopped afterwards."""
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0"]
+    start += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+    done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    yield f"127.0.0.1:{port}"
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("prompts")
+    src = folder / "p.jsonl"
+    src.write_text(
+        "".join(json.dumps({"prompt": f"Tell me a fact about the number {i}."}) + "\n" for i in range(8))
+    )
+    ingest([str(src)], folder / "ingest", eval_share=0.0)
+    return folder / "ingest" / "prompts.parquet"
+
+
+def _cfg(prompts: Path, out: Path, model: Path, **over) -> SampleConfig:
+    base = dict(
+        prompts=str(prompts),
+        output_dir=str(out),
+        model=str(model),
+        backend="hf",
+        k=2,
+        max_new_tokens=24,
+        temperature=1.0,
+        shard_size=2,
+        dtype="fp32",
+    )
+    return SampleConfig(**(base | over))
+
+
+def _rows(path: Path) -> list[dict]:
+    return sorted(pq.read_table(path).to_pylist(), key=lambda r: (r["prompt_id"], r["response_id"]))
+
+
+def test_shards_on_ray_equal_the_local_run_and_resume_with_only_the_missing(
+    cluster, prompts, tmp_path, tiny_model_dir
+):
+    local = sample(_cfg(prompts, tmp_path / "local", tiny_model_dir), progress=False)
+    on_ray = sample(
+        _cfg(prompts, tmp_path / "ray", tiny_model_dir, executor="ray", ray_address=cluster), progress=False
+    )
+    assert on_ray.shards_total == on_ray.shards_done_now == 4
+    assert _rows(on_ray.samples_path) == _rows(local.samples_path)
+
+    shards = sorted((tmp_path / "ray" / "shards").glob("shard-*.parquet"))
+    kept = {p.name: p.stat().st_mtime_ns for p in shards[::2]}
+    for p in shards[1::2]:
+        p.unlink()
+    again = sample(
+        _cfg(prompts, tmp_path / "ray", tiny_model_dir, executor="ray", ray_address=cluster), progress=False
+    )
+    assert again.shards_done_now == 2
+    assert {p.name: p.stat().st_mtime_ns for p in shards[::2]} == kept  # finished shards were not redone
+    assert _rows(again.samples_path) == _rows(local.samples_path)
+
+
+def test_a_killed_worker_takes_only_its_shard_with_it(cluster, prompts, tmp_path, tiny_model_dir):
+    """SIGKILL a worker process while it runs a shard: Ray reruns that task, and the samples are still the local
+    run's."""
+    over = {"max_new_tokens": 96, "shard_size": 1}
+    local = sample(_cfg(prompts, tmp_path / "local", tiny_model_dir, **over), progress=False)
+    killed: list[int] = []
+
+    def kill_one_running_shard() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            found = subprocess.run(["pgrep", "-f", "ray::_shard_task"], capture_output=True, text=True).stdout
+            if found.split():
+                pid = int(found.split()[0])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_running_shard)
+    killer.start()
+    r = sample(
+        _cfg(prompts, tmp_path / "ray", tiny_model_dir, executor="ray", ray_address=cluster, **over),
+        progress=False,
+    )
+    killer.join()
+    assert killed, "no running shard task was seen to kill"
+    assert r.shards_done_now == 8
+    assert _rows(r.samples_path) == _rows(local.samples_path)
+
+
+def test_an_address_that_does_not_answer_is_a_clear_error(prompts, tmp_path, tiny_model_dir):
+    port = _free_port()
+    cfg = _cfg(
+        prompts,
+        tmp_path / "x",
+        tiny_model_dir,
+        executor="ray",
+        ray_address=f"127.0.0.1:{port}",
+        ray_timeout_s=2,
+    )
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"sample.ray_address '127.0.0.1:{port}' does not answer"):
+        sample(cfg, progress=False)
+    assert time.monotonic() - t0 < 30
+    bad = _cfg(prompts, tmp_path / "y", tiny_model_dir, executor="ray", ray_address="headnode")
+    with pytest.raises(ConfigError, match="is not host:port"):
+        sample(bad, progress=False)
+    shutil.rmtree(tmp_path / "x", ignore_errors=True)
