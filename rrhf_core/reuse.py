@@ -36,11 +36,8 @@ BOOKKEEPING = frozenset(
         "threads",
         "rdzv_endpoint",
         "rdzv_timeout_s",
-        "executor",  # where shards run; the transformers backend's samples are the same either way (tested)
-        "ray_address",
-        "ray_cpus_per_shard",
-        "ray_gpus_per_shard",
-        "ray_timeout_s",
+        "executor",  # where the work runs; the outputs are the same either way (tested)
+        "ray",
     }
 )
 

@@ -1,5 +1,6 @@
-"""Sampling shards on a real local Ray cluster (`ray start --head`, 2 worker CPUs): the same samples as a local run,
-resume with only the missing shards, a killed worker's shard redone, and an address that does not answer."""
+"""Sampling and scoring on a real local Ray cluster (`ray start --head`, 2 CPUs: two worker processes at once): the
+same samples and scores as a local run, resume with only the missing shards, a killed worker's shard redone, and an
+address that does not answer."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from rrhf_core.data.ingest import ingest
 from rrhf_core.errors import ConfigError
 from rrhf_core.sampling.config import SampleConfig
 from rrhf_core.sampling.stage import sample
+from rrhf_core.scoring.config import ScoreConfig
+from rrhf_core.scoring.stage import score
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.integration
@@ -38,7 +41,8 @@ def cluster(tmp_path_factory):
     """A Ray head on this machine with 2 CPUs (2 worker processes run shards at once); stopped afterwards."""
     port = _free_port()
     temp = tmp_path_factory.mktemp("ray")
-    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0"}
+    # workers import the test's reward functions (a function reward's module must be importable on every worker)
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(Path(__file__).parent)}
     start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0"]
     start += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
     done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
@@ -82,7 +86,8 @@ def test_shards_on_ray_equal_the_local_run_and_resume_with_only_the_missing(
 ):
     local = sample(_cfg(prompts, tmp_path / "local", tiny_model_dir), progress=False)
     on_ray = sample(
-        _cfg(prompts, tmp_path / "ray", tiny_model_dir, executor="ray", ray_address=cluster), progress=False
+        _cfg(prompts, tmp_path / "ray", tiny_model_dir, executor="ray", ray={"address": cluster}),
+        progress=False,
     )
     assert on_ray.shards_total == on_ray.shards_done_now == 4
     assert _rows(on_ray.samples_path) == _rows(local.samples_path)
@@ -92,7 +97,8 @@ def test_shards_on_ray_equal_the_local_run_and_resume_with_only_the_missing(
     for p in shards[1::2]:
         p.unlink()
     again = sample(
-        _cfg(prompts, tmp_path / "ray", tiny_model_dir, executor="ray", ray_address=cluster), progress=False
+        _cfg(prompts, tmp_path / "ray", tiny_model_dir, executor="ray", ray={"address": cluster}),
+        progress=False,
     )
     assert again.shards_done_now == 2
     assert {p.name: p.stat().st_mtime_ns for p in shards[::2]} == kept  # finished shards were not redone
@@ -119,7 +125,7 @@ def test_a_killed_worker_takes_only_its_shard_with_it(cluster, prompts, tmp_path
     killer = threading.Thread(target=kill_one_running_shard)
     killer.start()
     r = sample(
-        _cfg(prompts, tmp_path / "ray", tiny_model_dir, executor="ray", ray_address=cluster, **over),
+        _cfg(prompts, tmp_path / "ray", tiny_model_dir, executor="ray", ray={"address": cluster}, **over),
         progress=False,
     )
     killer.join()
@@ -135,14 +141,38 @@ def test_an_address_that_does_not_answer_is_a_clear_error(prompts, tmp_path, tin
         tmp_path / "x",
         tiny_model_dir,
         executor="ray",
-        ray_address=f"127.0.0.1:{port}",
-        ray_timeout_s=2,
+        ray={"address": f"127.0.0.1:{port}", "timeout_s": 2},
     )
     t0 = time.monotonic()
-    with pytest.raises(ConfigError, match=rf"sample.ray_address '127.0.0.1:{port}' does not answer"):
+    with pytest.raises(ConfigError, match=rf"sample.ray.address '127.0.0.1:{port}' does not answer"):
         sample(cfg, progress=False)
     assert time.monotonic() - t0 < 30
-    bad = _cfg(prompts, tmp_path / "y", tiny_model_dir, executor="ray", ray_address="headnode")
+    bad = _cfg(prompts, tmp_path / "y", tiny_model_dir, executor="ray", ray={"address": "headnode"})
     with pytest.raises(ConfigError, match="is not host:port"):
         sample(bad, progress=False)
     shutil.rmtree(tmp_path / "x", ignore_errors=True)
+
+
+def test_scoring_on_ray_equals_local_scoring_and_fills_the_cache(cluster, prompts, tmp_path, tiny_model_dir):
+    # 8 prompts x 10 samples: more than one chunk of 64 responses
+    samples = sample(
+        _cfg(prompts, tmp_path / "s", tiny_model_dir, k=10, max_new_tokens=8), progress=False
+    ).samples_path
+
+    def cfg(name: str, **over) -> ScoreConfig:
+        base = dict(
+            samples=[str(samples)],
+            prompts=str(prompts),
+            output_dir=str(tmp_path / name),
+            reward="reward_fns:checksum",
+            batch_size=1,  # chunks of 64 responses: several tasks
+            cache_path=str(tmp_path / f"{name}.sqlite"),
+        )
+        return ScoreConfig(**(base | over))
+
+    local = score(cfg("local"), progress=False)
+    on_ray = score(cfg("ray", executor="ray", ray={"address": cluster}), progress=False)
+    assert on_ray.scored_now == on_ray.unique_pairs > 64 and on_ray.reward_id == local.reward_id
+    assert pq.read_table(on_ray.scores_path).to_pylist() == pq.read_table(local.scores_path).to_pylist()
+    again = score(cfg("ray", executor="ray", ray={"address": cluster}), progress=False)
+    assert again.scored_now == 0 and again.cached == on_ray.unique_pairs

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rrhf_core.digest import model_fingerprint
+from rrhf_core.executors import Executor, RaySettings
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.sampling import GenerationParams
 from rrhf_core.types import PromptFormat
@@ -62,26 +63,13 @@ class SampleSettings(BaseModel):
     vllm_tensor_parallel_size: int = Field(
         1, ge=1, description="vLLM: GPUs one policy copy is split over (for policies one GPU cannot hold)."
     )
-    executor: Literal["local", "ray"] = Field(
+    executor: Executor = Field(
         "local",
         description="local: shards one after another in this process; ray: shards as Ray tasks over a Ray "
         "cluster (each worker process loads the policy once; results come back to this process, which writes "
         "the shards, so no shared file system is needed).",
     )
-    ray_address: str | None = Field(
-        None,
-        description="executor ray: the cluster to join (the head's host:port from `ray start --head`, or 'auto'); "
-        "unset starts a Ray instance on this machine for the stage.",
-    )
-    ray_cpus_per_shard: float = Field(1.0, gt=0.0, description="executor ray: CPUs a shard task reserves.")
-    ray_gpus_per_shard: float = Field(
-        0.0,
-        ge=0.0,
-        description="executor ray: GPUs a shard task reserves (vLLM on GPU workers: 1, or the TP size).",
-    )
-    ray_timeout_s: float = Field(
-        30.0, gt=0.0, description="executor ray: seconds to wait for the cluster's address to answer."
-    )
+    ray: RaySettings = Field(default_factory=RaySettings, description="The Ray cluster (executor ray).")
 
     @model_validator(mode="after")
     def _strategy_consistent(self) -> SampleSettings:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rrhf_core.config import one_or_many
+from rrhf_core.executors import Executor, RaySettings
 from rrhf_core.scoring import EMBEDDED_REWARD
 
 
@@ -21,6 +22,12 @@ class ScoreSettings(BaseModel):
     cache_path: str | None = Field(
         None, description="SQLite score cache (default: <cache_dir>/scores.sqlite)."
     )
+    executor: Executor = Field(
+        "local",
+        description="local: score here; ray: chunks of responses as Ray tasks over a Ray cluster (each worker "
+        "loads the reward once; scores come back here, into the cache).",
+    )
+    ray: RaySettings = Field(default_factory=RaySettings, description="The Ray cluster (executor ray).")
 
 
 class ScoreConfig(ScoreSettings):

@@ -134,7 +134,6 @@ def score(
             "score with the prompts file the samples came from"
         )
     out = prepare_output_dir(cfg.output_dir)
-    reward = reward or make_reward(cfg.reward, cfg.batch_size, cfg.max_length, cfg.bucket)
     hashes = [content_hash(messages[s["prompt_id"]], s["text"]) for s in samples]
     unique: dict[str, dict[str, Any]] = {}
     for h, s in zip(hashes, samples, strict=True):
@@ -142,37 +141,59 @@ def score(
     cache = ScoreCache(
         Path(cfg.cache_path) if cfg.cache_path else cache_root(cfg.cache_dir) / "scores.sqlite"
     )
-    try:
-        known = cache.get(reward.reward_id, list(unique))
-        todo = [h for h in unique if h not in known]
-        from tqdm.auto import tqdm
+    known: dict[str, float] = {}
+    todo: list[str] = []
+    done = 0
+    from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(todo), desc="rrhf score", unit="response", disable=not progress or not todo)
+    bar = tqdm(desc="rrhf score", unit="response", disable=not progress)
+
+    def plan(reward_id: str) -> list[tuple[list[str], list[Any], list[str]]]:
+        """The chunks still to score by ``reward_id``: ``(hashes, messages, responses)`` each."""
+        known.update(cache.get(reward_id, list(unique)))
+        todo.extend(h for h in unique if h not in known)
+        bar.reset(total=len(todo))
         step = max(cfg.batch_size * 8, 64)
-        for start in range(0, len(todo), step):
-            chunk = todo[start : start + step]
-            rows = [unique[h] for h in chunk]
-            values = reward.score([messages[r["prompt_id"]] for r in rows], [r["text"] for r in rows])
-            for r, v in zip(rows, values, strict=True):
-                if not isinstance(v, int | float) or not math.isfinite(v):
-                    raise DataError(
-                        f"reward {reward.reward_id} gave {v!r} for response {r['response_id']} of prompt "
-                        f"{r['prompt_id']} ({r['text'][:80]!r}); rewards must be finite numbers"
-                    )
-            cache.put(reward.reward_id, list(zip(chunk, map(float, values), strict=True)))
-            known.update(zip(chunk, map(float, values), strict=True))
-            bar.update(len(chunk))
-            if on_progress:
-                on_progress(start + len(chunk), len(todo))
-        bar.close()
+        chunks = [todo[s : s + step] for s in range(0, len(todo), step)]
+        return [
+            (c, [messages[unique[h]["prompt_id"]] for h in c], [unique[h]["text"] for h in c]) for c in chunks
+        ]
+
+    def accept(reward_id: str, chunk: list[str], values: list[float]) -> None:
+        nonlocal done
+        for h, v in zip(chunk, values, strict=True):
+            if not isinstance(v, int | float) or not math.isfinite(v):
+                r = unique[h]
+                raise DataError(
+                    f"reward {reward_id} gave {v!r} for response {r['response_id']} of prompt "
+                    f"{r['prompt_id']} ({r['text'][:80]!r}); rewards must be finite numbers"
+                )
+        cache.put(reward_id, list(zip(chunk, map(float, values), strict=True)))
+        known.update(zip(chunk, map(float, values), strict=True))
+        done += len(chunk)
+        bar.update(len(chunk))
+        if on_progress:
+            on_progress(done, len(todo))
+
+    try:
+        if cfg.executor == "ray" and reward is None:
+            from rrhf_core.scoring.ray_executor import score_on_ray
+
+            reward_id = score_on_ray(cfg, plan, accept)
+        else:
+            reward = reward or make_reward(cfg.reward, cfg.batch_size, cfg.max_length, cfg.bucket)
+            reward_id = reward.reward_id
+            for chunk, msgs, texts in plan(reward_id):
+                accept(reward_id, chunk, reward.score(msgs, texts))
     finally:
+        bar.close()
         cache.close()
     out_rows = [
         {
             "response_id": s["response_id"],
             "prompt_id": s["prompt_id"],
             "reward": known[h],
-            "reward_model": reward.reward_id,
+            "reward_model": reward_id,
         }
         for h, s in zip(hashes, samples, strict=True)
     ]
@@ -185,5 +206,5 @@ def score(
         len(todo),
         len(unique) - len(todo),
         time.perf_counter() - t0,
-        reward.reward_id,
+        reward_id,
     )
