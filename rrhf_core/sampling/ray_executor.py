@@ -7,8 +7,8 @@ no shared file system is needed, and a worker that dies takes only its running s
 again and nothing else. Each shard is seeded by its index (``seed + index``), so with the transformers backend the
 samples equal a local run's.
 
-Workers need this package and the policy: the same environment on every machine (a Docker image, or the same
-virtual environment), and the model as a hub id, a path that exists on every worker, or ``embedded:``. vLLM's own
+Workers need this package and the policy: the same environment on every machine (the same virtual environment
+with the ``ray`` extra), and the model as a hub id, a path that exists on every worker, or ``embedded:``. vLLM's own
 parallelism for large policies is ``vllm_tensor_parallel_size`` (one policy copy over several GPUs of a worker;
 reserve as many with ``ray.gpus_per_task``); data parallelism is the shards themselves.
 """
