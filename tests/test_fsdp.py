@@ -168,3 +168,26 @@ def test_a_machine_that_never_joins_fails_the_run_in_time(tiny_model_dir, learna
     with pytest.raises(LaunchError, match="torchrun exit status"):
         train(cfg, progress=False)
     assert time.monotonic() - t0 < 60  # measured: about 8 s
+
+
+def test_the_launcher_forwards_each_complete_metrics_line_once(tmp_path):
+    from rrhf_core.training.launch import _MetricsTail
+
+    got: list[tuple[int, dict]] = []
+
+    class Sink:
+        def log(self, metrics, step):
+            got.append((step, dict(metrics)))
+
+    path = tmp_path / "metrics.jsonl"
+    tail = _MetricsTail(path, Sink())
+    tail.poll()  # no file yet
+    path.write_text(
+        '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5'
+    )  # the second line is still being written
+    tail.poll()
+    assert got == [(1, {"loss": 2.0})]
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n')
+    tail.poll()
+    tail.poll()
+    assert got == [(1, {"loss": 2.0}), (2, {"loss": 1.5})]
