@@ -36,7 +36,7 @@ demo: setup
 	$(VENV)/bin/rrhf pipeline --config configs/demo.yaml
 
 # the README's main-job table: the demo for 3 seeds x (fp32, bf16), each in its own workdir, then the table rendered
-# from the runs' summaries (about 6 x 8 min on 2 CPU cores)
+# from the runs' summaries (about 6 x 10 min on 2 CPU cores)
 SEEDS ?= 0 1 2
 PRECISIONS ?= fp32 bf16
 demo-matrix: setup
