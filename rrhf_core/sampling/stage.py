@@ -202,9 +202,10 @@ def sample(
             from rrhf_core.sampling.ray_executor import sample_on_ray
 
             sample_on_ray(cfg, shards, sid, finished)
-        for i in todo if not on_ray else []:
-            assert sampler is not None
-            finished(i, *sample_seeded_shard(shards[i], i, sampler, cfg, sid))
+        else:
+            for i in todo:
+                assert sampler is not None
+                finished(i, *sample_seeded_shard(shards[i], i, sampler, cfg, sid))
     finally:
         bar.close()
         if owned and sampler is not None:

@@ -131,16 +131,13 @@ def strategy_step(strategy: str, shape: str, k: int, bf16: bool, steps: int = 2)
     """``steps`` optimizer steps of the prefix-shared RRHF step under DDP or FSDP in this process (a process group
     of one is made when none exists): the losses, the step time and the peak memory. The same seeded model and
     batch for both strategies, so their losses can be compared."""
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
+    from rrhf_core.training.distributed import init_distributed
     from rrhf_core.training.prefix import PrefixSharedLM
     from rrhf_core.training.sharding import shard
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    device = init_distributed(group_of_one=True).device
     model, vocab, pad = random_model(shape)
     scorer: Any = PrefixSharedLM(model.to(device).train())
     if strategy == "fsdp":

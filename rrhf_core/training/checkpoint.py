@@ -93,12 +93,7 @@ def save_checkpoint(
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     barrier(env)
     if env.is_main:
-        state = {
-            "step": step,
-            "world_size": env.world_size,
-            "sharded": is_sharded(model),
-            "fingerprint": fingerprint,
-        }
+        state = {"step": step, "world_size": env.world_size, "fingerprint": fingerprint}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

@@ -118,6 +118,9 @@ def _prepare_model(cfg: TrainConfig, env: DistEnv) -> Any:
     return model
 
 
+_ONE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_group=False)
+
+
 def _gather_for_save(model: Any, cfg: TrainConfig, env: DistEnv) -> Any:
     """The model to save, whole, on the main process (``None`` elsewhere). Under FSDP every process takes part in
     gathering the weights, which the main process loads into a fresh copy of the model (adapters included)."""
@@ -131,9 +134,6 @@ def _gather_for_save(model: Any, cfg: TrainConfig, env: DistEnv) -> Any:
     whole = _prepare_model(cfg.model_copy(update={"strategy": "ddp", "prefix_sharing": False}), _ONE_CPU)
     whole.load_state_dict(weights)
     return whole
-
-
-_ONE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_group=False)
 
 
 def _save_model(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Path) -> Path:
