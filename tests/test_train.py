@@ -276,3 +276,29 @@ def test_per_example_ranking_agreement_matches_one_example_at_a_time(tiny_model_
     batched = ranking_agreement(model, encoded, c, tok.pad_token_id)
     one = [evaluate_listwise(model, [e], c, tok.pad_token_id)["ranking_accuracy"] for e in encoded]
     assert len(batched) == len(encoded) and batched == pytest.approx(one)
+
+
+def test_length_grouping_keeps_each_epoch_a_permutation_and_pads_less():
+    """Grouped order: the same prompts each epoch, a function of (seed, epoch) only, similar lengths per step, the
+    incomplete tail last; group 1 is the plain shuffle."""
+    from rrhf_core.training.trainer import epoch_order, step_indices
+
+    n, batch = 23, 4  # 5 full steps and a tail of 3
+    lengths = [(7 * i) % 50 + 10 for i in range(n)]
+    plain = epoch_order(n, seed=3, epoch=1)
+    assert epoch_order(n, 3, 1, lengths, group=1, global_batch=batch) == plain
+    grouped = epoch_order(n, 3, 1, lengths, group=4, global_batch=batch)
+    assert sorted(grouped) == list(range(n))
+    assert grouped == epoch_order(n, 3, 1, lengths, group=4, global_batch=batch)  # resumable: same order again
+    assert sorted(grouped[20:]) == sorted(plain[20:])  # the skipped tail is the plain order's tail
+    steps = [grouped[i : i + batch] for i in range(0, 20, batch)]
+    # the first window (4 steps = 16 prompts) is sorted: each of its steps spans one quarter of it by length
+    window = sorted(plain[:16], key=lambda i: lengths[i])
+    assert sorted(map(sorted, steps[:4])) == sorted(sorted(window[j : j + batch]) for j in range(0, 16, batch))
+    assert sorted(steps[4]) == sorted(plain[16:20])  # the last, partial window is one step
+
+    def padded(order: list[int]) -> int:
+        return sum(batch * max(lengths[i] for i in order[j : j + batch]) for j in range(0, 20, batch))
+
+    assert padded(grouped) < padded(plain)
+    assert step_indices(n, batch, 3, 6, lengths, 4) == epoch_order(n, 3, 1, lengths, 4, batch)[4:8]

@@ -98,6 +98,12 @@ class TrainSettings(BaseModel):
         1, ge=1, description="Prompts per forward pass per process (all their responses)."
     )
     grad_accum: int = Field(4, ge=1, description="Micro-batches per optimizer step per process.")
+    length_grouping: int = Field(
+        4,
+        ge=1,
+        description="Sort the prompts of this many consecutive optimizer steps by length and deal them out as "
+        "steps again in a seeded order, so a micro-batch pads less (1: plain shuffle).",
+    )
     seed: int = Field(0, description="Seed for data order, initialisation of adapters and dropout.")
 
     # processes: how many, and how they share the model

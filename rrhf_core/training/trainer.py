@@ -18,6 +18,7 @@ The run is four steps, each a function: :func:`setup` (data, model, optimizer), 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -71,16 +72,39 @@ class TrainResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+def epoch_order(
+    n: int, seed: int, epoch: int, lengths: Sequence[int] | None = None, group: int = 1, global_batch: int = 1
+) -> list[int]:
+    """The prompts of one epoch in a seeded order, a function of ``(seed, epoch)`` only (so a resumed run takes the
+    same batches).
+
+    With ``lengths`` and ``group > 1``: the shuffled order is cut into windows of ``group`` optimizer steps
+    (``group * global_batch`` prompts), each window is sorted by length and cut into steps again, and those steps
+    are shuffled, so a micro-batch holds prompts of similar length (less padding) while the steps stay in random
+    order. The incomplete tail of the epoch (skipped by :func:`step_indices`) stays last.
+    """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    order = torch.randperm(n, generator=g).tolist()
+    if lengths is None or group <= 1:
+        return order
+    full = (n // global_batch) * global_batch
+    out: list[int] = []
+    size = group * global_batch
+    for start in range(0, full, size):
+        window = sorted(order[start : min(start + size, full)], key=lambda i: lengths[i])
+        steps = [window[i : i + global_batch] for i in range(0, len(window), global_batch)]
+        out += [i for s in torch.randperm(len(steps), generator=g).tolist() for i in steps[s]]
+    return out + order[full:]
 
 
-def step_indices(n: int, global_batch: int, seed: int, step: int) -> list[int]:
+def step_indices(
+    n: int, global_batch: int, seed: int, step: int, lengths: Sequence[int] | None = None, group: int = 1
+) -> list[int]:
     """The prompts (indices) of one optimizer step; incomplete tail batches of an epoch are skipped."""
     per_epoch = n // global_batch
     epoch, pos = divmod(step, per_epoch)
-    return epoch_order(n, seed, epoch)[pos * global_batch : (pos + 1) * global_batch]
+    order = epoch_order(n, seed, epoch, lengths, group, global_batch)
+    return order[pos * global_batch : (pos + 1) * global_batch]
 
 
 def _prepare_model(cfg: TrainConfig, env: DistEnv) -> Any:
@@ -180,6 +204,11 @@ class Run:
     bf16: bool
     fingerprint: dict[str, Any]
     reference: dict[str, list[float]] | None = None  # DPO: the frozen base model's response log-probabilities
+
+    @functools.cached_property
+    def lengths(self) -> list[int]:
+        """Tokens of each prompt's packed row (prompt and all its responses): what length grouping sorts by."""
+        return [len(ex.prompt_ids) + sum(map(len, ex.response_ids)) for ex in self.encoded]
 
 
 def load_encoded(
@@ -331,7 +360,9 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     t0 = time.perf_counter()
     if run.cfg.fail_at_step is not None and step + 1 == run.cfg.fail_at_step:
         raise RuntimeError(f"injected failure at step {step + 1} (fail_at_step is set)")
-    indices = step_indices(len(run.encoded), run.global_batch, run.cfg.seed, step)
+    indices = step_indices(
+        len(run.encoded), run.global_batch, run.cfg.seed, step, run.lengths, run.cfg.length_grouping
+    )
     s = _accumulate(run, indices)
     if not math.isfinite(s["loss"]):
         where = latest_checkpoint(run.output_dir)
