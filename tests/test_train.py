@@ -289,12 +289,16 @@ def test_length_grouping_keeps_each_epoch_a_permutation_and_pads_less():
     assert epoch_order(n, 3, 1, lengths, group=1, global_batch=batch) == plain
     grouped = epoch_order(n, 3, 1, lengths, group=4, global_batch=batch)
     assert sorted(grouped) == list(range(n))
-    assert grouped == epoch_order(n, 3, 1, lengths, group=4, global_batch=batch)  # resumable: same order again
+    assert grouped == epoch_order(
+        n, 3, 1, lengths, group=4, global_batch=batch
+    )  # resumable: same order again
     assert sorted(grouped[20:]) == sorted(plain[20:])  # the skipped tail is the plain order's tail
     steps = [grouped[i : i + batch] for i in range(0, 20, batch)]
     # the first window (4 steps = 16 prompts) is sorted: each of its steps spans one quarter of it by length
     window = sorted(plain[:16], key=lambda i: lengths[i])
-    assert sorted(map(sorted, steps[:4])) == sorted(sorted(window[j : j + batch]) for j in range(0, 16, batch))
+    assert sorted(map(sorted, steps[:4])) == sorted(
+        sorted(window[j : j + batch]) for j in range(0, 16, batch)
+    )
     assert sorted(steps[4]) == sorted(plain[16:20])  # the last, partial window is one step
 
     def padded(order: list[int]) -> int:
