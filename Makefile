@@ -35,27 +35,30 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/rrhf pipeline --config configs/demo.yaml
 
-# the README's main-job table: the demo for 3 seeds x (fp32, bf16), each in its own workdir, then the table rendered
-# from the runs' summaries (about 6 x 10 min on 2 CPU cores)
+# the README's main-job table: the demo for 3 seeds x (fp32, bf16), each in its own fresh workdir under
+# $(MATRIX) (a new folder per invocation: a workdir that already holds a champion would judge the new model against
+# it, not against the base model), then the table rendered from the runs' summaries (about 6 x 9 min on 2 CPU cores)
 SEEDS ?= 0 1 2
 PRECISIONS ?= fp32 bf16
+MATRIX_STAMP := $(shell date +%Y%m%d-%H%M%S)
+MATRIX ?= runs/matrix-$(MATRIX_STAMP)
 demo-matrix: setup
 	@for p in $(PRECISIONS); do for s in $(SEEDS); do \
 	  b=$$( [ $$p = bf16 ] && echo on || echo off ); \
-	  $(VENV)/bin/rrhf pipeline --config configs/demo.yaml --workdir runs/demo-$$p-s$$s \
+	  $(VENV)/bin/rrhf pipeline --config configs/demo.yaml --workdir $(MATRIX)/demo-$$p-s$$s \
 	    --set sample.seed=$$s --set train.seed=$$s --set evaluate.seed=$$s \
 	    --set sample.dtype=$$p --set train.bf16=$$b --set evaluate.dtype=$$p || exit 1; \
 	done; done
-	$(VENV)/bin/rrhf report $(foreach p,$(PRECISIONS),$(foreach s,$(SEEDS),runs/demo-$(p)-s$(s)))
+	$(VENV)/bin/rrhf report $(foreach p,$(PRECISIONS),$(foreach s,$(SEEDS),$(MATRIX)/demo-$(p)-s$(s)))
 
 # the HH round on the shared data (../shared/data/hh-rlhf), 3 seeds, fp32; RM and judge retrained in each workdir
 hh-matrix: setup
 	@for s in $(SEEDS); do \
-	  $(VENV)/bin/rrhf pipeline --config configs/hh-cpu.yaml --workdir runs/hh-cpu-s$$s \
+	  $(VENV)/bin/rrhf pipeline --config configs/hh-cpu.yaml --workdir $(MATRIX)/hh-cpu-s$$s \
 	    --set sample.seed=$$s --set train.seed=$$s --set evaluate.seed=$$s \
 	    --set sample.dtype=fp32 --set train.bf16=off --set evaluate.dtype=fp32 || exit 1; \
 	done
-	$(VENV)/bin/rrhf report $(foreach s,$(SEEDS),runs/hh-cpu-s$(s))
+	$(VENV)/bin/rrhf report $(foreach s,$(SEEDS),$(MATRIX)/hh-cpu-s$(s))
 
 test: setup lint typecheck
 	$(PY) -m pytest

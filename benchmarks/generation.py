@@ -1,0 +1,90 @@
+"""Generation with the transformers backend on this machine: precision and batch size, side by side in one run.
+
+    python benchmarks/generation.py [--prompts 64] [--max-new-tokens 48] [--json]
+
+The demo's held-out instruction prompts (embedded, no network), SmolLM2-135M-Instruct, the sampler the pipeline
+uses (``HFSampler``). For fp32 weights, bf16 weights (what ``dtype: bf16`` loads now) and fp32 weights under bf16
+autocast (what it did before), the seconds for greedy answers (k = 1) and for k = 3 samples per prompt at several
+prompts-per-call batch sizes. Every case generates the same number of new tokens at most; sampled cases are seeded.
+What the demo preset's batch sizes (sampling 64 prompts x 3 answers, evaluation 64) and the bf16 loading rest on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from rrhf_core.data.contracts import read_prompts
+    from rrhf_core.data.ingest import ingest
+    from rrhf_core.hardware import describe_machine
+    from rrhf_core.models import EMBEDDED_POLICY, resolve_model
+    from rrhf_core.sampling import GenerationParams
+    from rrhf_core.sampling.hf_backend import HFSampler
+    from rrhf_core.sampling.stage import render_prompts
+
+    model = resolve_model(EMBEDDED_POLICY)
+    work = Path(tempfile.mkdtemp(prefix="rrhf-bench-gen-"))
+    ingest(["embedded:instructions"], work, eval_share=0.0)
+    rows = read_prompts(work / "prompts.parquet", "eval")[: args.prompts]
+    cases = [("greedy", 1, bs) for bs in (16, 64)] + [("sample", 3, bs) for bs in (16, 64)]
+    results: list[dict[str, object]] = []
+    for precision in ("fp32", "bf16", "bf16-autocast"):
+        sampler = HFSampler(model, dtype="fp32" if precision == "bf16-autocast" else precision)
+        if precision == "bf16-autocast":  # the loading before: fp32 weights, bf16 autocast at every step
+            sampler.bf16 = True
+        texts, _ = render_prompts(rows, sampler.tokenizer, "chat", 128)
+        for mode, k, batch in cases:
+            sampler.batch_size = batch
+            params = GenerationParams(
+                k=k,
+                strategy="sample",
+                temperature=0.0 if mode == "greedy" else 1.0,
+                top_p=1.0 if mode == "greedy" else 0.95,
+                max_new_tokens=args.max_new_tokens,
+                stop=(),
+                seed=0,
+            )
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            out = sampler.generate(texts, params)
+            seconds = time.perf_counter() - t0
+            tokens = sum(c.num_tokens for group in out for c in group[: 1 if mode == "greedy" else k])
+            results.append(
+                {
+                    "precision": precision,
+                    "mode": mode,
+                    "k": k,
+                    "batch_prompts": batch,
+                    "seconds": seconds,
+                    "new_tokens": tokens,
+                    "tokens_per_s": tokens / seconds,
+                }
+            )
+            if not args.json:
+                print(
+                    f"{precision:>13} {mode:>6} k={k} batch {batch:>3} prompts: {seconds:6.1f} s, "
+                    f"{tokens / seconds:6.1f} new tok/s",
+                    flush=True,
+                )
+        sampler.close()
+    if args.json:
+        print(json.dumps({"machine": describe_machine(), "prompts": len(rows), "results": results}, indent=2))
+    else:
+        print(f"{len(rows)} prompts, {args.max_new_tokens} new tokens at most; {describe_machine()}")
+
+
+if __name__ == "__main__":
+    main()
