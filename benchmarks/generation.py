@@ -6,7 +6,8 @@ The demo's held-out instruction prompts (embedded, no network), SmolLM2-135M-Ins
 uses (``HFSampler``). For fp32 weights, bf16 weights (what ``dtype: bf16`` loads now) and fp32 weights under bf16
 autocast (what it did before), the seconds for greedy answers (k = 1) and for k = 3 samples per prompt at several
 prompts-per-call batch sizes. Every case generates the same number of new tokens at most; sampled cases are seeded.
-What the demo preset's batch sizes (sampling 64 prompts x 3 answers, evaluation 64) and the bf16 loading rest on.
+What the demo preset's batch sizes (sampling one 32-prompt shard x 3 answers per call, greedy evaluation 64 prompts
+per call) and the bf16 loading rest on.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """How much of a training run's micro-batches is padding, with and without length grouping (no model, no training).
 
-    python benchmarks/padding.py TRAIN_PARQUET [--micro-batch-size 4] [--steps 60] [--groups 1 2 4 8] [--set K=V ...]
+    python benchmarks/padding.py TRAIN_PARQUET [--micro-batch-size 4] [--steps 60] [--groups 1 2 4 8]
 
 Reads a built listwise set (``stages/build-*/train.parquet`` of a round), encodes it exactly as the trainer does
 (tokenizer, length policy, the empty-answer negative) and walks the trainer's own step order
-(``rrhf_core.training.trainer.step_indices``) for ``--steps`` steps, collating every micro-batch with prefix sharing.
-Prints, per ``length_grouping``, the padded share of the rows' tokens (padded = micro-batch size x longest row).
+(``rrhf_core.training.trainer.step_indices``) for ``--steps`` steps, one micro-batch per step, each prompt's
+prefix-shared row as long as ``row_lengths`` says. Prints, per ``length_grouping``, the padded share of the rows' tokens (padded = micro-batch size x longest row).
 Matmul work grows with padded tokens, so this is the share of a step's body computation that grouping removes.
 """
 
@@ -27,7 +27,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rrhf_core.training.config import TrainConfig
-    from rrhf_core.training.trainer import load_encoded, step_indices
+    from rrhf_core.training.trainer import load_encoded, row_lengths, step_indices
 
     cfg = TrainConfig(
         data=args.data,
@@ -38,7 +38,7 @@ def main() -> None:
         max_response_tokens=args.max_response_tokens,
     )
     encoded, *_ = load_encoded(cfg)
-    lengths = [len(ex.prompt_ids) + sum(map(len, ex.response_ids)) for ex in encoded]
+    lengths = row_lengths(encoded)
     batch = cfg.global_batch_size(1)
     print(
         f"{len(encoded)} prompts, rows of {min(lengths)}-{max(lengths)} tokens, {args.steps} steps of {batch}"

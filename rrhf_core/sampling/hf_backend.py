@@ -24,9 +24,8 @@ class HFSampler:
 
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.bf16 = dtype == "bf16" or (dtype == "auto" and bf16_available(self.device))
-        # bf16 means bf16 weights, not fp32 weights under autocast: autocast casts every weight at every decoding
-        # step (64 greedy answers, SmolLM2-135M, 2-core CPU: 18.7 s against 22.6 s at batch 16, 12.8 s against
-        # 24.0 s at batch 64)
+        # bf16 means bf16 weights, not fp32 weights under autocast, which casts every weight at every decoding step
+        # (benchmarks/generation.py: 1.2-1.5x faster on a 2-core CPU; README, "Generation on a CPU")
         self.model.to(self.device, dtype=torch.bfloat16 if self.bf16 else None)
         self.batch_size = batch_size
 

@@ -97,6 +97,11 @@ def epoch_order(
     return out + order[full:]
 
 
+def row_lengths(encoded: Sequence[EncodedExample]) -> list[int]:
+    """Tokens of each prompt's packed row (prompt and all its responses): what length grouping sorts by."""
+    return [len(ex.prompt_ids) + sum(map(len, ex.response_ids)) for ex in encoded]
+
+
 def step_indices(
     n: int, global_batch: int, seed: int, step: int, lengths: Sequence[int] | None = None, group: int = 1
 ) -> list[int]:
@@ -207,8 +212,7 @@ class Run:
 
     @functools.cached_property
     def lengths(self) -> list[int]:
-        """Tokens of each prompt's packed row (prompt and all its responses): what length grouping sorts by."""
-        return [len(ex.prompt_ids) + sum(map(len, ex.response_ids)) for ex in self.encoded]
+        return row_lengths(self.encoded)
 
 
 def load_encoded(
