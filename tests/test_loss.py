@@ -12,6 +12,7 @@ from rrhf_core.training.loss import (
     IGNORE_INDEX,
     best_response_weights,
     gather_logprobs,
+    hidden_logprobs,
     length_normalised_scores,
     rank_loss,
     ranking_pairs,
@@ -231,3 +232,23 @@ def test_empty_answer_negative_hand_values():
     g2 = torch.tensor([0, 0, 1, 1])
     r2 = t(1.0, float("-inf"), 0.0, float("-inf"))
     assert_close(rank_loss(t(-2.0, -1.0, -3.0, -4.0), r2, g2, 2), t(1.0, 0.0))
+
+
+def test_hidden_logprobs_equal_whether_the_head_is_recomputed_or_kept() -> None:
+    """Small logits are kept for backward, large ones recomputed: same values and gradients either way, and both
+    equal a log-softmax over the full logits (3 rows x 5 tokens, chunks of 2 rows)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 5, bias=False)
+    hidden = torch.randn(3, 4)
+    targets = torch.tensor([0, 4, 2])
+    expected = torch.log_softmax(hidden @ head.weight.T, dim=-1).gather(1, targets[:, None]).squeeze(1)
+    grads = []
+    for threshold in (0, 10**9):  # 15 logits: above 0 (recompute), below 10**9 (keep)
+        h = hidden.clone().requires_grad_(True)
+        head.zero_grad()
+        out = hidden_logprobs(h, head, targets, chunk_rows=2, recompute_above=threshold)
+        assert_close(out, expected)
+        out.sum().backward()
+        grads.append((h.grad.clone(), head.weight.grad.clone()))
+    assert_close(grads[0][0], grads[1][0])
+    assert_close(grads[0][1], grads[1][1])

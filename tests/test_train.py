@@ -306,3 +306,27 @@ def test_length_grouping_keeps_each_epoch_a_permutation_and_pads_less():
 
     assert padded(grouped) < padded(plain)
     assert step_indices(n, batch, 3, 6, lengths, 4) == epoch_order(n, 3, 1, lengths, 4, batch)[4:8]
+
+
+def test_fused_adamw_serves_plain_cpu_parameters_and_updates_like_the_default() -> None:
+    import torch
+
+    from rrhf_core.training.trainer import fused_adamw
+
+    torch.manual_seed(0)
+    start = [torch.randn(3, 4), torch.randn(5)]
+    grads = [torch.randn(3, 4), torch.randn(5)]
+    after = []
+    for fused in (None, True):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        assert fused_adamw(params)
+        opt = torch.optim.AdamW(params, lr=0.1, weight_decay=0.01, fused=fused)
+        for _ in range(3):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        after.append([p.detach() for p in params])
+    for a, b in zip(*after, strict=True):
+        torch.testing.assert_close(a, b)
+    assert not fused_adamw([torch.nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)])
+    assert not fused_adamw([])

@@ -21,7 +21,12 @@ class EvalSettings(BaseModel):
     max_new_tokens: int = Field(96, ge=1)
     temperature: float = Field(0.0, ge=0.0, description="0: greedy, deterministic answers.")
     seed: int = Field(0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Answers per generate call (best-of-k: batch_size // k prompts per call) and pairs per "
+        "likelihood-scoring batch.",
+    )
     tie_margin: float = Field(1e-6, ge=0.0, description="Rewards closer than this count as a tie.")
     preference_accuracy: bool = Field(
         True, description="Score HH chosen/rejected pairs with each policy (Table 5)."

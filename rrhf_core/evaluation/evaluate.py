@@ -121,7 +121,13 @@ def _best_of_k(
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
     )
-    outs = _generate(sampler, prompt_texts, sampled, cfg)
+    # batch_size counts answers per call here too: k x batch_size rows in one call sampled slower than k calls of
+    # batch_size rows (benchmarks/generation.py: rows that ended early keep decoding until the whole call ends)
+    prompts_per_call, sampler.batch_size = sampler.batch_size, max(1, cfg.batch_size // cfg.best_of_k)
+    try:
+        outs = _generate(sampler, prompt_texts, sampled, cfg)
+    finally:
+        sampler.batch_size = prompts_per_call
     flat_msgs = [m for m, group in zip(messages, outs, strict=True) for _ in group]
     scores = judge.score(flat_msgs, [c.text for group in outs for c in group])
     best, i = [], 0

@@ -248,13 +248,31 @@ def plan_steps(n_prompts: int, cfg: TrainConfig, world_size: int) -> tuple[int, 
     return global_batch, steps_per_epoch, cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
 
+def fused_adamw(params: list[Any]) -> bool:
+    """Whether AdamW's fused kernel serves these parameters: plain (unsharded) float tensors on one CPU or CUDA
+    device. It updates every parameter in one pass instead of a loop of tensor operations: on a 2-core CPU one
+    AdamW step over SmolLM2-135M took 0.36 s in the default (foreach) form and 0.04 s fused, about 6 % of the
+    demo's fp32 training step. FSDP's sharded (DTensor) parameters keep the default."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        DTensor = ()  # type: ignore[assignment,misc]
+    return {p.device.type for p in params} in ({"cpu"}, {"cuda"}) and all(
+        p.is_floating_point() and not isinstance(p, DTensor) for p in params
+    )
+
+
 def make_optimizer(model: Any, cfg: TrainConfig, total_steps: int) -> tuple[list[Any], Any, Any]:
     """AdamW over the trainable parameters and the warmup-then-decay schedule."""
     from transformers import get_scheduler
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        trainable, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay
+        trainable,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        weight_decay=cfg.weight_decay,
+        fused=fused_adamw(trainable) or None,
     )
     sched_name = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.scheduler]
     scheduler = get_scheduler(
