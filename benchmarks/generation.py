@@ -1,10 +1,10 @@
 """Generation with the transformers backend on this machine: precision and batch size, side by side in one run.
 
-    python benchmarks/generation.py [--prompts 64] [--max-new-tokens 48] [--json]
+    python benchmarks/generation.py [--prompts 64] [--max-new-tokens 48] [--k 3] [--json]
 
 The demo's held-out instruction prompts (embedded, no network), SmolLM2-135M-Instruct, the sampler the pipeline
 uses (``HFSampler``). For fp32 weights, bf16 weights (what ``dtype: bf16`` loads now) and fp32 weights under bf16
-autocast (what it did before), the seconds for greedy answers (k = 1) and for k = 3 samples per prompt at several
+autocast (what it did before), the seconds for greedy answers (k = 1) and for k (default 3) samples per prompt at several
 prompts-per-call batch sizes. Every case generates the same number of new tokens at most; sampled cases are seeded.
 What the demo preset's batch sizes (sampling one 32-prompt shard x 3 answers per call, greedy evaluation 64 prompts
 per call) and the bf16 loading rest on.
@@ -23,6 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--k", type=int, default=3, help="samples per prompt in the sampled cases (4: best-of-4)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -40,7 +41,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rrhf-bench-gen-"))
     ingest(["embedded:instructions"], work, eval_share=0.0)
     rows = read_prompts(work / "prompts.parquet", "eval")[: args.prompts]
-    cases = [("greedy", 1, bs) for bs in (16, 64)] + [("sample", 3, bs) for bs in (16, 64)]
+    cases = [("greedy", 1, bs) for bs in (16, 64)] + [("sample", args.k, bs) for bs in (16, 64)]
     results: list[dict[str, object]] = []
     for precision in ("fp32", "bf16", "bf16-autocast"):
         sampler = HFSampler(model, dtype="fp32" if precision == "bf16-autocast" else precision)
