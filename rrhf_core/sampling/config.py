@@ -54,7 +54,12 @@ class SampleSettings(BaseModel):
     seed: int = Field(0)
     include_references: bool = Field(True, description="Add the data's reference responses as candidates.")
     shard_size: int = Field(32, ge=1, description="Prompts per shard (the unit of resume).")
-    batch_size: int = Field(8, ge=1, description="Prompts per generate call (transformers backend).")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Prompts per generate call (transformers backend); a call never spans two shards, so at most "
+        "shard_size.",
+    )
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto")
     vllm_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vLLM memory share (KV cache).")
     vllm_max_model_len: int | None = Field(
