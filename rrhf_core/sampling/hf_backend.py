@@ -33,10 +33,14 @@ class HFSampler:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], params: GenerationParams) -> list[list[Completion]]:
+    def generate(
+        self, prompts: list[str], params: GenerationParams, batch_size: int | None = None
+    ) -> list[list[Completion]]:
+        """k completions per prompt, ``batch_size`` prompts per generate call (default: the sampler's)."""
+        per_call = batch_size or self.batch_size
         out: list[list[Completion]] = []
-        for start in range(0, len(prompts), self.batch_size):
-            out.extend(self._batch(prompts[start : start + self.batch_size], params))
+        for start in range(0, len(prompts), per_call):
+            out.extend(self._batch(prompts[start : start + per_call], params))
         return out
 
     def _diverse(self, prompt: str, p: GenerationParams) -> list[Completion]:
