@@ -70,6 +70,11 @@ def one_or_many(v: Any) -> Any:
     return [v] if isinstance(v, str) else v
 
 
+def on_off(v: Any) -> Any:
+    """YAML (and ``--set``) read on/off as booleans: map them back to the "on"/"off" of an auto/on/off switch."""
+    return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
+
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*)(?P<password>:[^/@\s]*)?@")
 _SECRET_QUERY = re.compile(
     r"(?i)(?P<key>[?&](?:password|passwd|pwd|token|secret|api_key|apikey|access_key)=)[^&\s]*"

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rrhf_core.config import one_or_many
+from rrhf_core.config import on_off, one_or_many
 from rrhf_core.models import EMBEDDED_ENCODER
 from rrhf_core.training.config import LoraConfig
 
@@ -66,6 +66,7 @@ class RMSettings(BaseModel):
     log_every: int = Field(10, ge=1, description="Log training metrics every N optimiser steps.")
 
     _compare = field_validator("compare_with", mode="before")(one_or_many)
+    _bf16 = field_validator("bf16", mode="before")(on_off)
 
     @model_validator(mode="after")
     def _part_in_range(self) -> RMSettings:

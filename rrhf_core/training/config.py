@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rrhf_core.config import on_off
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.types import PromptFormat
 
@@ -165,11 +166,7 @@ class TrainSettings(BaseModel):
         None, ge=1, description="Fault injection for testing failure handling: raise at this step."
     )
 
-    @field_validator("bf16", mode="before")
-    @classmethod
-    def _bool_to_switch(cls, v: Any) -> Any:
-        # YAML reads on/off as booleans
-        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+    _bf16 = field_validator("bf16", mode="before")(on_off)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSettings:
