@@ -271,3 +271,32 @@ def test_prompts_too_long_to_sample_are_counted_with_ids_through_build(tmp_path,
     assert stats["dropped"]["prompt_too_long_to_sample"] == 1 and stats["prompts_too_long_to_sample"] == [
         long_id
     ]
+
+
+def test_hf_sampler_groups_prompts_by_length_and_answers_in_the_prompts_order(tiny_model_dir):
+    from rrhf_core.sampling import GenerationParams
+    from rrhf_core.sampling.hf_backend import HFSampler
+
+    sampler = HFSampler(str(tiny_model_dir), dtype="fp32", batch_size=2)
+    prompts = ["a b c d e f g h", "a", "a b c d e f", "a b", "a b c d"]
+    lengths = {p: sampler.count_tokens(p) for p in prompts}
+    params = GenerationParams(
+        k=1, strategy="sample", temperature=0.0, top_p=1.0, max_new_tokens=4, stop=(), seed=0
+    )
+    calls = []
+    real_batch = sampler._batch
+
+    def recording(batch, p):
+        calls.append(batch)
+        return real_batch(batch, p)
+
+    sampler._batch = recording
+    together = sampler.generate(prompts, params)
+    # calls hold prompts of neighbouring lengths: the two shortest, the next two, the longest
+    assert [sorted(lengths[p] for p in c) for c in calls] == [
+        sorted(lengths.values())[i : i + 2] for i in (0, 2, 4)
+    ]
+    alone = [sampler.generate([p], params)[0] for p in prompts]
+    assert [g[0].text for g in together] == [
+        g[0].text for g in alone
+    ]  # answers come back in the prompts' order
