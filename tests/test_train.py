@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -272,6 +273,10 @@ def test_per_example_ranking_agreement_matches_one_example_at_a_time(tiny_model_
     tok = load_tokenizer(str(tiny_model_dir))
     examples, _ = load_listwise(learnable_set)
     encoded, _, _ = encode_examples(Encoder(tok, 64, 16, c.prompt_format), examples)
+    # prompts of different lengths: micro-batches group examples by length, and the results must come back in order
+    encoded = [dataclasses.replace(e, prompt_ids=e.prompt_ids[(i * 7) % 11 :]) for i, e in enumerate(encoded)]
+    sizes = [len(e.prompt_ids) + sum(map(len, e.response_ids)) for e in encoded]
+    assert sizes != sorted(sizes)
     model = load_causal_lm(str(tiny_model_dir))
     batched = ranking_agreement(model, encoded, c, tok.pad_token_id)
     one = [evaluate_listwise(model, [e], c, tok.pad_token_id)["ranking_accuracy"] for e in encoded]

@@ -203,28 +203,35 @@ def encode_examples(
 
 @torch.no_grad()
 def ranking_agreement(
-    model: Any, encoded: Sequence[EncodedExample], settings: TrainSettings, pad_id: int
+    model: Any,
+    encoded: Sequence[EncodedExample],
+    settings: TrainSettings,
+    pad_id: int,
+    group_by_length: bool = True,
 ) -> list[float]:
     """Per example ``(len(encoded),)``: the share of its reward-ordered response pairs that the model's
     length-normalised log-likelihood (Eq. 1) orders the same way (NaN for an example without such a pair): the
-    policy used as a reward model (the paper's Table 5), in micro-batches of ``settings.micro_batch_size``."""
+    policy used as a reward model (the paper's Table 5), in micro-batches of ``settings.micro_batch_size`` examples
+    of similar length (less padding; the result keeps the order of ``encoded``)."""
     settings = settings.model_copy(update={"loss": "rrhf"})
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     scorer = PrefixSharedLM(model) if settings.prefix_sharing else model
     bf16 = use_bf16(settings.bf16, device)
-    out: list[float] = []
-    for i in range(0, len(encoded), settings.micro_batch_size):
-        batch = make_batch(encoded[i : i + settings.micro_batch_size], pad_id, settings.prefix_sharing).to(
-            device
-        )
+    order = list(range(len(encoded)))
+    if group_by_length:
+        order.sort(key=lambda i: (len(encoded[i].prompt_ids) + sum(map(len, encoded[i].response_ids)), i))
+    out = [float("nan")] * len(encoded)
+    for i in range(0, len(order), settings.micro_batch_size):
+        idx = order[i : i + settings.micro_batch_size]
+        batch = make_batch([encoded[j] for j in idx], pad_id, settings.prefix_sharing).to(device)
         _, scores = forward_loss(scorer, batch, settings, bf16)
         pairs = pair_mask(batch.rewards, batch.group)
         agree = pairs & (scores[:, None] < scores[None, :])
-        for g in range(batch.num_groups):
+        for g, j in enumerate(idx):
             rows = batch.group == g
             n = int(pairs[rows].sum().item())
-            out.append(int(agree[rows].sum().item()) / n if n else float("nan"))
+            out[j] = int(agree[rows].sum().item()) / n if n else float("nan")
     model.train(was_training)
     return out
