@@ -67,6 +67,24 @@ def test_length_buckets_cover_every_pair_once_with_similar_lengths():
     assert sorted(i for b in batches for i in b) == list(range(8))
     assert all(abs(lengths[b[0]] - lengths[b[-1]]) <= 1 for b in batches)
     assert sorted(i for b in length_buckets(lengths, 3, 0, bucket=False) for i in b) == list(range(8))
+    # items counted by their pairs: at most 4 pairs per batch, an item over that alone
+    sizes = [2, 2, 2, 1, 1, 5, 2, 2]
+    batches = length_buckets(lengths, 4, seed=0, sizes=sizes)
+    assert sorted(i for b in batches for i in b) == list(range(8))
+    assert all(sum(sizes[i] for i in b) <= 4 or len(b) == 1 for b in batches)
+    assert sorted(sorted(b) for b in batches) == [[0, 2], [1, 3], [4, 6], [5], [7]]
+
+
+def test_pairs_are_grouped_by_prompt_with_each_response_once():
+    from rrhf_core.reward_model.pairs import PreferencePair, empty_negatives
+    from rrhf_core.reward_model.trainer import group_pairs
+
+    pairs = [PreferencePair("a", [], "good", "bad"), PreferencePair("b", [], "ok", "no"),
+             PreferencePair("a", [], "fine", "bad"), PreferencePair("a", [], "good", "fine")]  # fmt: skip
+    a, b = group_pairs(pairs + empty_negatives(pairs))
+    assert a.responses == ["good", "bad", "fine", ""]  # 4 sequences for 4 pairs, not 8
+    assert a.pairs == [(0, 1), (2, 1), (0, 2), (0, 3)]
+    assert (b.responses, b.pairs) == (["ok", "no", ""], [(0, 1), (0, 2)])
 
 
 def hh(q: str, chosen: str, rejected: str) -> dict[str, str]:

@@ -78,19 +78,57 @@ def pair_metrics(
 
 
 def length_buckets(
-    lengths: Sequence[int], batch_size: int, seed: int, bucket: bool = True
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    bucket: bool = True,
+    sizes: Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """Batches of pair indices: sorted by length and cut into ``batch_size`` runs (shuffled order of batches),
-    or shuffled pairs when ``bucket`` is off."""
+    """Batches of item indices: sorted by length (shuffled when ``bucket`` is off) and cut into runs of at most
+    ``batch_size`` (counting each item as ``sizes[i]``, default 1; an item larger than that is a batch of its own);
+    the order of batches is shuffled."""
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     if bucket:
         order.sort(key=lambda i: (lengths[i], i))
     else:
         rng.shuffle(order)
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    sizes = sizes or [1] * len(lengths)
+    batches: list[list[int]] = []
+    room = 0
+    for i in order:
+        if not batches or sizes[i] > room:
+            batches.append([])
+            room = batch_size
+        batches[-1].append(i)
+        room -= sizes[i]
     rng.shuffle(batches)
     return batches
+
+
+@dataclass
+class PairGroup:
+    """One prompt's distinct responses, and its preference pairs as ``(chosen, rejected)`` indices into them."""
+
+    messages: list[dict[str, str]]
+    responses: list[str]
+    pairs: list[tuple[int, int]]
+
+
+def group_pairs(pairs: Sequence[PreferencePair]) -> list[PairGroup]:
+    """The pairs by prompt, each distinct response once (in the order prompts first appear): a batch then encodes
+    a chosen answer once for all the pairs it is in (its pair with the human rejected answer and with the empty
+    answer; a listwise row's k responses instead of k(k-1) pair members)."""
+    groups: dict[str, PairGroup] = {}
+    for p in pairs:
+        g = groups.setdefault(p.prompt_id, PairGroup(p.messages, [], []))
+        ids = []
+        for text in (p.chosen, p.rejected):
+            if text not in g.responses:
+                g.responses.append(text)
+            ids.append(g.responses.index(text))
+        g.pairs.append((ids[0], ids[1]))
+    return list(groups.values())
 
 
 def _load_backbone(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
@@ -145,14 +183,20 @@ def train_reward_model(
     model.to(device).train()
     bf16 = use_bf16(cfg.bf16, device)
 
-    def encode(pair: PreferencePair) -> tuple[list[int], list[int]]:
-        texts = [render_for_reward(tok, pair.messages, t) for t in (pair.chosen, pair.rejected)]
-        enc = tok(texts, truncation=True, max_length=max_length)["input_ids"]
-        return enc[0], enc[1]
-
-    encoded = [encode(p) for p in data.train]
-    lengths = [max(len(c), len(r)) for c, r in encoded]
-    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size / cfg.grad_accum)
+    groups = group_pairs(data.train)
+    encoded = [
+        tok(
+            [render_for_reward(tok, g.messages, t) for t in g.responses],
+            truncation=True,
+            max_length=max_length,
+        )["input_ids"]
+        for g in groups
+    ]
+    lengths = [max(len(ids) for ids in e) for e in encoded]
+    sizes = [len(g.pairs) for g in groups]
+    steps_per_epoch = math.ceil(
+        len(length_buckets(lengths, cfg.batch_size, cfg.seed, cfg.bucket, sizes)) / cfg.grad_accum
+    )
     total = max(1, round(steps_per_epoch * cfg.epochs))
     warmup = max(1, round(total * cfg.warmup_ratio))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -166,21 +210,26 @@ def train_reward_model(
     bar = tqdm(total=total, desc="rrhf train-rm", unit="step", disable=not progress)
     step, epoch, window = 0, 0, []
     while step < total:
-        batches = length_buckets(lengths, cfg.batch_size, cfg.seed + epoch, cfg.bucket)
+        batches = length_buckets(lengths, cfg.batch_size, cfg.seed + epoch, cfg.bucket, sizes)
         for s in range(0, len(batches), cfg.grad_accum):
             if step >= total:
                 break
             group = batches[s : s + cfg.grad_accum]
-            n_pairs = sum(len(b) for b in group)
+            n_pairs = sum(sizes[g] for b in group for g in b)
             for idx in group:
-                seqs = [encoded[i][0] for i in idx] + [encoded[i][1] for i in idx]
+                seqs: list[list[int]] = []
+                chosen, rejected = [], []
+                for g in idx:
+                    chosen += [len(seqs) + c for c, _ in groups[g].pairs]
+                    rejected += [len(seqs) + r for _, r in groups[g].pairs]
+                    seqs += encoded[g]
                 batch = tok.pad({"input_ids": seqs}, return_tensors="pt").to(device)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                     r = model(**batch).logits.float()[:, 0]
-                rc, rr = r[: len(idx)], r[len(idx) :]
+                rc, rr = r[chosen], r[rejected]
                 loss = bradley_terry_loss(rc, rr, cfg.margin)
-                (loss * len(idx) / n_pairs).backward()
-                window.append((loss.item() * len(idx), (rc > rr).float().sum().item(), len(idx)))
+                (loss * len(chosen) / n_pairs).backward()
+                window.append((loss.item() * len(chosen), (rc > rr).float().sum().item(), len(chosen)))
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
