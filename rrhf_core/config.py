@@ -65,6 +65,25 @@ def build_config(cls: type[BaseModel], base: dict[str, Any], overrides: list[str
         raise ConfigError(format_validation_error(e, where)) from None
 
 
+# settings that change how a stage reports, where it rests or where it runs, not what it produces: left out of the
+# stage-reuse keys (rrhf_core.reuse) and, with the paths, of the training checkpoints' fingerprint
+BOOKKEEPING = frozenset(
+    {
+        "fail_at_step",
+        "resume",
+        "log_every",
+        "checkpoint_every",
+        "checkpoint_minutes",
+        "keep_checkpoints",
+        "threads",
+        "rdzv_endpoint",
+        "rdzv_timeout_s",
+        "executor",  # where the work runs; the outputs are the same either way (tested)
+        "ray",
+    }
+)
+
+
 def one_or_many(v: Any) -> Any:
     """A single path given on the command line is a list of one."""
     return [v] if isinstance(v, str) else v

@@ -18,29 +18,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from rrhf_core.config import BOOKKEEPING
 from rrhf_core.digest import code_digest, digest_json
 
 # fields of stage configurations that name where things are, not what is computed
 WIRING_PATHS = frozenset(
     {"inputs", "prompts", "samples", "scores", "data", "output_dir", "cache_dir", "cache_path", "model"}
 )
-# fields that change how a stage reports or where it stops to rest, not what it produces
-BOOKKEEPING = frozenset(
-    {
-        "fail_at_step",
-        "resume",
-        "log_every",
-        "checkpoint_every",
-        "checkpoint_minutes",
-        "keep_checkpoints",
-        "threads",
-        "rdzv_endpoint",
-        "rdzv_timeout_s",
-        "executor",  # where the work runs; the outputs are the same either way (tested)
-        "ray",
-    }
-)
-
 # the module behind each stage; the code digest follows its rrhf_core imports
 STAGE_MODULES = {
     "ingest": "rrhf_core.data.ingest",

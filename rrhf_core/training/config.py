@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rrhf_core.config import on_off
+from rrhf_core.config import BOOKKEEPING, on_off
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.types import PromptFormat
 
@@ -192,21 +192,7 @@ class TrainSettings(BaseModel):
 
 
 # settings that do not change what a run computes (where it writes, how often it reports, when it stops)
-NOT_OUTPUT_CHANGING = frozenset(
-    {
-        "fail_at_step",
-        "output_dir",
-        "cache_dir",
-        "resume",
-        "log_every",
-        "checkpoint_every",
-        "checkpoint_minutes",
-        "keep_checkpoints",
-        "threads",
-        "rdzv_endpoint",
-        "rdzv_timeout_s",
-    }
-)
+NOT_OUTPUT_CHANGING = BOOKKEEPING | {"output_dir", "cache_dir"}
 
 
 class TrainConfig(TrainSettings):
