@@ -328,3 +328,12 @@ def test_the_embedded_encoder_trains_on_real_hh_pairs(tmp_path):
     r = train_reward_model(cfg, progress=False)
     assert r.report["eval"]["pairs"] > 50 and "embedded:minilm-helpfulness" in r.report["compare"]
     assert (r.model_dir / "config.json").exists()
+
+
+def test_bf16_switch_reads_yaml_booleans_as_on_and_off():
+    from rrhf_core.reward_model.config import RMSettings
+    from rrhf_core.training.config import TrainSettings
+
+    # `--set bf16=on` arrives as True (YAML 1.1): both stages take it as the switch, not as a validation error
+    assert [RMSettings(bf16=v).bf16 for v in (True, False, "auto")] == ["on", "off", "auto"]
+    assert [TrainSettings(bf16=v).bf16 for v in (True, False, "auto")] == ["on", "off", "auto"]
