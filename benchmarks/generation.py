@@ -68,7 +68,7 @@ def main() -> None:
         texts, _ = render_prompts(rows, sampler.tokenizer, args.prompt_format, args.max_prompt_tokens)
         for mode, k, batch, grouped in cases:
             sampler.batch_size = batch
-            sampler.sort_by_length = grouped
+            sampler.group_by_length = grouped
             params = GenerationParams(
                 k=k,
                 strategy="sample",

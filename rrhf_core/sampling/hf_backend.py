@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from rrhf_core.batching import length_batches
 from rrhf_core.models import load_causal_lm, load_tokenizer
 from rrhf_core.sampling import Completion, GenerationParams, cut_at_stop
 
@@ -30,7 +31,7 @@ class HFSampler:
         self.batch_size = batch_size
         # prompts of similar length share a generate call: left padding up to the longest prompt of a call costs
         # prefill and attention for every row (HH prompts run from 20 to 256 tokens)
-        self.sort_by_length = True
+        self.group_by_length = True
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -40,15 +41,16 @@ class HFSampler:
         self, prompts: list[str], params: GenerationParams, batch_size: int | None = None
     ) -> list[list[Completion]]:
         """k completions per prompt, in the prompts' order; ``batch_size`` prompts per generate call (default: the
-        sampler's), grouped by prompt length when ``sort_by_length``."""
+        sampler's), grouped by prompt length when ``group_by_length`` and there is more than one call."""
         per_call = batch_size or self.batch_size
-        order = list(range(len(prompts)))
-        if self.sort_by_length and len(prompts) > per_call:
-            lengths = [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-            order.sort(key=lambda i: (lengths[i], i))
+        grouped = self.group_by_length and len(prompts) > per_call
+        lengths = (
+            [len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+            if grouped
+            else [0] * len(prompts)
+        )
         out: list[list[Completion]] = [[] for _ in prompts]
-        for start in range(0, len(order), per_call):
-            idx = order[start : start + per_call]
+        for idx in length_batches(lengths, per_call, grouped):
             for i, group in zip(idx, self._batch([prompts[i] for i in idx], params), strict=True):
                 out[i] = group
         return out

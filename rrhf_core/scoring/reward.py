@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import torch
 
+from rrhf_core.batching import length_batches
 from rrhf_core.digest import file_digest, module_file
 from rrhf_core.errors import ConfigError
 from rrhf_core.models import minilm_dir, model_load_error
@@ -119,11 +120,7 @@ class EmbeddedReward:
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """``(n, 384)`` normalised mean-pooled embeddings (sentence-transformers' recipe for this model)."""
         out = []
-        order = list(range(len(texts)))
-        if self.bucket:  # length buckets: little padding
-            order.sort(key=lambda i: len(texts[i]))
-        for s in range(0, len(order), self.batch_size):
-            idx = order[s : s + self.batch_size]
+        for idx in length_batches([len(t) for t in texts], self.batch_size, self.bucket):
             enc = self.tokenizer(
                 [texts[i] for i in idx], padding=True, truncation=True, max_length=256, return_tensors="pt"
             )
@@ -227,10 +224,8 @@ def score_texts(
     """The single logit of a sequence classifier for each text, ``(len(texts),)``; batches are length-bucketed
     (sorted by length: little padding) unless ``bucket`` is off."""
     device = next(model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i])) if bucket else list(range(len(texts)))
     scores = [math.nan] * len(texts)
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    for idx in length_batches([len(t) for t in texts], batch_size, bucket):
         enc = tokenizer(
             [texts[i] for i in idx], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
         ).to(device)

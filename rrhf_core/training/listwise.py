@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from rrhf_core.batching import length_batches
 from rrhf_core.hardware import use_bf16
 from rrhf_core.training.collate import (
     Batch,
@@ -219,12 +220,9 @@ def ranking_agreement(
     model.eval()
     scorer = PrefixSharedLM(model) if settings.prefix_sharing else model
     bf16 = use_bf16(settings.bf16, device)
-    order = list(range(len(encoded)))
-    if group_by_length:
-        order.sort(key=lambda i: (len(encoded[i].prompt_ids) + sum(map(len, encoded[i].response_ids)), i))
+    lengths = [len(e.prompt_ids) + sum(map(len, e.response_ids)) for e in encoded]
     out = [float("nan")] * len(encoded)
-    for i in range(0, len(order), settings.micro_batch_size):
-        idx = order[i : i + settings.micro_batch_size]
+    for idx in length_batches(lengths, settings.micro_batch_size, group_by_length):
         batch = make_batch([encoded[j] for j in idx], pad_id, settings.prefix_sharing).to(device)
         _, scores = forward_loss(scorer, batch, settings, bf16)
         pairs = pair_mask(batch.rewards, batch.group)
