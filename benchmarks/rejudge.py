@@ -5,7 +5,9 @@
 For every workdir (a finished ``rrhf pipeline`` round), the held-out greedy answers of the trained and the base
 policy (``eval/*/eval_samples.parquet``) are scored by every judge: the judges the named workdirs' rounds used
 (``--judge-of``, read from their ``last_summary.json``) and any reward folder or spec (``--judge``). Prints the mean
-gain with the paired bootstrap 95 % CI (seed 0) and wins, ties and losses, as the evaluation stage computes them.
+gain with the paired bootstrap 95 % CI (seed 0) and wins, ties and losses, as the evaluation stage computes them;
+``--ensemble`` adds the verdict of all the judges together (the mean of their standardised scores, as the evaluation
+stage computes it for ``evaluate.judge`` given as a list).
 No generation: a judge on 64 prompts takes seconds.
 """
 
@@ -24,12 +26,17 @@ def main() -> None:
     ap.add_argument("--judge-of", nargs="*", default=[], help="rounds whose judge is used")
     ap.add_argument("--judge", nargs="*", default=[], help="further reward specs or folders")
     ap.add_argument("--tie-margin", type=float, default=1e-6)
+    ap.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also the judges' standardised mean (evaluate.judge as a list)",
+    )
     args = ap.parse_args()
 
     import pyarrow.parquet as pq
 
     from rrhf_core.data.contracts import read_prompts
-    from rrhf_core.evaluation.stats import bootstrap_mean_ci
+    from rrhf_core.evaluation.stats import bootstrap_mean_ci, standardised_mean
     from rrhf_core.scoring.reward import make_reward
 
     def summary(w: str) -> dict:
@@ -42,6 +49,16 @@ def main() -> None:
         for path in glob.glob(f"{w}/stages/ingest-*/prompts.parquet"):
             messages.update({r["prompt_id"]: r["messages"] for r in read_prompts(path)})
     print("| answers of | judge | gain [95 % CI] | W / T / L |\n| --- | --- | --- | --- |")
+
+    def row(w: str, name: str, cand: list[float], base: list[float]) -> None:
+        d = [c - b for c, b in zip(cand, base, strict=True)]
+        lo, hi = bootstrap_mean_ci(d, seed=0)
+        wins = sum(x > args.tie_margin for x in d)
+        losses = sum(x < -args.tie_margin for x in d)
+        print(f"| {w} | {name} | {statistics.fmean(d):+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+              f"{wins} / {len(d) - wins - losses} / {losses} |")  # fmt: skip
+
+    scored: dict[str, list[tuple[list[float], list[float]]]] = {w: [] for w in args.workdir}
     for name, spec in judges.items():
         reward = make_reward(spec)
         for w in args.workdir:
@@ -53,12 +70,11 @@ def main() -> None:
                 [messages[i] for i in ids] * 2,
                 [answers["candidate", i] for i in ids] + [answers["baseline", i] for i in ids],
             )
-            d = [c - b for c, b in zip(scores[: len(ids)], scores[len(ids) :], strict=True)]
-            lo, hi = bootstrap_mean_ci(d, seed=0)
-            wins = sum(x > args.tie_margin for x in d)
-            losses = sum(x < -args.tie_margin for x in d)
-            print(f"| {w} | {name} | {statistics.fmean(d):+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                  f"{wins} / {len(d) - wins - losses} / {losses} |")  # fmt: skip
+            scored[w].append((scores[: len(ids)], scores[len(ids) :]))
+            row(w, name, *scored[w][-1])
+    if args.ensemble and len(judges) > 1:  # the evaluation stage's verdict with `evaluate.judge` as this list
+        for w in args.workdir:
+            row(w, f"mean of the {len(judges)} standardised judges", *standardised_mean(scored[w]))
 
 
 if __name__ == "__main__":

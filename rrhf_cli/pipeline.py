@@ -78,6 +78,16 @@ def print_evaluation(e: dict[str, Any]) -> None:
         f"  judge score: baseline {e['baseline']['reward_mean']:.4f} -> trained {e['candidate']['reward_mean']:.4f}"
         f"  (gain {e['reward_gain']:+.4f}, 95 % CI {lo:+.4f}..{hi:+.4f})"
     )
+    if len(e.get("judges") or []) > 1:
+        print(
+            f"  (gain in pooled standard deviations: the mean of {len(e['judges'])} judges' standardised scores)"
+        )
+        for j in e["judges"]:
+            jlo, jhi = j["reward_gain_ci"]
+            print(
+                f"    judge {j['spec']}: {j['baseline_mean']:.4f} -> {j['candidate_mean']:.4f} (gain "
+                f"{j['reward_gain']:+.4f}, 95 % CI {jlo:+.4f}..{jhi:+.4f}; {j['wins']} W {j['ties']} T {j['losses']} L)"
+            )
     wlo, whi = e["win_rate_ci"]
     print(
         f"  win rate (ties half): {e['win_rate']:.3f} (95 % CI {wlo:.3f}..{whi:.3f}; "

@@ -72,13 +72,31 @@ HEADER = [
 def judge_label(s: dict[str, Any]) -> str:
     """The judge as configured (``trained:judge`` names a reward model of the round) or as the report has it."""
     spec = (s["config"].get("evaluate") or {}).get("judge") or ""
-    return spec if spec.startswith("trained:") else s["evaluation"]["judge"]
+    specs = [spec] if isinstance(spec, str) else spec
+    if specs and all(x.startswith("trained:") for x in specs):
+        return (
+            specs[0] if len(specs) == 1 else f"mean of {len(specs)} standardised judges: {', '.join(specs)}"
+        )
+    return s["evaluation"]["judge"]
 
 
 def preference_accuracy(s: dict[str, Any]) -> str:
     e = s["evaluation"]
     b, c = e["baseline"].get("preference_accuracy"), e["candidate"].get("preference_accuracy")
     return f"{b:.3f} -> {c:.3f} ({e.get('preference_pairs', 0)})" if b is not None and c is not None else "-"
+
+
+def each_judge(s: dict[str, Any]) -> str:
+    """An ensemble's judges, each with its own gain and CI (in its own units)."""
+    judges = s["evaluation"].get("judges") or []
+    return (
+        "; ".join(
+            f"{j['reward_gain']:+.3f} [{j['reward_gain_ci'][0]:+.3f}, {j['reward_gain_ci'][1]:+.3f}]"
+            for j in judges
+        )
+        if len(judges) > 1
+        else "-"
+    )
 
 
 def reward_models(s: dict[str, Any]) -> str:
@@ -100,6 +118,8 @@ def render(paths: Sequence[str | Path]) -> str:
         s["evaluation"]["baseline"].get("preference_accuracy") is not None for s in summaries
     )
     header = HEADER + (["policy-as-RM accuracy (pairs)", "reward models' held-out accuracy"] if extra else [])
+    ensemble = any(len(s["evaluation"].get("judges") or []) > 1 for s in summaries)
+    header += ["each judge's gain [95 % CI]"] if ensemble else []
     judges = sorted({judge_label(s) for s in summaries})
     lines = [
         f"Judge: {', '.join(f'`{j}`' for j in judges)}"
@@ -113,7 +133,13 @@ def render(paths: Sequence[str | Path]) -> str:
         "| " + " | ".join("---" for _ in header) + " |",
     ]
     lines += [
-        "| " + " | ".join(row(s) + ([preference_accuracy(s), reward_models(s)] if extra else [])) + " |"
+        "| "
+        + " | ".join(
+            row(s)
+            + ([preference_accuracy(s), reward_models(s)] if extra else [])
+            + ([each_judge(s)] if ensemble else [])
+        )
+        + " |"
         for s in summaries
     ]
     gains = [s["evaluation"]["reward_gain"] for s in summaries]

@@ -90,8 +90,11 @@ class PipelineConfig(BaseModel):
     def reward_specs(self) -> dict[str, str]:
         """Every reward spec the round uses, by where it is set."""
         specs = {"reward": self.reward}
-        if self.evaluate.judge:
-            specs["evaluate.judge"] = self.evaluate.judge
+        judge = self.evaluate.judge
+        if isinstance(judge, str):
+            specs["evaluate.judge"] = judge
+        elif judge:
+            specs.update({f"evaluate.judge[{i}]": s for i, s in enumerate(judge)})
         specs.update({f"evaluate.also_report[{i}]": s for i, s in enumerate(self.evaluate.also_report)})
         return specs
 
@@ -208,7 +211,13 @@ def with_trained_rewards(cfg: PipelineConfig, model_dirs: dict[str, str]) -> Pip
 
     evaluate = cfg.evaluate.model_copy(
         update={
-            "judge": resolve(cfg.evaluate.judge) if cfg.evaluate.judge else None,
+            "judge": (
+                resolve(judge)
+                if isinstance(judge := cfg.evaluate.judge, str)
+                else [resolve(s) for s in judge]
+                if judge
+                else None
+            ),
             "also_report": [resolve(s) for s in cfg.evaluate.also_report],
         }
     )

@@ -50,12 +50,12 @@ C = TypeVar("C", bound=BaseModel)
 R = TypeVar("R", bound=StageResult)
 
 
-def interval_metrics(report: Mapping[str, Any]) -> dict[str, float]:
-    """The report's confidence intervals as ``<name>_lo`` / ``<name>_hi`` metrics."""
+def interval_metrics(report: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The report's confidence intervals as ``<prefix><name>_lo`` / ``<prefix><name>_hi`` metrics."""
     out = {}
     for key, value in report.items():
         if key.endswith("_ci") and isinstance(value, list | tuple) and len(value) == 2:
-            out[f"{key}_lo"], out[f"{key}_hi"] = float(value[0]), float(value[1])
+            out[f"{prefix}{key}_lo"], out[f"{prefix}{key}_hi"] = float(value[0]), float(value[1])
     return out
 
 
@@ -358,6 +358,12 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
             {"judge": report["judge"], "judge_is_training_reward": report["judge_is_training_reward"]}
         )
         mlflow.log_metrics(numeric(report) | interval_metrics(report))
+        if (
+            len(report["judges"]) > 1
+        ):  # an ensemble: each judge's own verdict too, as judge_0.reward_gain, ...
+            for i, j in enumerate(report["judges"]):
+                mlflow.set_tag(f"judge_{i}", j["spec"])
+                mlflow.log_metrics(numeric(j, f"judge_{i}.") | interval_metrics(j, f"judge_{i}."))
         mlflow.log_dict(report, "eval_report.json")
         rows = pq.read_table(Path(cfg.output_dir) / "eval_samples.parquet").to_pandas()
         mlflow.log_table(rows, "eval_samples.json")

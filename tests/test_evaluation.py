@@ -10,7 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from rrhf_core.evaluation.promotion import GateConfig, decide
-from rrhf_core.evaluation.stats import bootstrap_mean_ci, gain_ci, win_rate_ci, win_scores
+from rrhf_core.evaluation.stats import (
+    bootstrap_mean_ci,
+    gain_ci,
+    standardised_mean,
+    win_rate_ci,
+    win_scores,
+)
 
 
 def test_a_constant_gain_has_a_zero_width_interval():
@@ -38,6 +44,33 @@ def test_win_scores_and_their_interval():
     assert win_scores([1.0, 0.0, 0.5], [0.0, 1.0, 0.5], tie_margin=1e-6) == [1.0, 0.0, 0.5]
     lo, hi = win_rate_ci([1.0] * 10, [0.0] * 10, tie_margin=0.0)
     assert (lo, hi) == (1.0, 1.0)
+
+
+def test_judges_are_standardised_over_both_models_answers_then_averaged():
+    # judge A: candidate [3, 1], baseline [1, -1]: pooled mean 1, s.d. sqrt((4 + 0 + 0 + 4) / 4) = sqrt(2)
+    #   -> candidate [sqrt 2, 0], baseline [0, -sqrt 2]
+    # judge B: candidate [0, 2], baseline [2, 0]: pooled mean 1, s.d. 1 -> candidate [-1, 1], baseline [1, -1]
+    r2 = math.sqrt(2)
+    cand, base = standardised_mean([([3.0, 1.0], [1.0, -1.0]), ([0.0, 2.0], [2.0, 0.0])])
+    assert cand == pytest.approx([(r2 - 1) / 2, 0.5]) and base == pytest.approx([0.5, (-r2 - 1) / 2])
+    # a judge's scale and offset do not matter: 10 x A + 5 standardises to A
+    same = standardised_mean([([35.0, 15.0], [15.0, -5.0]), ([0.0, 2.0], [2.0, 0.0])])
+    assert same[0] == pytest.approx(cand) and same[1] == pytest.approx(base)
+    # a judge that sees no difference between any answers adds 0 to every answer's mean
+    flat = standardised_mean([([3.0, 1.0], [1.0, -1.0]), ([2.0, 2.0], [2.0, 2.0])])
+    assert flat[0] == pytest.approx([r2 / 2, 0.0]) and flat[1] == pytest.approx([0.0, -r2 / 2])
+    with pytest.raises(ValueError, match="judge 0 scored 1 and 2 answers"):
+        standardised_mean([([3.0], [1.0, -1.0])])
+
+
+def test_a_judge_list_is_validated():
+    from rrhf_core.evaluation.config import EvalSettings
+
+    assert EvalSettings(judge=["a"]).judge == "a"  # one judge in a list is that judge
+    with pytest.raises(ValueError, match="names a judge twice"):
+        EvalSettings(judge=["a", "b", "a"])
+    with pytest.raises(ValueError, match="an empty list"):
+        EvalSettings(judge=[])
 
 
 def report(gain_mean: float, ci: tuple[float, float], win: float = 0.8) -> dict:
@@ -107,6 +140,58 @@ def test_the_judge_is_kept_apart_from_the_training_reward(tmp_path, tiny_model_d
         assert r["judge"] == checksum(msgs, r["text"]) and r["reward"] == count_a(msgs, r["text"])
     same = evaluate(cfg.model_copy(update={"judge": None, "best_of_k": 0, "also_report": []}))
     assert same.judge == "reward_fns:count_a" and same.judge_is_training_reward
+
+
+@pytest.mark.integration
+def test_several_judges_give_one_verdict_on_their_standardised_scores_and_each_its_own(
+    tmp_path, tiny_model_dir
+):
+    from reward_fns import checksum, count_a
+
+    from rrhf_core.data.ingest import ingest
+    from rrhf_core.evaluation.config import EvalConfig
+    from rrhf_core.evaluation.evaluate import evaluate
+
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"tell me {i}", "split": "eval"}) + "\n" for i in range(6)))
+    ingest([str(src)], tmp_path / "ingest")
+    cfg = EvalConfig(
+        prompts=str(tmp_path / "ingest" / "prompts.parquet"),
+        output_dir=str(tmp_path / "eval"),
+        candidate=str(tiny_model_dir),
+        baseline=str(tiny_model_dir),
+        reward="embedded:constraint-pass",
+        judge=["reward_fns:checksum", "reward_fns:count_a"],
+        best_of_k=2,
+        max_new_tokens=6,
+        dtype="fp32",
+    )
+    rep = evaluate(cfg)
+    assert rep.judge == "mean of 2 standardised judges: reward_fns:checksum, reward_fns:count_a"
+    assert rep.judge_scale == "pooled s.d." and not rep.judge_is_training_reward
+    assert [j.spec for j in rep.judges] == ["reward_fns:checksum", "reward_fns:count_a"]
+    rows = pq.read_table(tmp_path / "eval" / "eval_samples.parquet").to_pylist()
+    for r in rows:  # each judge's own score of the answer, in the order of rep.judges
+        msgs = [{"role": "user", "content": r["prompt"]}]
+        assert r["judge_0"] == checksum(msgs, r["text"]) and r["judge_1"] == count_a(msgs, r["text"])
+    by_role = {role: [r for r in rows if r["role"] == role] for role in ("candidate", "baseline")}
+    cand, base = standardised_mean(
+        [([r[f"judge_{i}"] for r in by_role["candidate"]], [r[f"judge_{i}"] for r in by_role["baseline"]])
+         for i in range(2)]
+    )  # fmt: skip
+    assert [r["judge"] for r in by_role["candidate"]] == pytest.approx(cand)
+    assert [r["judge"] for r in by_role["baseline"]] == pytest.approx(base)
+    assert rep.baseline.reward_mean == pytest.approx(sum(base) / len(base))
+    assert rep.judges[0].baseline_mean == pytest.approx(sum(r["judge_0"] for r in by_role["baseline"]) / 6)
+    assert rep.reward_gain == 0.0 and all(j.reward_gain == 0.0 for j in rep.judges)  # same model both sides
+    assert rep.baseline_best_of_k is not None  # on the verdict's scale
+    with_reward = evaluate(
+        cfg.model_copy(update={"judge": ["reward_fns:checksum", "embedded:constraint-pass"]})
+    )
+    assert with_reward.judge_is_training_reward and [j.is_training_reward for j in with_reward.judges] == [
+        False,
+        True,
+    ]
 
 
 @pytest.mark.integration

@@ -310,21 +310,32 @@ def test_a_round_trains_its_reward_and_a_separate_judge_and_registers_both(
     cfg = tiny_config(tmp_path / "w", hh, tiny_model_dir).model_copy(
         update={
             "reward_models": PipelineConfig(
-                reward_models={"reward": rm, "judge": {**rm, "seed": 1, "learning_rate": 2e-3}}
+                reward_models={
+                    "reward": rm,
+                    "judge": {**rm, "seed": 1, "learning_rate": 2e-3},
+                    "judge2": {**rm, "seed": 2, "learning_rate": 2e-3},
+                }
             ).reward_models,
             "reward": "trained:reward",
             "registered_model": "rm-policy",
         }
     )
-    cfg.evaluate.judge = "trained:judge"
+    cfg.evaluate.judge = ["trained:judge", "trained:judge2"]  # an ensemble of two judges
     summary = pipeline_flow(cfg)
     rms = summary["reward_models"]
-    assert set(rms) == {"reward", "judge"} and rms["reward"]["model_dir"] != rms["judge"]["model_dir"]
+    assert set(rms) == {"reward", "judge", "judge2"}
+    assert len({rm["model_dir"] for rm in rms.values()}) == 3
     ev = summary["evaluation"]
-    assert ev["judge"] == rms["judge"]["model_dir"] and not ev["judge_is_training_reward"]
+    assert [j["spec"] for j in ev["judges"]] == [rms["judge"]["model_dir"], rms["judge2"]["model_dir"]]
+    assert ev["judge"].startswith("mean of 2 standardised judges") and not ev["judge_is_training_reward"]
     assert ev["preference_pairs"] >= 1 and ev["candidate"]["preference_accuracy"] is not None
     runs = runs_by_stage(tmp_path / "w")
-    assert len(runs["train-rm"]) == 2 and "eval.accuracy" in runs["train-rm"][0].data.metrics
+    assert len(runs["train-rm"]) == 3 and "eval.accuracy" in runs["train-rm"][0].data.metrics
+    evaluation = runs["evaluate"][0].data
+    assert evaluation.tags["judge_1"] == rms["judge2"]["model_dir"]
+    assert {"judge_0.reward_gain", "judge_1.reward_gain_ci_lo", "reward_gain_ci_lo"} <= set(
+        evaluation.metrics
+    )
     client = MlflowClient()
     reward_v = client.get_model_version_by_alias("rrhf-reward", "reward")
     judge_v = client.get_model_version_by_alias("rrhf-reward", "judge")
@@ -339,3 +350,21 @@ def test_a_trained_reward_that_is_not_defined_is_refused_by_name():
         ValueError, match=r"evaluate\.judge is 'trained:judge' but reward_models has no 'judge'"
     ):
         PipelineConfig(reward_models={"rm": {}}, reward="trained:rm", evaluate={"judge": "trained:judge"})
+    with pytest.raises(
+        ValueError, match=r"evaluate\.judge\[1\] is 'trained:j2' but reward_models has no 'j2'"
+    ):
+        PipelineConfig(
+            reward_models={"rm": {}}, reward="trained:rm", evaluate={"judge": ["trained:rm", "trained:j2"]}
+        )
+
+
+def test_a_judge_list_resolves_to_the_reward_models_folders():
+    from rrhf_core.pipeline import with_trained_rewards
+
+    cfg = PipelineConfig(
+        reward_models={"a": {}, "b": {}},
+        reward="trained:a",
+        evaluate={"judge": ["trained:b", "embedded:relevance"]},
+    )
+    resolved = with_trained_rewards(cfg, {"a": "/rm/a", "b": "/rm/b"})
+    assert resolved.reward == "/rm/a" and resolved.evaluate.judge == ["/rm/b", "embedded:relevance"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.scoring import EMBEDDED_REWARD
@@ -37,10 +37,25 @@ class EvalSettings(BaseModel):
         description="Rank the pairs of this many held-out prompts (unset: the evaluated prompts; more pairs, a "
         "narrower CI: ranking is cheaper than answering).",
     )
-    judge: str | None = Field(
+    judge: str | list[str] | None = Field(
         None,
-        description="Reward spec that judges the answers (unset: the training reward, reported as such).",
+        description="Reward spec that judges the answers, or a list of them: an ensemble whose verdict is the mean "
+        "of the judges' standardised scores (each judge's own numbers are reported too). Unset: the training "
+        "reward, reported as such.",
     )
+
+    @field_validator("judge")
+    @classmethod
+    def _judges(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("judge: an empty list; name one reward spec or several, or leave it unset")
+            if len(set(v)) != len(v):
+                raise ValueError(f"judge: {v} names a judge twice; each judge once")
+            if len(v) == 1:
+                return v[0]
+        return v
+
     also_report: list[str] = Field(
         default_factory=list,
         description="Further reward specs whose means are reported (e.g. embedded:relevance).",
@@ -69,3 +84,9 @@ class EvalConfig(EvalSettings):
         None, description="Mean best-of-n reward of the training samples."
     )
     cache_dir: str | None = Field(None)
+
+    def judge_specs(self) -> list[str]:
+        """The judges' reward specs, in order (the training reward when ``judge`` is unset)."""
+        if self.judge is None:
+            return [self.reward]
+        return [self.judge] if isinstance(self.judge, str) else list(self.judge)

@@ -3,7 +3,9 @@
 Both models answer every held-out prompt (greedy decoding by default, so the comparison is deterministic). A
 **judge** scores the answers; it is kept apart from the training **reward** (``judge``: a reward spec; left unset,
 the training reward judges and the report says so, since a gain judged by the reward that was optimised can be pure
-reward hacking). Reported, with paired bootstrap 95 % CIs over prompts (:mod:`rrhf_core.evaluation.stats`):
+reward hacking). ``judge`` may name several reward models: the verdict (gain, win rate, gate) is then the mean of
+their standardised scores (:func:`~rrhf_core.evaluation.stats.standardised_mean`, in pooled standard deviations), so
+it does not hinge on one judge's training draw; each judge's own gain and win rate are reported beside it. Reported, with paired bootstrap 95 % CIs over prompts (:mod:`rrhf_core.evaluation.stats`):
 
 - per model: the judge's mean and median, the training reward's mean, response length statistics, the share of
   answers cut at the length limit, and the mean of every extra reward in ``also_report`` (e.g. relevance);
@@ -33,7 +35,14 @@ import torch
 from rrhf_core.data.contracts import ListwiseExample, atomic_write_parquet, read_prompts
 from rrhf_core.errors import ConfigError
 from rrhf_core.evaluation.config import EvalConfig
-from rrhf_core.evaluation.stats import bootstrap_mean_ci, gain_ci, win_rate_ci, win_scores
+from rrhf_core.evaluation.stats import (
+    bootstrap_mean_ci,
+    gain_ci,
+    judge_scales,
+    standardised_mean,
+    win_rate_ci,
+    win_scores,
+)
 from rrhf_core.sampling.config import SampleSettings, generation_params
 from rrhf_core.sampling.hf_backend import HFSampler
 from rrhf_core.sampling.stage import render_prompts
@@ -62,9 +71,42 @@ class ModelEval:
 
 
 @dataclass
+class JudgeEval:
+    """One judge's verdict, in its own score units."""
+
+    spec: str
+    baseline_mean: float
+    candidate_mean: float
+    reward_gain: float
+    reward_gain_ci: CI
+    win_rate: float
+    wins: int
+    ties: int
+    losses: int
+    is_training_reward: bool
+
+
+def judge_eval(spec: str, cand: list[float], base: list[float], cfg: EvalConfig) -> JudgeEval:
+    scores = win_scores(cand, base, cfg.tie_margin)
+    wins, losses = scores.count(1.0), scores.count(0.0)
+    return JudgeEval(
+        spec,
+        statistics.fmean(base),
+        statistics.fmean(cand),
+        statistics.fmean(cand) - statistics.fmean(base),
+        gain_ci(cand, base, seed=cfg.seed),
+        statistics.fmean(scores),
+        wins,
+        len(scores) - wins - losses,
+        losses,
+        spec == cfg.reward,
+    )
+
+
+@dataclass
 class EvalReport:
     prompts: int
-    judge: str
+    judge: str  # the judge's spec, or "mean of N standardised judges: spec, spec"
     reward: str
     judge_is_training_reward: bool
     candidate: ModelEval
@@ -83,6 +125,8 @@ class EvalReport:
     best_of_n_ceiling: float | None = None
     gap_recovered: float | None = None
     preference_pairs: int = 0
+    judges: list[JudgeEval] = field(default_factory=list)  # each judge's own verdict
+    judge_scale: str = "judge score"  # or "pooled s.d." (an ensemble's standardised mean)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,9 +161,13 @@ def _answers(sampler: HFSampler, prompt_texts: list[str], cfg: EvalConfig) -> An
 
 
 def _best_of_k(
-    sampler: HFSampler, prompt_texts: list[str], messages: list[Any], judge: RewardBackend, cfg: EvalConfig
-) -> list[float]:
-    """Per prompt, the best judge score among ``best_of_k`` sampled answers."""
+    sampler: HFSampler,
+    prompt_texts: list[str],
+    messages: list[Any],
+    judges: list[RewardBackend],
+    cfg: EvalConfig,
+) -> list[list[list[float]]]:
+    """Per judge and prompt, the judge's scores of ``best_of_k`` sampled answers (:func:`best_per_prompt` picks)."""
     sampled = SampleSettings(
         k=cfg.best_of_k,
         temperature=cfg.best_of_k_temperature,
@@ -131,11 +179,33 @@ def _best_of_k(
     # ad hoc run: 96-99 s at 64 answers per call, 138 s at 256 (the pipeline's evaluation stage did not show it)
     outs = _generate(sampler, prompt_texts, sampled, cfg, max(1, cfg.batch_size // cfg.best_of_k))
     flat_msgs = [m for m, group in zip(messages, outs, strict=True) for _ in group]
-    scores = judge.score(flat_msgs, [c.text for group in outs for c in group])
-    best, i = [], 0
-    for group in outs:
-        best.append(max(scores[i : i + len(group)]) if group else float("-inf"))
-        i += len(group)
+    texts = [c.text for group in outs for c in group]
+    per_judge = []
+    for judge in judges:
+        scores, i, grouped = judge.score(flat_msgs, texts), 0, []
+        for group in outs:
+            grouped.append(scores[i : i + len(group)])
+            i += len(group)
+        per_judge.append(grouped)
+    return per_judge
+
+
+def best_per_prompt(
+    per_judge: list[list[list[float]]], scales: list[tuple[float, float]] | None
+) -> list[float]:
+    """Per prompt, the best sampled answer's score: the one judge's, or (``scales``: each judge's mean and s.d. of
+    the greedy answers) the judges' standardised mean, on the verdict's scale."""
+    if scales is None:
+        (only,) = per_judge
+        return [max(s) if s else float("-inf") for s in only]
+    best = []
+    for p in range(len(per_judge[0])):
+        k = len(per_judge[0][p])
+        mean = [
+            statistics.fmean((per_judge[j][p][i] - m) / sd for j, (m, sd) in enumerate(scales))
+            for i in range(k)
+        ]
+        best.append(max(mean) if mean else float("-inf"))
     return best
 
 
@@ -186,10 +256,13 @@ class Side:
 
     model: str
     answers: Answers
-    judged: list[float]
+    judged: list[float]  # the verdict's scores: the judge's, or the judges' standardised mean
     rewarded: list[float]
     also: dict[str, list[float]]
     acc: tuple[float | None, CI | None]
+    by_judge: list[list[float]] = field(
+        default_factory=list
+    )  # each judge's scores, in cfg.judge_specs() order
 
     def summary(self, seed: int) -> ModelEval:
         a = self.answers
@@ -221,15 +294,18 @@ def evaluate(
     rows = held_out[: cfg.limit]
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r} to evaluate on")
-    judge_spec = cfg.judge or cfg.reward
+    specs = cfg.judge_specs()
     reward = reward or make_reward(cfg.reward)
-    judge = judge or (reward if judge_spec == cfg.reward else make_reward(judge_spec))
+    judges = [
+        judge if judge is not None and i == 0 else reward if spec == cfg.reward else make_reward(spec)
+        for i, spec in enumerate(specs)
+    ]
     extra = {spec: make_reward(spec) for spec in cfg.also_report}
     messages = [r["messages"] for r in rows]
     pair_rows = rows if cfg.preference_limit is None else held_out[: cfg.preference_limit]
     pairs = preference_pairs(pair_rows) if cfg.preference_accuracy else []
     sides: dict[str, Side] = {}
-    best_of_k: list[float] | None = None
+    best_of_k: list[list[list[float]]] | None = None
     for role, model in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):
         sampler = HFSampler(
             model, cfg.cache_dir, dtype=cfg.dtype, batch_size=cfg.batch_size
@@ -242,31 +318,48 @@ def evaluate(
         acc = _preference_accuracy(sampler.model, sampler.tokenizer, pairs, cfg)
         if role == "baseline" and cfg.best_of_k:
             log(f"evaluate: baseline best-of-{cfg.best_of_k} on {len(rows)} prompts")
-            best_of_k = _best_of_k(sampler, texts, messages, judge, cfg)
+            best_of_k = _best_of_k(sampler, texts, messages, judges, cfg)
         sampler.close()
-        log(f"evaluate: scoring the {role}'s answers (judge, training reward, {len(extra)} more)")
-        judged = judge.score(messages, answers.texts)
-        rewarded = judged if judge is reward else reward.score(messages, answers.texts)
+        log(
+            f"evaluate: scoring the {role}'s answers ({len(judges)} judge(s), training reward, {len(extra)} more)"
+        )
+        by_judge = [j.score(messages, answers.texts) for j in judges]
+        rewarded = next(
+            (s for j, s in zip(judges, by_judge, strict=True) if j is reward), None
+        ) or reward.score(messages, answers.texts)
         also = {spec: r.score(messages, answers.texts) for spec, r in extra.items()}
-        sides[role] = Side(model, answers, judged, rewarded, also, acc)
-    log(f"evaluate: judging with {judge_spec}")
-    report = compare(sides["candidate"], sides["baseline"], cfg, judge_spec, len(pairs), best_of_k)
+        sides[role] = Side(model, answers, by_judge[0], rewarded, also, acc, by_judge)
+    log(f"evaluate: judging with {', '.join(specs)}")
+    report = compare(sides["candidate"], sides["baseline"], cfg, len(pairs), best_of_k)
     write_outputs(Path(cfg.output_dir), rows, sides, report)
     return report
 
 
 def compare(
-    cand: Side, base: Side, cfg: EvalConfig, judge_spec: str, n_pairs: int, best_of_k: list[float] | None
+    cand: Side, base: Side, cfg: EvalConfig, n_pairs: int, best_of_k: list[list[list[float]]] | None
 ) -> EvalReport:
-    """The report's numbers from both sides' scores (a pure function)."""
+    """The report's numbers from both sides' scores (a pure function). With several judges the sides' ``judged``
+    scores become the judges' standardised mean, and best-of-k picks on that scale too."""
+    specs = cfg.judge_specs()
+    judges = [
+        judge_eval(spec, c, b, cfg) for spec, c, b in zip(specs, cand.by_judge, base.by_judge, strict=True)
+    ]
+    scales = None
+    if len(specs) > 1:
+        pairs = list(zip(cand.by_judge, base.by_judge, strict=True))
+        scales = judge_scales(pairs)
+        cand.judged, base.judged = standardised_mean(pairs)
+    best = best_per_prompt(best_of_k, scales) if best_of_k else None
     scores = win_scores(cand.judged, base.judged, cfg.tie_margin)
     wins, losses = scores.count(1.0), scores.count(0.0)
     base_eval, cand_eval = base.summary(cfg.seed), cand.summary(cfg.seed)
     report = EvalReport(
         prompts=len(scores),
-        judge=judge_spec,
+        judge=specs[0]
+        if len(specs) == 1
+        else f"mean of {len(specs)} standardised judges: {', '.join(specs)}",
         reward=cfg.reward,
-        judge_is_training_reward=judge_spec == cfg.reward,
+        judge_is_training_reward=cfg.reward in specs,
         candidate=cand_eval,
         baseline=base_eval,
         wins=wins,
@@ -279,8 +372,10 @@ def compare(
         training_reward_gain=cand_eval.training_reward_mean - base_eval.training_reward_mean,
         training_reward_gain_ci=gain_ci(cand.rewarded, base.rewarded, seed=cfg.seed),
         best_of_k=cfg.best_of_k,
-        baseline_best_of_k=statistics.fmean(best_of_k) if best_of_k else None,
+        baseline_best_of_k=statistics.fmean(best) if best else None,
         preference_pairs=n_pairs,
+        judges=judges,
+        judge_scale="judge score" if len(specs) == 1 else "pooled s.d.",
     )
     if cfg.best_of_n_ceiling is not None:
         report.best_of_n_ceiling = cfg.best_of_n_ceiling
@@ -290,8 +385,11 @@ def compare(
 
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], sides: dict[str, Side], report: EvalReport) -> None:
-    """eval_samples.parquet (per prompt and model: prompt, answer, judge score, training reward) and the report."""
+    """eval_samples.parquet (per prompt and model: prompt, answer, judge score, training reward; with several judges
+    ``judge`` is their standardised mean and ``judge_0``, ``judge_1``, ... each judge's score, in the order of
+    ``report.judges``) and the report."""
     out.mkdir(parents=True, exist_ok=True)
+    several = len(report.judges) > 1
     table = [
         {
             "prompt_id": r["prompt_id"],
@@ -303,15 +401,17 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], sides: dict[str, Side],
             "reward": rw,
             "num_tokens": n,
             "finish_reason": f,
+            **({f"judge_{i}": s for i, s in enumerate(each)} if several else {}),
         }
         for role, side in sides.items()
-        for r, t, j, rw, n, f in zip(
+        for r, t, j, rw, n, f, each in zip(
             rows,
             side.answers.texts,
             side.judged,
             side.rewarded,
             side.answers.tokens,
             side.answers.finish,
+            list(zip(*side.by_judge, strict=True)),
             strict=True,
         )
     ]

@@ -60,3 +60,38 @@ def win_rate_ci(
 ) -> tuple[float, float]:
     """Paired bootstrap CI of the win rate (ties count half)."""
     return bootstrap_mean_ci(win_scores(candidate, baseline, tie_margin), level, seed=seed)
+
+
+def judge_scales(scores: Sequence[tuple[Sequence[float], Sequence[float]]]) -> list[tuple[float, float]]:
+    """Per judge, the mean and (population) standard deviation of its scores pooled over both models' answers.
+
+    ``scores``: one ``(candidate (n,), baseline (n,))`` pair per judge. A judge that gives every answer the same
+    score sees no difference between them: its scale is 1, so its standardised scores are all 0 (it adds nothing to
+    an ensemble's verdict instead of dividing by zero).
+    """
+    if not scores:
+        raise ValueError("no judges' scores to combine")
+    n = len(scores[0][0])
+    out = []
+    for j, (c, b) in enumerate(scores):
+        if len(c) != n or len(b) != n:
+            raise ValueError(f"judge {j} scored {len(c)} and {len(b)} answers, expected {n} each")
+        both = np.asarray([*c, *b], dtype=np.float64)
+        out.append((float(both.mean()), float(both.std()) if both.std() > 0 else 1.0))
+    return out
+
+
+def standardised_mean(
+    scores: Sequence[tuple[Sequence[float], Sequence[float]]],
+) -> tuple[list[float], list[float]]:
+    """Several judges' scores of the same answers on one scale, for an ensemble verdict.
+
+    ``scores``: one ``(candidate (n,), baseline (n,))`` pair per judge. Each judge's scores are standardised by its
+    :func:`judge_scales` (pooled over both models' answers), so every judge counts alike whatever its scale, then
+    averaged over judges. Returns the candidate's and the baseline's averaged scores, ``(n,)`` each; their mean
+    difference is an effect size in pooled standard deviations.
+    """
+    scales = judge_scales(scores)
+    cand = np.mean([(np.asarray(c) - m) / sd for (c, _), (m, sd) in zip(scores, scales, strict=True)], axis=0)
+    base = np.mean([(np.asarray(b) - m) / sd for (_, b), (m, sd) in zip(scores, scales, strict=True)], axis=0)
+    return cand.tolist(), base.tolist()
