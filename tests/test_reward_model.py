@@ -337,3 +337,32 @@ def test_bf16_switch_reads_yaml_booleans_as_on_and_off():
     # `--set bf16=on` arrives as True (YAML 1.1): both stages take it as the switch, not as a validation error
     assert [RMSettings(bf16=v).bf16 for v in (True, False, "auto")] == ["on", "off", "auto"]
     assert [TrainSettings(bf16=v).bf16 for v in (True, False, "auto")] == ["on", "off", "auto"]
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "embedded:minilm-l6"])
+def test_dropout_setting_turns_every_dropout_of_the_backbone_off(tmp_path, tiny_model_dir, backbone):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rrhf_core.models import resolve_model
+    from rrhf_core.reward_model.trainer import set_dropout
+
+    path = str(tiny_model_dir) if backbone == "tiny" else resolve_model(backbone)
+    config_kwargs = (
+        {"attention_dropout": 0.3} if backbone == "tiny" else {}
+    )  # a decoder with attention dropout
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **config_kwargs)
+    model.config.pad_token_id = model.config.pad_token_id or 0
+    model.train()
+    ids = torch.randint(5, 60, (2, 12))
+    torch.manual_seed(0)
+    assert not torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)  # dropout draws differ
+    set_dropout(model, 0.0)
+    assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids).logits)  # still training, no dropout
+    assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    saved = model.config.to_dict()
+    assert all(
+        saved[k] == 0.0
+        for k in ("attention_dropout", "hidden_dropout_prob")
+        if isinstance(saved.get(k), float)
+    )

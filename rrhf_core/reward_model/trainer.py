@@ -131,6 +131,34 @@ def group_pairs(pairs: Sequence[PreferencePair]) -> list[PairGroup]:
     return list(groups.values())
 
 
+DROPOUT_KEYS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "attention_dropout",
+    "hidden_dropout",
+    "dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+)
+
+
+def set_dropout(model: Any, p: float) -> None:
+    """Every dropout of ``model`` set to ``p``: its ``nn.Dropout`` modules and the config values that attention
+    reads directly (sdpa's ``dropout_p`` comes from the config in many decoders), so the saved config says so too."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+    for key in DROPOUT_KEYS:
+        if isinstance(getattr(model.config, key, None), float):
+            setattr(model.config, key, p)
+    for module in model.modules():  # attention modules that copied the config's value at construction
+        for attr in ("attention_dropout", "dropout_prob"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, p)
+
+
 def _load_backbone(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -141,6 +169,8 @@ def _load_backbone(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
     except (OSError, ValueError) as e:
         raise model_load_error(path, e, "reward-model backbone") from None
     max_length = prepare_reward_tokenizer(tok, model, cfg.max_length)
+    if cfg.dropout is not None:
+        set_dropout(model, cfg.dropout)
     if cfg.lora.enabled:
         from peft import LoraConfig, TaskType, get_peft_model
 
