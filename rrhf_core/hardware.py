@@ -1,9 +1,11 @@
-"""What the hardware does well: whether bf16 is worth using here (measured on a CPU, asked of CUDA)."""
+"""What the hardware does well: whether bf16 is worth using here (measured on a CPU, asked of CUDA) and whether
+AdamW's fused kernel serves a set of parameters."""
 
 from __future__ import annotations
 
 import functools
 import time
+from typing import Any
 
 import torch
 
@@ -59,3 +61,17 @@ def describe_machine() -> str:
         else "fp32 faster than bf16"
     )
     return f"{device}; torch {torch.__version__}; {bf16}"
+
+
+def fused_adamw(params: list[Any]) -> bool:
+    """Whether AdamW's fused kernel serves these parameters: plain (unsharded) float tensors on one CPU or CUDA
+    device. It updates every parameter in one pass instead of a loop of tensor operations: on a 2-core CPU one
+    AdamW step over SmolLM2-135M took 0.36 s in the default (foreach) form and 0.04 s fused (ad hoc), about 6 % of the
+    demo's fp32 training step. FSDP's sharded (DTensor) parameters keep the default."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        DTensor = ()  # type: ignore[assignment,misc]
+    return {p.device.type for p in params} in ({"cpu"}, {"cuda"}) and all(
+        p.is_floating_point() and not isinstance(p, DTensor) for p in params
+    )

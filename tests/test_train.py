@@ -316,7 +316,7 @@ def test_length_grouping_keeps_each_epoch_a_permutation_and_pads_less():
 def test_fused_adamw_serves_plain_cpu_parameters_and_updates_like_the_default() -> None:
     import torch
 
-    from rrhf_core.training.trainer import fused_adamw
+    from rrhf_core.hardware import fused_adamw
 
     torch.manual_seed(0)
     start = [torch.randn(3, 4), torch.randn(5)]

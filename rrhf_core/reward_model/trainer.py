@@ -30,7 +30,7 @@ import torch
 
 from rrhf_core.data.contracts import atomic_write_parquet, prepare_output_dir
 from rrhf_core.evaluation.stats import bootstrap_mean_ci
-from rrhf_core.hardware import use_bf16
+from rrhf_core.hardware import fused_adamw, use_bf16
 from rrhf_core.models import model_load_error, resolve_model
 from rrhf_core.reward_model.config import RMTrainConfig
 from rrhf_core.reward_model.loss import bradley_terry_loss, calibration_error, pair_outcomes, pearson
@@ -230,7 +230,10 @@ def train_reward_model(
     total = max(1, round(steps_per_epoch * cfg.epochs))
     warmup = max(1, round(total * cfg.warmup_ratio))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # the fused kernel where it serves (MiniLM on 2 cores: 0.02 s a step instead of 0.08 s, ad hoc)
+    opt = torch.optim.AdamW(
+        params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused_adamw(params) or None
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, total, warmup))
     logger = logger or NullLogger()
     jsonl = JsonlLogger(out / "metrics.jsonl")
