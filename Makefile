@@ -51,14 +51,16 @@ demo-matrix: setup
 	done; done
 	$(VENV)/bin/rrhf report $(foreach p,$(PRECISIONS),$(foreach s,$(SEEDS),$(MATRIX)/demo-$(p)-s$(s)))
 
-# the HH round on the shared data (../shared/data/hh-rlhf), 3 seeds, fp32; RM and judge retrained in each workdir
+# the HH round on the shared data (../shared/data/hh-rlhf), 3 seeds in both precisions of the policy stages (reward
+# models and judges retrained in each workdir; their seeds are the preset's, so every round has the same judges)
 hh-matrix: setup
-	@for s in $(SEEDS); do \
-	  $(VENV)/bin/rrhf pipeline --config configs/hh-cpu.yaml --workdir $(MATRIX)/hh-cpu-s$$s \
+	@for p in $(PRECISIONS); do for s in $(SEEDS); do \
+	  b=$$( [ $$p = bf16 ] && echo on || echo off ); \
+	  $(VENV)/bin/rrhf pipeline --config configs/hh-cpu.yaml --workdir $(MATRIX)/hh-$$p-s$$s \
 	    --set sample.seed=$$s --set train.seed=$$s --set evaluate.seed=$$s \
-	    --set sample.dtype=fp32 --set train.bf16=off --set evaluate.dtype=fp32 || exit 1; \
-	done
-	$(VENV)/bin/rrhf report $(foreach s,$(SEEDS),$(MATRIX)/hh-cpu-s$(s))
+	    --set sample.dtype=$$p --set train.bf16=$$b --set evaluate.dtype=$$p || exit 1; \
+	done; done
+	$(VENV)/bin/rrhf report $(foreach p,$(PRECISIONS),$(foreach s,$(SEEDS),$(MATRIX)/hh-$(p)-s$(s)))
 
 test: setup lint typecheck
 	$(PY) -m pytest
