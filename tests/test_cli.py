@@ -193,6 +193,19 @@ def test_the_report_renders_from_stored_summaries(capsys, tmp_path):
     assert out.startswith("Judge: `trained:judge` (not the training reward)")
     assert "| 0.500 -> 0.550 (64) | reward 0.620, judge 0.600 |" in out
 
+    # two judges: the configured names, and each judge's own gain in a column of its own
+    hh["config"]["evaluate"] = {"judge": ["trained:judge", "trained:judge2"]}
+    hh["evaluation"]["judges"] = [
+        {"spec": "/a", "reward_gain": 0.4, "reward_gain_ci": [0.1, 0.7]},
+        {"spec": "/b", "reward_gain": 0.9, "reward_gain_ci": [-0.2, 1.9]},
+    ]
+    (tmp_path / "hh" / "last_summary.json").write_text(json.dumps(hh))
+    assert main(["report", str(tmp_path / "hh")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Judge: `mean of 2 standardised judges: trained:judge, trained:judge2`")
+    assert "| each judge's gain [95 % CI] |" in out
+    assert "| +0.400 [+0.100, +0.700]; +0.900 [-0.200, +1.900] |" in out
+
 
 def test_repeated_flags_keep_every_value_and_text_flags_are_literal(capsys, tmp_path):
     from rrhf_core.data.contracts import read_prompts
@@ -253,3 +266,10 @@ def test_rrhf_evaluate_compares_two_models_on_held_out_prompts(capsys, tmp_path,
     assert "held-out prompts: 3" in out and "gain +0.0000" in out  # the same model on both sides
     report = json.loads((tmp_path / "e" / "eval_report.json").read_text())
     assert report["prompts"] == 3 and report["reward_gain"] == 0
+    # --judge repeated: an ensemble, each judge printed with its own numbers
+    assert main([*argv, "--judge", "reward_fns:checksum", "--judge", "reward_fns:count_a"]) == 0
+    out = capsys.readouterr().out
+    assert "judge: mean of 2 standardised judges: reward_fns:checksum, reward_fns:count_a" in out
+    assert "judge reward_fns:count_a: " in out and "pooled standard deviations" in out
+    assert main([*argv, "--judge", "reward_fns:checksum"]) == 0  # one --judge is that judge alone
+    assert "judge: reward_fns:checksum  (the training reward itself)" in capsys.readouterr().out
