@@ -42,7 +42,14 @@ def main() -> None:
     def summary(w: str) -> dict:
         return json.loads((Path(w) / "last_summary.json").read_text())
 
-    judges = {f"judge of {w}": summary(w)["evaluation"]["judge"] for w in args.judge_of}
+    judges = {}
+    for w in args.judge_of:  # a round judged by several judges contributes each of them
+        e = summary(w)["evaluation"]
+        several = [j["spec"] for j in e.get("judges") or []]
+        if len(several) > 1:
+            judges.update({f"judge {i} of {w}": spec for i, spec in enumerate(several)})
+        else:
+            judges[f"judge of {w}"] = e["judge"]
     judges.update({spec: spec for spec in args.judge})
     messages = {}
     for w in args.workdir:

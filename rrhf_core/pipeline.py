@@ -108,6 +108,17 @@ class PipelineConfig(BaseModel):
                     f"{where} is {spec!r} but reward_models has no {name!r} (defined: {known}); add "
                     f"reward_models.{name} or name another reward"
                 )
+        judges = self.evaluate.judge if isinstance(self.evaluate.judge, list) else []
+        trained = [s.removeprefix(TRAINED_PREFIX) for s in judges if s.startswith(TRAINED_PREFIX)]
+        seen: dict[str, str] = {}
+        for name in trained:  # identical settings train one and the same model: a judge counted twice
+            key = self.reward_models[name].model_dump_json()
+            if key in seen:
+                raise ValueError(
+                    f"evaluate.judge names trained:{seen[key]} and trained:{name}, whose settings are identical "
+                    "(one and the same model); give one of them another seed, data_part or backbone"
+                )
+            seen[key] = name
         return self
 
     @model_validator(mode="before")

@@ -358,6 +358,18 @@ def test_a_trained_reward_that_is_not_defined_is_refused_by_name():
         )
 
 
+def test_a_judge_list_naming_one_model_twice_is_refused():
+    with pytest.raises(ValueError, match="names trained:j1 and trained:j2, whose settings are identical"):
+        PipelineConfig(
+            reward_models={"r": {}, "j1": {"seed": 3}, "j2": {"seed": 3}},
+            reward="trained:r",
+            evaluate={"judge": ["trained:j1", "trained:j2"]},
+        )
+    with pytest.raises(ValueError, match="has an empty spec"):
+        PipelineConfig(evaluate={"judge": ["embedded:relevance", ""]})
+    assert PipelineConfig(evaluate={"judge": ""}).evaluate.judge is None  # `--set evaluate.judge=`: unset
+
+
 def test_a_judge_list_resolves_to_the_reward_models_folders():
     from rrhf_core.pipeline import with_trained_rewards
 

@@ -47,7 +47,11 @@ class EvalSettings(BaseModel):
     @field_validator("judge")
     @classmethod
     def _judges(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if v == "":  # `--set evaluate.judge=` or `--judge ""`: unset, the training reward judges
+            return None
         if isinstance(v, list):
+            if any(not s for s in v):
+                raise ValueError(f"judge: {v} has an empty spec; name a reward spec in each place")
             if not v:
                 raise ValueError("judge: an empty list; name one reward spec or several, or leave it unset")
             if len(set(v)) != len(v):

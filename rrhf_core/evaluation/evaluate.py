@@ -295,6 +295,8 @@ def evaluate(
     if not rows:
         raise ConfigError(f"{cfg.prompts} has no prompts in split {cfg.split!r} to evaluate on")
     specs = cfg.judge_specs()
+    if judge is not None and len(specs) > 1:
+        raise ConfigError(f"a judge backend was passed but judge names {len(specs)} judges; pass none")
     reward = reward or make_reward(cfg.reward)
     judges = [
         judge if judge is not None and i == 0 else reward if spec == cfg.reward else make_reward(spec)
@@ -330,26 +332,32 @@ def evaluate(
         also = {spec: r.score(messages, answers.texts) for spec, r in extra.items()}
         sides[role] = Side(model, answers, by_judge[0], rewarded, also, acc, by_judge)
     log(f"evaluate: judging with {', '.join(specs)}")
-    report = compare(sides["candidate"], sides["baseline"], cfg, len(pairs), best_of_k)
+    scales = combine_judges(sides["candidate"], sides["baseline"])
+    best = best_per_prompt(best_of_k, scales) if best_of_k else None
+    report = compare(sides["candidate"], sides["baseline"], cfg, len(pairs), best)
     write_outputs(Path(cfg.output_dir), rows, sides, report)
     return report
 
 
+def combine_judges(cand: Side, base: Side) -> list[tuple[float, float]] | None:
+    """With several judges, both sides' verdict scores (``judged``) become the judges' standardised mean; returns
+    each judge's (mean, s.d.) for best-of-k to pick on the same scale. One judge: nothing changes, None."""
+    if len(cand.by_judge) < 2:
+        return None
+    pairs = list(zip(cand.by_judge, base.by_judge, strict=True))
+    cand.judged, base.judged = standardised_mean(pairs)
+    return judge_scales(pairs)
+
+
 def compare(
-    cand: Side, base: Side, cfg: EvalConfig, n_pairs: int, best_of_k: list[list[list[float]]] | None
+    cand: Side, base: Side, cfg: EvalConfig, n_pairs: int, best_of_k: list[float] | None
 ) -> EvalReport:
-    """The report's numbers from both sides' scores (a pure function). With several judges the sides' ``judged``
-    scores become the judges' standardised mean, and best-of-k picks on that scale too."""
+    """The report's numbers from both sides' verdict scores, each judge's own scores and the baseline's best-of-k
+    scores per prompt (a pure function)."""
     specs = cfg.judge_specs()
     judges = [
         judge_eval(spec, c, b, cfg) for spec, c, b in zip(specs, cand.by_judge, base.by_judge, strict=True)
     ]
-    scales = None
-    if len(specs) > 1:
-        pairs = list(zip(cand.by_judge, base.by_judge, strict=True))
-        scales = judge_scales(pairs)
-        cand.judged, base.judged = standardised_mean(pairs)
-    best = best_per_prompt(best_of_k, scales) if best_of_k else None
     scores = win_scores(cand.judged, base.judged, cfg.tie_margin)
     wins, losses = scores.count(1.0), scores.count(0.0)
     base_eval, cand_eval = base.summary(cfg.seed), cand.summary(cfg.seed)
@@ -372,7 +380,7 @@ def compare(
         training_reward_gain=cand_eval.training_reward_mean - base_eval.training_reward_mean,
         training_reward_gain_ci=gain_ci(cand.rewarded, base.rewarded, seed=cfg.seed),
         best_of_k=cfg.best_of_k,
-        baseline_best_of_k=statistics.fmean(best) if best else None,
+        baseline_best_of_k=statistics.fmean(best_of_k) if best_of_k else None,
         preference_pairs=n_pairs,
         judges=judges,
         judge_scale="judge score" if len(specs) == 1 else "pooled s.d.",
