@@ -101,24 +101,33 @@ def test_the_gate_refuses_a_policy_that_learned_to_say_nothing():
     assert decide(silent, GateConfig(max_empty_increase=0.2)).promote
 
 
+def tiny_eval_config(tmp_path, model_dir, prompt: str, **settings):
+    """An evaluation of the tiny model against itself on 6 held-out prompts ``f"{prompt} {i}"``."""
+    from rrhf_core.data.ingest import ingest
+    from rrhf_core.evaluation.config import EvalConfig
+
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"{prompt} {i}", "split": "eval"}) + "\n" for i in range(6)))
+    ingest([str(src)], tmp_path / "ingest")
+    return EvalConfig(
+        prompts=str(tmp_path / "ingest" / "prompts.parquet"),
+        output_dir=str(tmp_path / "eval"),
+        candidate=str(model_dir),
+        baseline=str(model_dir),
+        **settings,
+    )
+
+
 @pytest.mark.integration
 def test_the_judge_is_kept_apart_from_the_training_reward(tmp_path, tiny_model_dir):
     from reward_fns import checksum, count_a
 
-    from rrhf_core.data.ingest import ingest
-    from rrhf_core.evaluation.config import EvalConfig
     from rrhf_core.evaluation.evaluate import evaluate
 
-    src = tmp_path / "p.jsonl"
-    src.write_text(
-        "".join(json.dumps({"prompt": f"say something {i}", "split": "eval"}) + "\n" for i in range(6))
-    )
-    ingest([str(src)], tmp_path / "ingest")
-    cfg = EvalConfig(
-        prompts=str(tmp_path / "ingest" / "prompts.parquet"),
-        output_dir=str(tmp_path / "eval"),
-        candidate=str(tiny_model_dir),
-        baseline=str(tiny_model_dir),
+    cfg = tiny_eval_config(
+        tmp_path,
+        tiny_model_dir,
+        "say something",
         reward="reward_fns:count_a",
         judge="reward_fns:checksum",
         also_report=["embedded:constraint-pass"],
@@ -148,18 +157,12 @@ def test_several_judges_give_one_verdict_on_their_standardised_scores_and_each_i
 ):
     from reward_fns import checksum, count_a
 
-    from rrhf_core.data.ingest import ingest
-    from rrhf_core.evaluation.config import EvalConfig
     from rrhf_core.evaluation.evaluate import evaluate
 
-    src = tmp_path / "p.jsonl"
-    src.write_text("".join(json.dumps({"prompt": f"tell me {i}", "split": "eval"}) + "\n" for i in range(6)))
-    ingest([str(src)], tmp_path / "ingest")
-    cfg = EvalConfig(
-        prompts=str(tmp_path / "ingest" / "prompts.parquet"),
-        output_dir=str(tmp_path / "eval"),
-        candidate=str(tiny_model_dir),
-        baseline=str(tiny_model_dir),
+    cfg = tiny_eval_config(
+        tmp_path,
+        tiny_model_dir,
+        "tell me",
         reward="embedded:constraint-pass",
         judge=["reward_fns:checksum", "reward_fns:count_a"],
         best_of_k=2,
