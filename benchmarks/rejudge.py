@@ -36,7 +36,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from rrhf_core.data.contracts import read_prompts
-    from rrhf_core.evaluation.stats import bootstrap_mean_ci, standardised_mean
+    from rrhf_core.evaluation.stats import gain_ci, standardised_mean, win_scores
     from rrhf_core.scoring.reward import make_reward
 
     def summary(w: str) -> dict:
@@ -58,12 +58,11 @@ def main() -> None:
     print("| answers of | judge | gain [95 % CI] | W / T / L |\n| --- | --- | --- | --- |")
 
     def row(w: str, name: str, cand: list[float], base: list[float]) -> None:
-        d = [c - b for c, b in zip(cand, base, strict=True)]
-        lo, hi = bootstrap_mean_ci(d, seed=0)
-        wins = sum(x > args.tie_margin for x in d)
-        losses = sum(x < -args.tie_margin for x in d)
-        print(f"| {w} | {name} | {statistics.fmean(d):+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-              f"{wins} / {len(d) - wins - losses} / {losses} |")  # fmt: skip
+        lo, hi = gain_ci(cand, base, seed=0)  # as the evaluation stage computes them
+        s = win_scores(cand, base, args.tie_margin)
+        gain = statistics.fmean(cand) - statistics.fmean(base)
+        print(f"| {w} | {name} | {gain:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+              f"{s.count(1.0)} / {s.count(0.5)} / {s.count(0.0)} |")  # fmt: skip
 
     scored: dict[str, list[tuple[list[float], list[float]]]] = {w: [] for w in args.workdir}
     for name, spec in judges.items():

@@ -220,15 +220,14 @@ def with_trained_rewards(cfg: PipelineConfig, model_dirs: dict[str, str]) -> Pip
     def resolve(spec: str) -> str:
         return model_dirs[spec.removeprefix(TRAINED_PREFIX)] if spec.startswith(TRAINED_PREFIX) else spec
 
+    judge = cfg.evaluate.judge
+    if isinstance(judge, list):
+        judge = [resolve(s) for s in judge]
+    elif judge:
+        judge = resolve(judge)
     evaluate = cfg.evaluate.model_copy(
         update={
-            "judge": (
-                resolve(judge)
-                if isinstance(judge := cfg.evaluate.judge, str)
-                else [resolve(s) for s in judge]
-                if judge
-                else None
-            ),
+            "judge": judge,
             "also_report": [resolve(s) for s in cfg.evaluate.also_report],
         }
     )

@@ -5,7 +5,8 @@ Both models answer every held-out prompt (greedy decoding by default, so the com
 the training reward judges and the report says so, since a gain judged by the reward that was optimised can be pure
 reward hacking). ``judge`` may name several reward models: the verdict (gain, win rate, gate) is then the mean of
 their standardised scores (:func:`~rrhf_core.evaluation.stats.standardised_mean`, in pooled standard deviations), so
-it does not hinge on one judge's training draw; each judge's own gain and win rate are reported beside it. Reported, with paired bootstrap 95 % CIs over prompts (:mod:`rrhf_core.evaluation.stats`):
+it does not hinge on one judge's training draw; each judge's own gain and win rate are reported beside it.
+Reported, with paired bootstrap 95 % CIs over prompts (:mod:`rrhf_core.evaluation.stats`):
 
 - per model: the judge's mean and median, the training reward's mean, response length statistics, the share of
   answers cut at the length limit, and the mean of every extra reward in ``also_report`` (e.g. relevance);
@@ -39,6 +40,7 @@ from rrhf_core.evaluation.stats import (
     bootstrap_mean_ci,
     gain_ci,
     judge_scales,
+    mean_standardised,
     standardised_mean,
     win_rate_ci,
     win_scores,
@@ -200,11 +202,7 @@ def best_per_prompt(
         return [max(s) if s else float("-inf") for s in only]
     best = []
     for p in range(len(per_judge[0])):
-        k = len(per_judge[0][p])
-        mean = [
-            statistics.fmean((per_judge[j][p][i] - m) / sd for j, (m, sd) in enumerate(scales))
-            for i in range(k)
-        ]
+        mean = mean_standardised([judge[p] for judge in per_judge], scales)
         best.append(max(mean) if mean else float("-inf"))
     return best
 
@@ -260,9 +258,8 @@ class Side:
     rewarded: list[float]
     also: dict[str, list[float]]
     acc: tuple[float | None, CI | None]
-    by_judge: list[list[float]] = field(
-        default_factory=list
-    )  # each judge's scores, in cfg.judge_specs() order
+    # each judge's scores, in cfg.judge_specs() order
+    by_judge: list[list[float]] = field(default_factory=list)
 
     def summary(self, seed: int) -> ModelEval:
         a = self.answers
@@ -298,10 +295,7 @@ def evaluate(
     if judge is not None and len(specs) > 1:
         raise ConfigError(f"a judge backend was passed but judge names {len(specs)} judges; pass none")
     reward = reward or make_reward(cfg.reward)
-    judges = [
-        judge if judge is not None and i == 0 else reward if spec == cfg.reward else make_reward(spec)
-        for i, spec in enumerate(specs)
-    ]
+    judges = [judge] if judge is not None else [reward if s == cfg.reward else make_reward(s) for s in specs]
     extra = {spec: make_reward(spec) for spec in cfg.also_report}
     messages = [r["messages"] for r in rows]
     pair_rows = rows if cfg.preference_limit is None else held_out[: cfg.preference_limit]
@@ -326,9 +320,9 @@ def evaluate(
             f"evaluate: scoring the {role}'s answers ({len(judges)} judge(s), training reward, {len(extra)} more)"
         )
         by_judge = [j.score(messages, answers.texts) for j in judges]
-        rewarded = next(
-            (s for j, s in zip(judges, by_judge, strict=True) if j is reward), None
-        ) or reward.score(messages, answers.texts)
+        rewarded = next((s for j, s in zip(judges, by_judge, strict=True) if j is reward), None)
+        if rewarded is None:  # no judge is the training reward itself
+            rewarded = reward.score(messages, answers.texts)
         also = {spec: r.score(messages, answers.texts) for spec, r in extra.items()}
         sides[role] = Side(model, answers, by_judge[0], rewarded, also, acc, by_judge)
     log(f"evaluate: judging with {', '.join(specs)}")
@@ -358,25 +352,23 @@ def compare(
     judges = [
         judge_eval(spec, c, b, cfg) for spec, c, b in zip(specs, cand.by_judge, base.by_judge, strict=True)
     ]
-    scores = win_scores(cand.judged, base.judged, cfg.tie_margin)
-    wins, losses = scores.count(1.0), scores.count(0.0)
+    label = specs[0] if len(specs) == 1 else f"mean of {len(specs)} standardised judges: {', '.join(specs)}"
+    verdict = judge_eval(label, cand.judged, base.judged, cfg)
     base_eval, cand_eval = base.summary(cfg.seed), cand.summary(cfg.seed)
     report = EvalReport(
-        prompts=len(scores),
-        judge=specs[0]
-        if len(specs) == 1
-        else f"mean of {len(specs)} standardised judges: {', '.join(specs)}",
+        prompts=len(cand.judged),
+        judge=label,
         reward=cfg.reward,
         judge_is_training_reward=cfg.reward in specs,
         candidate=cand_eval,
         baseline=base_eval,
-        wins=wins,
-        ties=len(scores) - wins - losses,
-        losses=losses,
-        win_rate=statistics.fmean(scores),
+        wins=verdict.wins,
+        ties=verdict.ties,
+        losses=verdict.losses,
+        win_rate=verdict.win_rate,
         win_rate_ci=win_rate_ci(cand.judged, base.judged, cfg.tie_margin, seed=cfg.seed),
-        reward_gain=cand_eval.reward_mean - base_eval.reward_mean,
-        reward_gain_ci=gain_ci(cand.judged, base.judged, seed=cfg.seed),
+        reward_gain=verdict.reward_gain,
+        reward_gain_ci=verdict.reward_gain_ci,
         training_reward_gain=cand_eval.training_reward_mean - base_eval.training_reward_mean,
         training_reward_gain_ci=gain_ci(cand.rewarded, base.rewarded, seed=cfg.seed),
         best_of_k=cfg.best_of_k,

@@ -81,6 +81,17 @@ def judge_scales(scores: Sequence[tuple[Sequence[float], Sequence[float]]]) -> l
     return out
 
 
+def mean_standardised(
+    values: Sequence[Sequence[float]], scales: Sequence[tuple[float, float]]
+) -> list[float]:
+    """``values[j]``: judge j's scores of the same ``(n,)`` answers; each standardised by judge j's ``(mean, s.d.)``
+    from :func:`judge_scales`, then averaged over judges. Returns ``(n,)``."""
+    return np.mean(
+        [(np.asarray(v, dtype=np.float64) - m) / sd for v, (m, sd) in zip(values, scales, strict=True)],
+        axis=0,
+    ).tolist()
+
+
 def standardised_mean(
     scores: Sequence[tuple[Sequence[float], Sequence[float]]],
 ) -> tuple[list[float], list[float]]:
@@ -92,6 +103,6 @@ def standardised_mean(
     difference is an effect size in pooled standard deviations.
     """
     scales = judge_scales(scores)
-    cand = np.mean([(np.asarray(c) - m) / sd for (c, _), (m, sd) in zip(scores, scales, strict=True)], axis=0)
-    base = np.mean([(np.asarray(b) - m) / sd for (_, b), (m, sd) in zip(scores, scales, strict=True)], axis=0)
-    return cand.tolist(), base.tolist()
+    return mean_standardised([c for c, _ in scores], scales), mean_standardised(
+        [b for _, b in scores], scales
+    )

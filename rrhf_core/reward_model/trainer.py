@@ -147,14 +147,13 @@ DROPOUT_KEYS = (
 def set_dropout(model: Any, p: float) -> None:
     """Every dropout of ``model`` set to ``p``: its ``nn.Dropout`` modules and the config values that attention
     reads directly (sdpa's ``dropout_p`` comes from the config in many decoders), so the saved config says so too."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = p
     for key in DROPOUT_KEYS:
         if isinstance(getattr(model.config, key, None), float):
             setattr(model.config, key, p)
-    for module in model.modules():  # attention modules that copied the config's value at construction
-        for attr in ("attention_dropout", "dropout_prob"):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        for attr in ("attention_dropout", "dropout_prob"):  # attention that copied the config's value at init
             if isinstance(getattr(module, attr, None), float):
                 setattr(module, attr, p)
 
