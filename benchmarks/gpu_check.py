@@ -3,7 +3,10 @@ Prefect, MLflow or vLLM) can tell about the training step. One JSON to ``$OUT/gp
 
     PYTHONPATH=. python3 benchmarks/gpu_check.py            # benchmarks/gpu_check.sh wraps it for the device tool
 
-Sections (each records its own error instead of stopping the rest):
+Sections (each records its own error instead of stopping the rest; the JSON is rewritten after every section and
+every benchmark case, so a check cut short by its time limit still returns what it measured; ``finished`` is null
+then). The correctness sections run first, the benchmarks last; benchmark cases not started within ``--budget-s``
+are listed under ``not_run``:
 - ``environment``: GPU name, torch/transformers versions, attention backends present;
 - ``bench``: ``rrhf bench train-step`` (reference vs prefix-shared step: time, peak memory, MFU against the measured
   bf16 matmul peak) on randomly initialised Llamas of the SmolLM2-135M and ~1B shapes, k = 2, 4, 6, 8;
@@ -15,6 +18,9 @@ Sections (each records its own error instead of stopping the rest):
 - ``gpu_tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each called directly, pass or its error;
 - ``not_covered``: what this script does not check yet, said rather than skipped silently.
 
+``--render FILE`` prints a saved report as Markdown (the README's GPU figures come from
+``benchmarks/results/gpu_check-*.json`` this way).
+
 On a CPU-only machine it runs too (``--quick``: a tiny Llama shape, k = 2, one step), which is how it is tested here.
 """
 
@@ -25,6 +31,7 @@ import importlib.util
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -51,12 +58,41 @@ def environment() -> dict[str, Any]:
     }
 
 
-def bench(shape: str, ks: list[int], steps: int) -> dict[str, Any]:
+def bench(
+    shape: str, ks: list[int], steps: int, deadline: float, save: Any, prompts: int = 1
+) -> dict[str, Any]:
+    """The benchmark one k at a time (``prompts`` prompts per step), the report saved after each (a run cut short
+    keeps what it measured); the k values left when ``deadline`` (a ``time.monotonic()`` value) is near are listed
+    as not run."""
     from rrhf_core.training.bench import run
 
     t0 = time.perf_counter()
-    table = run(f"random:{shape}", ks, steps, bf16=True, cache_dir=None, as_json=True)
-    return {"cases": table, "seconds": time.perf_counter() - t0}
+    out: dict[str, Any] = {"prompts_per_step": prompts, "cases": [], "seconds": 0.0}
+    for i, k in enumerate(ks):
+        if time.monotonic() > deadline:
+            out["not_run"] = {"k": ks[i:], "reason": "out of time (the check's deadline)"}
+            break
+        out["cases"] += run(
+            f"random:{shape}", [k], steps, bf16=True, cache_dir=None, as_json=True, prompts=prompts
+        )
+        out["seconds"] = time.perf_counter() - t0
+        save(out)
+    return out
+
+
+def profile(shape: str, k: int, deadline: float) -> dict[str, Any]:
+    """One step of each method under torch.profiler (one prompt, bf16): the operator tables, to tell a launch-bound
+    step (host time >> device time) from a compute-bound one."""
+    out: dict[str, Any] = {"shape": shape, "k": k}
+    for method in ("reference", "project"):
+        if time.monotonic() > deadline:
+            out[method] = "not run: out of time (the check's deadline)"
+            continue
+        cmd = [sys.executable, "-m", "rrhf_core.training.bench", "--one", method, "--k", str(k)]
+        cmd += ["--steps", "2", "--model", f"random:{shape}", "--profile"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        out[method] = {"returncode": done.returncode, "table": done.stderr[-12000:]}
+    return out
 
 
 def prefix_sharing(k: int, attn: str, shape: str = "smollm2-135m") -> dict[str, Any]:
@@ -66,10 +102,10 @@ def prefix_sharing(k: int, attn: str, shape: str = "smollm2-135m") -> dict[str, 
     from rrhf_core.training import bench as b
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, vocab, pad = b.random_model(shape)
+    model, vocab, pad = b.random_model(shape, device)
     model.config._attn_implementation = attn
-    model = model.to(device).eval()
-    prompt, responses, rewards = b.hh_shaped(k, vocab, seed=0)
+    model = model.eval()
+    examples = [b.hh_shaped(k, vocab, seed=0)]
     from rrhf_core.training.prefix import PrefixSharedLM
 
     results = {}
@@ -79,15 +115,15 @@ def prefix_sharing(k: int, attn: str, shape: str = "smollm2-135m") -> dict[str, 
     ):
         model.zero_grad(set_to_none=True)
         losses: list[Any] = []
-        step(scorer, prompt, responses, rewards, pad, device, True, record=losses)
+        step(scorer, examples, pad, device, True, record=losses)
         grads = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
         results[name] = (losses[0], grads)
     (l1, g1), (l2, g2) = results["plain"], results["shared"]
     return {
         "attention": attn,
         "k": k,
-        "max_abs_score_diff": float((l1.scores.float() - l2.scores.float()).abs().max()),
-        "abs_loss_diff": float((l1.loss.sum().float() - l2.loss.sum().float()).abs()),
+        "max_abs_score_diff": float((l1.scores.detach().float() - l2.scores.detach().float()).abs().max()),
+        "abs_loss_diff": float((l1.loss.detach().sum().float() - l2.loss.detach().sum().float()).abs()),
         "grad_rel_diff": float((g1 - g2).norm() / g1.norm().clamp_min(1e-12)),
     }
 
@@ -117,13 +153,83 @@ def gpu_tests() -> dict[str, Any]:
     return results
 
 
-def section(report: dict[str, Any], key: str, fn: Any, *args: Any) -> None:
+def section(report: dict[str, Any], key: str, fn: Any, *args: Any, path: Path | None = None) -> None:
+    """Run one section into ``report[key]`` (its error recorded instead of stopping the rest) and, with ``path``,
+    write the report after it, so a check killed by its time limit still leaves every finished section."""
     t0 = time.perf_counter()
     try:
         report[key] = fn(*args)
     except Exception as e:  # a broken section is recorded; the others still run
         report[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-4000:]}
     print(f"{key}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if path is not None:
+        write(report, path)
+
+
+def write(report: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
+
+
+def work_ratio(case: dict[str, Any]) -> float:
+    """Positions the reference processes per position of ours (reports before the field: from the FLOP rates)."""
+    if "work_ratio" in case:
+        return float(case["work_ratio"])
+    r, o = case["reference"], case["project"]
+    return (r["model_flops_per_s"] * r["step_s"]) / (o["model_flops_per_s"] * o["step_s"])
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as Markdown: the machine, the correctness sections, one table per benchmark section."""
+    env = report.get("environment", {})
+    lines = [
+        f"{env.get('device')} ({env.get('memory_gb')} GiB), torch {env.get('torch')}, transformers "
+        f"{env.get('transformers')}, CUDA {env.get('cuda')}; check started {report.get('started')}, "
+        f"finished {report.get('finished') or 'no (cut short)'}",
+        "",
+    ]
+    for key, v in report.items():
+        if key.startswith("prefix_sharing_") and "error" not in v:
+            lines.append(
+                f"- prefix sharing = plain step ({v['attention']}, bf16, k = {v['k']}): largest score difference "
+                f"{v['max_abs_score_diff']:.1e}, loss difference {v['abs_loss_diff']:.1e}, gradients' relative "
+                f"difference {v['grad_rel_diff']:.1e}"
+            )
+        elif key.startswith("strategy_") and "error" not in v:
+            lines.append(
+                f"- {v['strategy'].upper()} on one device ({v['shape']}, k = {v['k']}): losses "
+                f"{', '.join(f'{x:.4f}' for x in v['losses'])}; step {v['step_s'][-1]:.3f} s; peak "
+                + (f"{v['peak_memory_gb']:.2f} GiB" if v["peak_memory_gb"] is not None else "-")
+            )
+        elif key == "gpu_tests" and "skipped" not in v:
+            passed = sum(1 for t in v.values() if t.get("passed"))
+            lines.append(f"- tests marked gpu: {passed} of {len(v)} passed")
+        elif isinstance(v, dict) and "error" in v:
+            lines.append(f"- {key}: error {v['error'][:200]}")
+    for key, v in report.items():
+        if not key.startswith("bench_") or "cases" not in v:
+            continue
+        lines += [
+            "",
+            f"`{key}` ({v.get('prompts_per_step', 1)} prompt(s) per step, bf16 autocast):",
+            "",
+            "| k | reference step s | ours step s | speed-up | work ratio | reference peak MiB | ours peak MiB | memory ratio "
+            "| reference MFU | ours MFU |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for c in v["cases"]:
+            r, o = c["reference"], c["project"]
+            lines.append(
+                f"| {c['k']} | {r['step_s']:.3f} | {o['step_s']:.3f} | {c['speedup']:.2f}x | "
+                + f"{work_ratio(c):.2f}x"
+                + f" | {r['peak_mem_mb']:.0f} "
+                f"| {o['peak_mem_mb']:.0f} | {c['memory_ratio']:.2f} | {100 * r['mfu']:.1f} % | {100 * o['mfu']:.1f} % |"
+            )
+        if "not_run" in v:
+            lines.append(f"\nnot run: k = {v['not_run']['k']} ({v['not_run']['reason']})")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,27 +240,59 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quick", action="store_true", help="k = 2 only, one step, a tiny Llama shape only (CPU test)"
     )
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="benchmark cases not started after this many seconds are listed as not run (default 420)",
+    )
+    ap.add_argument("--render", metavar="JSON", help="print a saved report as Markdown tables and exit")
     args = ap.parse_args(argv)
+    if args.render:
+        print(render(json.loads(Path(args.render).read_text())))
+        return 0
+    deadline = time.monotonic() + args.budget_s
     ks, steps = ([2], 1) if args.quick else ([2, 4, 6, 8], 3)
-    report: dict[str, Any] = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    section(report, "environment", environment)
+    path = Path(args.out) / "gpu_check.json"
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished": None,
+        "not_covered": [
+            "more than one GPU: FSDP/DDP across processes is tested on CPU over gloo only",
+            "vLLM sampling: vLLM is not installed on the GPU machine",
+        ],
+    }
+    section(report, "environment", environment, path=path)
     shape = "tiny" if args.quick else "smollm2-135m"
-    section(report, f"bench_{shape.replace('-', '_')}", bench, shape, ks, steps)
-    if not args.quick:
-        section(report, "bench_llama_1b", bench, "llama-1b", ks, steps)
+    # the correctness sections first (short), the benchmarks last (they stop at the deadline)
     attns = ["sdpa"] + (["flash_attention_2"] if report["environment"].get("flash_attn") else [])
     for attn in attns:
-        section(report, f"prefix_sharing_{attn}", prefix_sharing, 2 if args.quick else 6, attn, shape)
+        section(
+            report, f"prefix_sharing_{attn}", prefix_sharing, 2 if args.quick else 6, attn, shape, path=path
+        )
     for strategy in ("ddp", "fsdp"):
-        section(report, f"strategy_{strategy}", strategy_step, strategy, shape, 2 if args.quick else 6)
-    section(report, "gpu_tests", gpu_tests)
-    report["not_covered"] = [
-        "more than one GPU: FSDP/DDP across processes is tested on CPU over gloo only",
-        "vLLM sampling: vLLM is not installed on the GPU machine",
-    ]
-    path = Path(args.out) / "gpu_check.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+        section(
+            report, f"strategy_{strategy}", strategy_step, strategy, shape, 2 if args.quick else 6, path=path
+        )
+    section(report, "gpu_tests", gpu_tests, path=path)
+    # one prompt per step (as the CPU benchmark), then eight (a GPU micro-batch): at one prompt a GPU step of these
+    # sizes is mostly kernel launches, which the profile section shows
+    runs = [(shape, 1, ks)] if args.quick else [(shape, 1, ks), ("llama-1b", 1, ks)]
+    if not args.quick:
+        runs += [("profile", 0, []), (shape, 8, [2, 6, 8]), ("llama-1b", 8, [2, 6, 8])]
+    for name, prompts, run_ks in runs:
+        if name == "profile":
+            section(report, "profile_smollm2_135m", profile, shape, 6, deadline, path=path)
+            continue
+        key = f"bench_{name.replace('-', '_')}" + (f"_p{prompts}" if prompts > 1 else "")
+
+        def save(partial: dict[str, Any], key: str = key) -> None:
+            report[key] = partial
+            write(report, path)
+
+        section(report, key, bench, name, run_ks, steps, deadline, save, prompts, path=path)
+    report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write(report, path)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 

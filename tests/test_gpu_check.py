@@ -57,3 +57,36 @@ def test_the_quick_check_runs_on_this_cpu_and_writes_every_section(tmp_path):
     assert fsdp["losses"][0] == pytest.approx(ddp["losses"][0], rel=0.02)  # one model, one batch, bf16
     assert report["gpu_tests"] == {"skipped": "no CUDA device"}
     assert report["not_covered"]
+
+
+def test_a_check_out_of_time_keeps_what_it_finished_and_lists_the_rest(tmp_path):
+    """``--budget-s 0``: every correctness section still runs and is saved; no benchmark case starts, each k is
+    listed as not run, and the report is complete (``finished`` set)."""
+    import json
+    import os
+    import subprocess
+
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--budget-s", "0"]
+    done = subprocess.run(cmd + ["--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["finished"] and "error" not in report["strategy_fsdp"]
+    assert report["bench_tiny"]["cases"] == [] and report["bench_tiny"]["not_run"]["k"] == [2]
+
+
+def test_the_h200_report_renders_as_markdown_with_the_work_ratio():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from gpu_check import render
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import json
+
+    report = json.loads((ROOT / "benchmarks" / "results" / "gpu_check-h200-2026-12-04.json").read_text())
+    text = render(report)
+    assert text.startswith("NVIDIA H200")
+    assert "tests marked gpu: 3 of 3 passed" in text
+    # k = 6 at one prompt per step: the reference runs 6 rows of prompt + response (padded), ours the prompt once
+    row = next(line for line in text.splitlines() if line.startswith("| 6 |"))
+    assert "| 2.64x |" in row

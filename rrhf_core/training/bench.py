@@ -1,14 +1,14 @@
 """Training-step benchmark: the reference implementation's step against this project's, side by side.
 
-    rrhf bench train-step [--model M] [--ks 2 4 6 8] [--steps 3] [--json]
+    rrhf bench train-step [--model M] [--ks 2 4 6 8] [--steps 3] [--prompts 1] [--fp32] [--json]
     python -m rrhf_core.training.bench ...            # the same, with only torch and transformers needed (GPU script)
 
 ``--model random:smollm2-135m`` or ``random:llama-1b`` benchmarks a randomly initialised Llama of that shape (no
 weights, no tokenizer, no network: what a GPU machine without model files can run); step time and memory depend on
 the shape only.
 
-Both steps score the same HH-shaped batches (one prompt of 120-180 tokens with k responses of 40-80 tokens: prompts
-2-3x longer than responses, as in HH) with the RRHF loss and run backward:
+Both steps score the same HH-shaped batches (``--prompts`` prompts, default one, of 120-180 tokens, each with k
+responses of 40-80 tokens: prompts 2-3x longer than responses, as in HH) with the RRHF loss and run backward:
 
 - ``reference``: every (query + response) row padded together, the full-vocabulary log-softmax materialised for every
   token (the reference code's ``train.py``);
@@ -17,7 +17,10 @@ Both steps score the same HH-shaped batches (one prompt of 120-180 tokens with k
 
 Reported per (method, k): step time (median), tokens/s (logical tokens k(P+R) per second, the same work for both),
 peak memory (CUDA: max allocated; CPU: peak RSS growth of a fresh process running only that case), model FLOP rate
-(6 x parameters x tokens processed per step / step time) and its share of the machine's measured bf16 matmul peak.
+(6 x parameters x token positions processed per step / step time) and its share of the machine's measured matmul
+peak in the step's precision (MFU). Per k: the speed-up, and the work ratio (positions the reference processes per
+position of ours): the speed-up both steps would show at equal MFU, so speed-up / work ratio is our relative MFU.
+``--profile`` (with ``--one``) prints one more step's operator table from torch.profiler.
 """
 
 from __future__ import annotations
@@ -35,23 +38,37 @@ from typing import Any
 import torch
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Measured FLOP/s of an n x n x n matmul (best of ``reps``)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    best = float("inf")
-    for _ in range(reps + 1):
+def matmul_peak(device: torch.device, dtype: torch.dtype, reps: int = 5) -> float:
+    """Measured FLOP/s of a square matmul (best of ``reps``), at a size grown from 256 until one product takes
+    >= 20 ms or the size reaches 8192 (CUDA) / 2048 (CPU): large enough for a GPU's peak, small enough for a CPU
+    without fast bf16 (where bf16 matmul can run at under 1 GFLOP/s) to finish in seconds."""
+
+    def timed(a: torch.Tensor, b: torch.Tensor) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         a @ b
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    n, n_max = 256, 8192 if device.type == "cuda" else 2048
+    while True:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        timed(a, b)  # warm-up
+        if n >= n_max or timed(a, b) >= 0.02:
+            break
+        n *= 2
+    best = min(timed(a, b) for _ in range(reps))
     return 2 * n**3 / best
 
 
-def hh_shaped(k: int, vocab: int, seed: int) -> tuple[list[int], list[list[int]], list[float]]:
+Example = tuple[list[int], list[list[int]], list[float]]  # (prompt ids, k response ids, k rewards)
+
+
+def hh_shaped(k: int, vocab: int, seed: int) -> Example:
+    """One HH-shaped example: a 120-180 token prompt and k responses of 40-80 tokens, random ids and rewards."""
     g = torch.Generator().manual_seed(seed)
     p = int(torch.randint(120, 181, (1,), generator=g))
     prompt = torch.randint(3, vocab, (p,), generator=g).tolist()
@@ -63,27 +80,35 @@ def hh_shaped(k: int, vocab: int, seed: int) -> tuple[list[int], list[list[int]]
     return prompt, responses, rewards
 
 
+def hh_batch(prompts: int, k: int, vocab: int, seed: int) -> list[Example]:
+    """A micro-batch of ``prompts`` HH-shaped examples (seeds ``seed * 1000 + i``)."""
+    return [hh_shaped(k, vocab, seed * 1000 + i) for i in range(prompts)]
+
+
 def reference_step(
     model: Any,
-    prompt: list[int],
-    responses: list[list[int]],
-    rewards: list[float],
+    examples: list[Example],
     pad: int,
     device: torch.device,
     bf16: bool,
     record: list[Any] | None = None,
 ) -> int:
-    """The reference code's computation: k padded (query + response) rows, full log_softmax. ``record`` receives the
-    loss output (scores included), for equivalence checks."""
+    """The reference code's computation: k padded (query + response) rows per prompt, full log_softmax. ``record``
+    receives the loss output (scores included), for equivalence checks. Returns the token positions processed."""
     from rrhf_core.training.loss import rrhf_loss
 
-    rows = [prompt + r for r in responses]
+    rows, starts, group, rewards = [], [], [], []
+    for g, (prompt, responses, rs) in enumerate(examples):
+        rows += [prompt + r for r in responses]
+        starts += [len(prompt)] * len(responses)
+        group += [g] * len(responses)
+        rewards += rs
     t = max(len(r) for r in rows)
     ids = torch.full((len(rows), t), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), t), dtype=torch.bool)
-    for i, row in enumerate(rows):
+    for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
         ids[i, : len(row)] = torch.tensor(row)
-        mask[i, len(prompt) : len(row)] = True
+        mask[i, start : len(row)] = True
     ids, mask = ids.to(device), mask.to(device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = model(input_ids=ids, attention_mask=(ids != pad).long(), use_cache=False).logits
@@ -93,8 +118,8 @@ def reference_step(
         token_logps,
         mask[:, 1:],
         torch.tensor(rewards, device=device),
-        torch.zeros(len(rows), dtype=torch.long, device=device),
-        1,
+        torch.tensor(group, dtype=torch.long, device=device),
+        len(examples),
     )
     out.loss.sum().backward()
     if record is not None:
@@ -104,23 +129,24 @@ def reference_step(
 
 def project_step(
     scorer: Any,
-    prompt: list[int],
-    responses: list[list[int]],
-    rewards: list[float],
+    examples: list[Example],
     pad: int,
     device: torch.device,
     bf16: bool,
     record: list[Any] | None = None,
 ) -> int:
-    """This project's step: the prompt once for all k responses (block mask), scored positions' log-probs only."""
+    """This project's step: each prompt once for its k responses (block mask), scored positions' log-probs only."""
     from rrhf_core.training.collate import EncodedExample, collate_shared
     from rrhf_core.training.loss import rrhf_loss_from_sums, segment_logprobs
 
-    batch = collate_shared([EncodedExample("b", prompt, responses, rewards)], pad).to(device)
+    batch = collate_shared(
+        [EncodedExample(f"b{g}", p, r, rs) for g, (p, r, rs) in enumerate(examples)], pad
+    ).to(device)
+    n = sum(len(r) for _, r, _ in examples)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
         token_logps = scorer(batch)
-    sums, lengths = segment_logprobs(token_logps, batch.resp, len(responses))
-    out = rrhf_loss_from_sums(sums, lengths, batch.rewards, batch.group, 1)
+    sums, lengths = segment_logprobs(token_logps, batch.resp, n)
+    out = rrhf_loss_from_sums(sums, lengths, batch.rewards, batch.group, len(examples))
     out.loss.sum().backward()
     if record is not None:
         record.append(out)
@@ -138,8 +164,8 @@ def strategy_step(strategy: str, shape: str, k: int, bf16: bool, steps: int = 2)
     from rrhf_core.training.sharding import shard
 
     device = init_distributed(group_of_one=True).device
-    model, vocab, pad = random_model(shape)
-    scorer: Any = PrefixSharedLM(model.to(device).train())
+    model, vocab, pad = random_model(shape, device)
+    scorer: Any = PrefixSharedLM(model.train())
     if strategy == "fsdp":
         scorer = shard(scorer, bf16, device)
     else:
@@ -147,7 +173,7 @@ def strategy_step(strategy: str, shape: str, k: int, bf16: bool, steps: int = 2)
             scorer, device_ids=[device.index or 0] if device.type == "cuda" else None
         )
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=1e-5)
-    prompt, responses, rewards = hh_shaped(k, vocab, seed=0)
+    examples = [hh_shaped(k, vocab, seed=0)]
     losses: list[float] = []
     times: list[float] = []
     if device.type == "cuda":
@@ -155,13 +181,13 @@ def strategy_step(strategy: str, shape: str, k: int, bf16: bool, steps: int = 2)
     for _ in range(steps):
         record: list[Any] = []
         t0 = time.perf_counter()
-        project_step(scorer, prompt, responses, rewards, pad, device, bf16, record=record)
+        project_step(scorer, examples, pad, device, bf16, record=record)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-        losses.append(float(record[0].loss.sum()))
+        losses.append(float(record[0].loss.detach().sum()))
     return {
         "strategy": strategy,
         "shape": shape,
@@ -202,19 +228,24 @@ def random_config(shape: str) -> Any:
     )
 
 
-def random_model(shape: str) -> tuple[Any, int, int]:
-    """``(model, vocabulary size, pad id)`` for ``random:<shape>``: a Llama of that shape, seeded, fp32."""
+def random_model(shape: str, device: torch.device | None = None) -> tuple[Any, int, int]:
+    """``(model, vocabulary size, pad id)`` for ``random:<shape>``: a Llama of that shape, seeded, fp32, built
+    directly on ``device`` (a 1B model's random initialisation takes many seconds on a CPU, a fraction on a GPU)."""
     from transformers import LlamaForCausalLM
 
     config = random_config(shape)
     torch.manual_seed(0)
-    return LlamaForCausalLM(config), config.vocab_size, 0
+    with torch.device(device or "cpu"):
+        model = LlamaForCausalLM(config)
+    return model, config.vocab_size, 0
 
 
-def load_for_bench(model_name: str, cache_dir: str | None) -> tuple[Any, int, int]:
-    """``(model, vocabulary size, pad id)`` of a model id/folder or of ``random:<shape>``."""
+def load_for_bench(
+    model_name: str, cache_dir: str | None, device: torch.device | None = None
+) -> tuple[Any, int, int]:
+    """``(model, vocabulary size, pad id)`` of a model id/folder or of ``random:<shape>`` (built on ``device``)."""
     if model_name.startswith("random:"):
-        return random_model(model_name.removeprefix("random:"))
+        return random_model(model_name.removeprefix("random:"), device)
     from rrhf_core.models import load_causal_lm, load_tokenizer
 
     tok = load_tokenizer(model_name, cache_dir)
@@ -222,13 +253,21 @@ def load_for_bench(model_name: str, cache_dir: str | None) -> tuple[Any, int, in
 
 
 def run_case(
-    model_name: str, method: str, k: int, steps: int, bf16: bool, cache_dir: str | None
+    model_name: str,
+    method: str,
+    k: int,
+    steps: int,
+    bf16: bool,
+    cache_dir: str | None,
+    prompts: int = 1,
+    profile: bool = False,
 ) -> dict[str, Any]:
-    """One (method, k) case in this process: median step time, throughput, peak memory, FLOP rate."""
+    """One (method, k) case in this process: median step time, throughput, peak memory, FLOP rate; ``prompts``
+    examples per step. ``profile``: one more step under torch.profiler, its top operators printed to stderr."""
     from rrhf_core.training.prefix import PrefixSharedLM
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, vocab, pad_id = load_for_bench(model_name, cache_dir)
+    model, vocab, pad_id = load_for_bench(model_name, cache_dir, device)
     model = model.to(device)
     model.train()
     params = sum(p.numel() for p in model.parameters())
@@ -236,21 +275,26 @@ def run_case(
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times, logical, processed = [], 0, 0
+    times, logical, positions = [], 0, 0
+    fn = project_step if method == "project" else reference_step
     for step in range(steps + 1):  # the first step warms up
-        prompt, responses, rewards = hh_shaped(k, vocab, seed=step)
+        examples = hh_batch(prompts, k, vocab, seed=step)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        fn = project_step if method == "project" else reference_step
-        processed = fn(scorer, prompt, responses, rewards, pad_id, device, bf16)
+        processed = fn(scorer, examples, pad_id, device, bf16)
         if device.type == "cuda":
             torch.cuda.synchronize()
         model.zero_grad(set_to_none=True)
         if step:
             times.append(time.perf_counter() - t0)
-            logical += sum(len(prompt) + len(r) for r in responses)
+            logical += sum(len(p) + len(r) for p, rs, _ in examples for r in rs)
+            positions += processed
+    if profile:  # one more step, under the profiler, outside the timings
+        _profiled(fn, scorer, hh_batch(prompts, k, vocab, seed=steps + 1), pad_id, device, bf16)
+        model.zero_grad(set_to_none=True)
     step_s = statistics.median(times)
+    logical_per_step, positions_per_step = logical / len(times), positions / len(times)
     peak = (
         torch.cuda.max_memory_allocated()
         if device.type == "cuda"
@@ -259,17 +303,43 @@ def run_case(
     return {
         "method": method,
         "k": k,
+        "prompts": prompts,
         "step_s": step_s,
-        "tokens_per_s": logical / steps / step_s,
+        "tokens_per_s": logical_per_step / step_s,
         "peak_mem_mb": peak / 2**20,
-        "model_flops_per_s": 6 * params * processed / step_s,
+        "positions_per_step": positions_per_step,
+        "model_flops_per_s": 6 * params * positions_per_step / step_s,
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
     }
 
 
+def _profiled(
+    fn: Any, scorer: Any, examples: list[Example], pad: int, device: torch.device, bf16: bool
+) -> int:
+    """One step under torch.profiler; the operators with the most self time (device time on CUDA) to stderr."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        processed = fn(scorer, examples, pad, device, bf16)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60), file=sys.stderr)
+    if device.type == "cuda":  # where the host's time goes: a launch-bound step shows it here
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15), file=sys.stderr)
+    return processed
+
+
 def run(
-    model: str, ks: list[int], steps: int, bf16: bool, cache_dir: str | None, as_json: bool
+    model: str,
+    ks: list[int],
+    steps: int,
+    bf16: bool,
+    cache_dir: str | None,
+    as_json: bool,
+    prompts: int = 1,
 ) -> list[dict[str, Any]]:
     """Each case in a fresh process (clean peak memory), interleaved by k so both methods see the same machine."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -290,6 +360,8 @@ def run(
                     str(steps),
                     "--model",
                     model,
+                    "--prompts",
+                    str(prompts),
                 ]
                 + (["--cache-dir", cache_dir] if cache_dir else [])
                 + ([] if bf16 else ["--fp32"])
@@ -312,6 +384,9 @@ def run(
                 "reference": ref,
                 "project": ours,
                 "speedup": ref["step_s"] / ours["step_s"],
+                # the speed-up at equal FLOP rate (MFU): the positions the reference runs through the model per
+                # position of ours (ours also skips the head on prompt positions, so this slightly understates it)
+                "work_ratio": ref["positions_per_step"] / ours["positions_per_step"],
                 "memory_ratio": ours["peak_mem_mb"] / max(ref["peak_mem_mb"], 1e-9),
             }
         )
@@ -324,7 +399,7 @@ def run(
         )
         head = (
             f"{'k':>2} | {'ref step s':>10} {'ours step s':>11} | {'ref tok/s':>9} {'ours tok/s':>10} | "
-            f"{'speedup':>7} | {'ref MB':>7} {'ours MB':>7} {'mem ratio':>9} | {'ref MFU':>7} {'ours MFU':>8}"
+            f"{'speedup':>7} {'work ratio':>10} | {'ref MB':>7} {'ours MB':>7} {'mem ratio':>9} | {'ref MFU':>7} {'ours MFU':>8}"
         )
         print(head)
         print("-" * len(head))
@@ -332,7 +407,8 @@ def run(
             r, o = row["reference"], row["project"]
             print(
                 f"{row['k']:>2} | {r['step_s']:>10.3f} {o['step_s']:>11.3f} | {r['tokens_per_s']:>9.0f} "
-                f"{o['tokens_per_s']:>10.0f} | {row['speedup']:>6.2f}x | {r['peak_mem_mb']:>7.0f} "
+                f"{o['tokens_per_s']:>10.0f} | {row['speedup']:>6.2f}x {row['work_ratio']:>9.2f}x | "
+                f"{r['peak_mem_mb']:>7.0f} "
                 f"{o['peak_mem_mb']:>7.0f} {row['memory_ratio']:>9.2f} | {100 * r['mfu']:>6.1f}% {100 * o['mfu']:>7.1f}%"
             )
     return table
@@ -347,6 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 4, 6, 8])
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument(
+        "--prompts", type=int, default=1, help="prompts per step, each with k responses (default 1)"
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --one: the last step under torch.profiler, its top operators printed (stderr)",
+    )
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     ap.add_argument("--cache-dir")
     ap.add_argument("--json", action="store_true")
@@ -354,9 +438,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
-        print(json.dumps(run_case(args.model, args.one, args.k, args.steps, not args.fp32, args.cache_dir)))
+        r = run_case(
+            args.model,
+            args.one,
+            args.k,
+            args.steps,
+            not args.fp32,
+            args.cache_dir,
+            args.prompts,
+            args.profile,
+        )
+        print(json.dumps(r))
         return 0
-    run(args.model, args.ks, args.steps, not args.fp32, args.cache_dir, args.json)
+    run(args.model, args.ks, args.steps, not args.fp32, args.cache_dir, args.json, args.prompts)
     return 0
 
 
