@@ -63,7 +63,7 @@ hh-matrix: setup
 	$(VENV)/bin/rrhf report $(foreach p,$(PRECISIONS),$(foreach s,$(SEEDS),$(MATRIX)/hh-$(p)-s$(s)))
 
 test: setup lint typecheck
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -m "not slow and not integration"
