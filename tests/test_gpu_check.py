@@ -69,7 +69,9 @@ def test_a_check_out_of_time_keeps_what_it_finished_and_lists_the_rest(tmp_path)
 
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--quick", "--budget-s", "0"]
-    done = subprocess.run(cmd + ["--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [*cmd, "--out", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["finished"] and "error" not in report["strategy_fsdp"]
@@ -91,3 +93,27 @@ def test_the_h200_report_renders_as_markdown_with_the_work_ratio():
     # k = 6 at one prompt per step: the reference runs 6 rows of prompt + response (padded), ours the prompt once
     row = next(line for line in text.splitlines() if line.startswith("| 6 |"))
     assert "| 2.64x |" in row
+
+
+def test_the_benchmark_steps_agree_with_several_prompts_per_step():
+    """``--prompts 3``: the reference step (3 x k padded rows, one group per prompt) and ours (three packed rows)
+    give the same per-response scores, the same loss and the same gradients in fp32."""
+    from rrhf_core.training import bench as b
+    from rrhf_core.training.prefix import PrefixSharedLM
+
+    model, vocab, pad = b.random_model("tiny")
+    model.eval()  # no dropout
+    examples = b.hh_batch(3, 2, vocab, seed=0)
+    # prompts of different lengths: padding on the reference side
+    assert len({len(p) for p, _, _ in examples}) > 1
+    results = []
+    for step, scorer in ((b.reference_step, model), (b.project_step, PrefixSharedLM(model))):
+        model.zero_grad(set_to_none=True)
+        record: list = []
+        step(scorer, examples, pad, torch.device("cpu"), False, record=record)
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((record[0], grads))
+    (ref, g1), (ours, g2) = results
+    assert ours.scores.detach() == pytest.approx(ref.scores.detach(), abs=1e-5)
+    assert float(ours.loss.detach().sum()) == pytest.approx(float(ref.loss.detach().sum()), abs=1e-5)
+    assert float((g1 - g2).norm() / g1.norm()) < 1e-4
