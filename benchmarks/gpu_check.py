@@ -9,7 +9,11 @@ then). The correctness sections run first, the benchmarks last; benchmark cases 
 are listed under ``not_run``:
 - ``environment``: GPU name, torch/transformers versions, attention backends present;
 - ``bench``: ``rrhf bench train-step`` (reference vs prefix-shared step: time, peak memory, MFU against the measured
-  bf16 matmul peak) on randomly initialised Llamas of the SmolLM2-135M and ~1B shapes, k = 2, 4, 6, 8;
+  bf16 matmul peak) on randomly initialised Llamas of the SmolLM2-135M and ~1B shapes, k = 2, 4, 6, 8, one prompt per
+  step; then ``bench_*_p8``, eight prompts per step (k = 2, 6, 8), where the GPU rather than the host should set the
+  pace;
+- ``profile_smollm2_135m``: one k = 6 step of each method under torch.profiler, the operator tables (device and host
+  time), to tell a launch-bound step from a compute-bound one;
 - ``prefix_sharing``: the packed, block-masked step against the plain one on the same batch in bf16, per attention
   implementation (sdpa; flash_attention_2 where installed): largest difference of the length-normalised scores and of
   the loss, and the gradients' relative difference;
