@@ -23,7 +23,7 @@ def _examples() -> list[ListwiseExample]:
     return examples_from_records(recs)
 
 
-def _compare(model_dir: str, examples, cache_dir=None, atol=1e-5):
+def _compare(model_dir: str, examples, cache_dir=None, atol=1e-5, blocked=True, pack=True, expect_calls=True):
     tok = load_tokenizer(model_dir, cache_dir)
     cfg = TrainConfig(data="-", output_dir="-", max_length=256, max_response_tokens=64, bf16="off")
     encoded, dropped, _ = encode_examples(Encoder(tok, cfg.max_length, cfg.max_response_tokens), examples)
@@ -33,9 +33,15 @@ def _compare(model_dir: str, examples, cache_dir=None, atol=1e-5):
     results = []
     for shared in (False, True):
         model.zero_grad()
-        batch = (collate_shared if shared else collate)(encoded, tok.pad_token_id)
-        scorer = PrefixSharedLM(model) if shared else model
+        batch = (
+            collate_shared(encoded, tok.pad_token_id, pack) if shared else collate(encoded, tok.pad_token_id)
+        )
+        scorer = PrefixSharedLM(model, blocked=blocked) if shared else model
         out, scores = forward_loss(scorer, batch, cfg, bf16=False)
+        if (
+            shared and expect_calls
+        ):  # block attention ran in every layer, or the block mask did (blocked=False)
+            assert batch.layout.calls == (model.config.num_hidden_layers if blocked else 0)
         out.loss.sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((out, scores, grads, batch))
@@ -48,11 +54,34 @@ def _compare(model_dir: str, examples, cache_dir=None, atol=1e-5):
     return b1, b2
 
 
-def test_shared_equals_unshared_on_a_tiny_model(tiny_model_dir):
-    unshared, shared = _compare(str(tiny_model_dir), _examples())
-    # tokens processed: P + kR per prompt instead of k(P + R)
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "row-per-prompt"])
+@pytest.mark.parametrize("blocked", [True, False], ids=["block-attention", "block-mask"])
+def test_shared_equals_unshared_on_a_tiny_model(tiny_model_dir, blocked, pack):
+    unshared, shared = _compare(str(tiny_model_dir), _examples(), blocked=blocked, pack=pack)
+    # tokens processed: P + kR per prompt instead of k(P + R); packed: all in one row, no padding
     assert shared.num_tokens() < unshared.num_tokens()
-    assert shared.input_ids.shape[0] == 3 and unshared.input_ids.shape[0] == 3 + 2 + 3
+    assert shared.input_ids.shape[0] == (1 if pack else 3) and unshared.input_ids.shape[0] == 3 + 2 + 3
+    if pack:
+        assert shared.input_ids.numel() == shared.num_tokens()
+
+
+def test_a_model_whose_layers_drop_the_layout_falls_back_to_the_block_mask(
+    tiny_model_dir, monkeypatch, caplog
+):
+    """An architecture that does not pass attention keyword arguments on: the result is still exact (the forward
+    is redone with the block mask) and block attention is switched off, with a warning."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from rrhf_core.training import attention
+
+    monkeypatch.setattr(attention, "attention_forward", sdpa_attention_forward)  # what register() installs
+    try:
+        with caplog.at_level("WARNING"):
+            _compare(str(tiny_model_dir), _examples(), blocked=True, pack=True, expect_calls=False)
+    finally:
+        monkeypatch.undo()
+        attention.register()
+    assert "does not pass attention keyword arguments" in caplog.text
 
 
 def test_block_mask_keeps_responses_apart():
@@ -61,6 +90,7 @@ def test_block_mask_keeps_responses_apart():
     ex = EncodedExample("p", [1, 2], [[3, 4], [5]], [1.0, 0.0])
     b = collate_shared([ex], pad_id=0)
     m = b.attention_mask[0, 0]
+    assert b.layout.prompt_max == 2 and b.layout.response_max == 2
     # rows: prompt 0,1 | response A at 2,3 | response B at 4
     assert m[3, :4].tolist() == [True, True, True, True]  # A's 2nd token sees the prompt and A
     assert m[4].tolist() == [True, True, False, False, True]  # B sees the prompt and itself, never A

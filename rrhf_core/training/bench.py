@@ -1,6 +1,6 @@
 """Training-step benchmark: the reference implementation's step against this project's, side by side.
 
-    rrhf bench train-step [--model M] [--ks 2 4 6 8] [--steps 3] [--prompts 1] [--fp32] [--json]
+    rrhf bench train-step [--model M] [--ks 2 4 6 8] [--steps 3] [--prompts 1] [--fp32] [--compare-mask] [--json]
     python -m rrhf_core.training.bench ...            # the same, with only torch and transformers needed (GPU script)
 
 ``--model random:smollm2-135m`` or ``random:llama-1b`` benchmarks a randomly initialised Llama of that shape (no
@@ -12,8 +12,9 @@ responses of 40-80 tokens: prompts 2-3x longer than responses, as in HH) with th
 
 - ``reference``: every (query + response) row padded together, the full-vocabulary log-softmax materialised for every
   token (the reference code's ``train.py``);
-- ``project``: the prompt encoded once for all k responses (block attention mask), label log-probabilities computed
-  from the scored positions' hidden states in chunks.
+- ``project``: the prompt encoded once for all k responses (block attention: the prompt's keys and values reused by
+  each response, ``attention.py``), label log-probabilities computed from the scored positions' hidden states in
+  chunks; ``--compare-mask`` adds it once more with sdpa under the block mask over whole rows (``project-mask``).
 
 Reported per (method, k): step time (median), tokens/s (logical tokens k(P+R) per second, the same work for both),
 peak memory (CUDA: max allocated; CPU: peak RSS growth of a fresh process running only that case), model FLOP rate
@@ -135,12 +136,17 @@ def project_step(
     bf16: bool,
     record: list[Any] | None = None,
 ) -> int:
-    """This project's step: each prompt once for its k responses (block mask), scored positions' log-probs only."""
+    """This project's step: each prompt once for its k responses (block attention, the blocks packed into one row;
+    with the block mask over one row per prompt where the scorer is not blocked), scored positions' log-probs
+    only."""
     from rrhf_core.training.collate import EncodedExample, collate_shared
     from rrhf_core.training.loss import rrhf_loss_from_sums, segment_logprobs
 
     batch = collate_shared(
-        [EncodedExample(f"b{g}", p, r, rs) for g, (p, r, rs) in enumerate(examples)], pad
+        [EncodedExample(f"b{g}", p, r, rs) for g, (p, r, rs) in enumerate(examples)],
+        pad,
+        # one row, no padding, where attention follows the blocks (``module``: under DDP)
+        pack=getattr(getattr(scorer, "module", scorer), "blocked", False),
     ).to(device)
     n = sum(len(r) for _, r, _ in examples)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -271,12 +277,12 @@ def run_case(
     model = model.to(device)
     model.train()
     params = sum(p.numel() for p in model.parameters())
-    scorer = PrefixSharedLM(model) if method == "project" else model
+    scorer = PrefixSharedLM(model, blocked=method == "project") if method.startswith("project") else model
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times, logical, positions = [], 0, 0
-    fn = project_step if method == "project" else reference_step
+    fn = project_step if method.startswith("project") else reference_step
     for step in range(steps + 1):  # the first step warms up
         examples = hh_batch(prompts, k, vocab, seed=step)
         if device.type == "cuda":
@@ -340,13 +346,15 @@ def run(
     cache_dir: str | None,
     as_json: bool,
     prompts: int = 1,
+    compare_mask: bool = False,
 ) -> list[dict[str, Any]]:
-    """Each case in a fresh process (clean peak memory), interleaved by k so both methods see the same machine."""
+    """Each case in a fresh process (clean peak memory), interleaved by k so both methods see the same machine.
+    ``compare_mask``: our step once more with the block mask over whole rows instead of block attention."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
     results = []
     for k in ks:
-        for method in ("reference", "project"):
+        for method in ("reference", "project") + (("project-mask",) if compare_mask else ()):
             cmd = (
                 [
                     sys.executable,
@@ -378,8 +386,14 @@ def run(
     for k in ks:
         ref = next(r for r in results if r["k"] == k and r["method"] == "reference")
         ours = next(r for r in results if r["k"] == k and r["method"] == "project")
+        mask = next((r for r in results if r["k"] == k and r["method"] == "project-mask"), None)
         table.append(
             {
+                **(
+                    {"project_mask": mask, "block_attention_speedup": mask["step_s"] / ours["step_s"]}
+                    if mask
+                    else {}
+                ),
                 "k": k,
                 "reference": ref,
                 "project": ours,
@@ -411,6 +425,14 @@ def run(
                 f"{r['peak_mem_mb']:>7.0f} "
                 f"{o['peak_mem_mb']:>7.0f} {row['memory_ratio']:>9.2f} | {100 * r['mfu']:>6.1f}% {100 * o['mfu']:>7.1f}%"
             )
+        if compare_mask:
+            print("ours with the block mask over whole rows instead of block attention (attention.py):")
+            for row in table:
+                m = row["project_mask"]
+                print(
+                    f"  k={row['k']}: {m['step_s']:.3f} s, {m['peak_mem_mb']:.0f} MB, MFU {100 * m['mfu']:.1f}%; "
+                    f"block attention {row['block_attention_speedup']:.2f}x faster"
+                )
     return table
 
 
@@ -432,9 +454,14 @@ def main(argv: list[str] | None = None) -> int:
         help="with --one: the last step under torch.profiler, its top operators printed (stderr)",
     )
     ap.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    ap.add_argument(
+        "--compare-mask",
+        action="store_true",
+        help="also run our step with the block mask over whole rows (sdpa) instead of block attention",
+    )
     ap.add_argument("--cache-dir")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--one", choices=["reference", "project"], help=argparse.SUPPRESS)
+    ap.add_argument("--one", choices=["reference", "project", "project-mask"], help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
@@ -450,7 +477,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(r))
         return 0
-    run(args.model, args.ks, args.steps, not args.fp32, args.cache_dir, args.json, args.prompts)
+    run(
+        args.model,
+        args.ks,
+        args.steps,
+        not args.fp32,
+        args.cache_dir,
+        args.json,
+        args.prompts,
+        args.compare_mask,
+    )
     return 0
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from rrhf_core.training.attention import BlockLayout, build_layout
 from rrhf_core.training.loss import IGNORE_INDEX
 from rrhf_core.types import PromptFormat
 
@@ -229,20 +230,24 @@ def collate(examples: Sequence[EncodedExample], pad_id: int) -> Batch:
 
 @dataclass
 class SharedBatch:
-    """Prompt-shared packing: one row per prompt holding ``prompt + r_1 + ... + r_k``.
+    """Prompt-shared packing: each prompt and its k responses in one block ``prompt + r_1 + ... + r_k``.
 
-    Each response attends to the prompt and to its own earlier tokens only (block attention mask), with positions
-    continuing from the prompt's end, so it sees exactly what it would see alone; the prompt is encoded once for
-    all k responses (``P + kR`` tokens instead of ``k(P + R)``).
+    Each response attends to the prompt and to its own earlier tokens only, with positions continuing from the
+    prompt's end, so it sees exactly what it would see alone; the prompt is encoded once for all k responses
+    (``P + kR`` tokens instead of ``k(P + R)``). Blocks sit one per row (rows padded to the longest), or, packed, all
+    in one row with no padding at all (positions restart at each prompt).
 
-    input_ids, position_ids: ``(G, L)``; attention_mask: ``(G, 1, L, L)`` bool (True = may attend);
-    scored tokens, flattened over the batch (``M`` of them): ``src_row``, ``src_pos`` (the position whose output
+    input_ids, position_ids: ``(B, L)``; block: ``(B, L)`` the block (prompt index) of each position, -1 for padding;
+    part: ``(B, L)`` 0 on a prompt, ``i + 1`` on its response ``i``. ``attention_mask`` builds the ``(B, 1, L, L)``
+    bool block mask from them (True = may attend); ``layout`` is the same structure for block attention.
+    Scored tokens, flattened over the batch (``M`` of them): ``src_row``, ``src_pos`` (the position whose output
     predicts the token), ``tgt`` (the token) and ``resp`` (its response, ``0..N-1``); rewards, group: ``(N,)``.
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    block: torch.Tensor
+    part: torch.Tensor
     src_row: torch.Tensor
     src_pos: torch.Tensor
     tgt: torch.Tensor
@@ -252,6 +257,20 @@ class SharedBatch:
     num_groups: int
     prompt_ids: list[str]
     real_tokens: int
+    layout: BlockLayout
+    packed: bool = False
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """``(B, 1, L, L)`` bool: causal, within a block, a response never seeing another; padding queries attend
+        to themselves (no empty softmax rows)."""
+        length = self.block.shape[1]
+        qb, kb = self.block[:, :, None], self.block[:, None, :]
+        qp, kp = self.part[:, :, None], self.part[:, None, :]
+        causal = torch.ones(length, length, dtype=torch.bool, device=self.block.device).tril()
+        mask = causal & (qb == kb) & (qb >= 0) & ((kp == 0) | (kp == qp))
+        mask |= torch.eye(length, dtype=torch.bool, device=self.block.device)
+        return mask[:, None]
 
     def num_tokens(self) -> int:
         return self.real_tokens
@@ -260,64 +279,75 @@ class SharedBatch:
         import dataclasses
 
         moved: dict[str, Any] = {
-            k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()
+            k: (v.to(device) if isinstance(v, (torch.Tensor, BlockLayout)) else v)
+            for k, v in self.__dict__.items()
         }
         return dataclasses.replace(self, **moved)
 
 
-def collate_shared(examples: Sequence[EncodedExample], pad_id: int) -> SharedBatch:
-    """Pack each example's prompt and responses into one row with a block attention mask (see SharedBatch)."""
-    rows, positions, segments = [], [], []
+def collate_shared(examples: Sequence[EncodedExample], pad_id: int, pack: bool = False) -> SharedBatch:
+    """Each example's prompt and responses as one block (see SharedBatch): one row per block, or all blocks in one
+    row (``pack``: no padding; for block attention, where attention cost does not grow with the row)."""
+    rows: list[list[int]] = []
+    positions: list[list[int]] = []
+    blocks: list[list[int]] = []
+    parts: list[list[int]] = []
     src_row, src_pos, tgt, resp, rewards, group = [], [], [], [], [], []
+    prompt_spans: list[tuple[int, int, int]] = []
+    response_spans: list[tuple[int, int, int, int]] = []
     n = 0
     for g, ex in enumerate(examples):
-        p = len(ex.prompt_ids)
-        ids, pos, seg = list(ex.prompt_ids), list(range(p)), [0] * p
+        if not pack or not rows:
+            for lists in (rows, positions, blocks, parts):
+                lists.append([])
+        row = len(rows) - 1
+        ids, pos, blk, part = rows[row], positions[row], blocks[row], parts[row]
+        p, base = len(ex.prompt_ids), len(ids)
+        ids += ex.prompt_ids
+        pos += range(p)
+        blk += [g] * p
+        part += [0] * p
+        prompt_spans.append((row, base, p))
         for i, (r, reward) in enumerate(zip(ex.response_ids, ex.rewards, strict=True)):
             start = len(ids)
+            response_spans.append((g, row, start, len(r)))
             ids += r
             pos += range(p, p + len(r))
-            seg += [i + 1] * len(r)
+            blk += [g] * len(r)
+            part += [i + 1] * len(r)
             # token j of the response is predicted by the previous position: the prompt's last token for j = 0
-            src = [p - 1, *range(start, start + len(r) - 1)]
-            src_row += [g] * len(r)
-            src_pos += src
+            src_row += [row] * len(r)
+            src_pos += [base + p - 1, *range(start, start + len(r) - 1)]
             tgt += r
             resp += [n] * len(r)
             rewards.append(reward)
             group.append(g)
             n += 1
-        rows.append(ids)
-        positions.append(pos)
-        segments.append(seg)
     length = max(len(r) for r in rows)
-    g_count = len(rows)
-    input_ids = torch.full((g_count, length), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((g_count, length), dtype=torch.long)
-    seg_t = torch.full((g_count, length), -1, dtype=torch.long)  # -1: padding
-    for g, (ids, pos, seg) in enumerate(zip(rows, positions, segments, strict=True)):
-        input_ids[g, : len(ids)] = torch.tensor(ids)
-        position_ids[g, : len(pos)] = torch.tensor(pos)
-        seg_t[g, : len(seg)] = torch.tensor(seg)
-    q_seg, k_seg = seg_t[:, :, None], seg_t[:, None, :]
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    same_block = (k_seg == 0) | (k_seg == q_seg)
-    real = (q_seg >= 0) & (k_seg >= 0)
-    mask = causal & same_block & real
-    mask |= torch.eye(
-        length, dtype=torch.bool
-    )  # padding queries attend to themselves (no empty softmax rows)
+    shape = (len(rows), length)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    block_t = torch.full(shape, -1, dtype=torch.long)
+    part_t = torch.zeros(shape, dtype=torch.long)
+    for i, (ids, pos, blk, part) in enumerate(zip(rows, positions, blocks, parts, strict=True)):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        position_ids[i, : len(pos)] = torch.tensor(pos)
+        block_t[i, : len(blk)] = torch.tensor(blk)
+        part_t[i, : len(part)] = torch.tensor(part)
     return SharedBatch(
         input_ids=input_ids,
         position_ids=position_ids,
-        attention_mask=mask[:, None],
+        block=block_t,
+        part=part_t,
         src_row=torch.tensor(src_row),
         src_pos=torch.tensor(src_pos),
         tgt=torch.tensor(tgt),
         resp=torch.tensor(resp),
         rewards=torch.tensor(rewards, dtype=torch.float32),
         group=torch.tensor(group, dtype=torch.long),
-        num_groups=g_count,
+        num_groups=len(examples),
         prompt_ids=[ex.prompt_id for ex in examples],
-        real_tokens=int((seg_t >= 0).sum()),
+        real_tokens=int((block_t >= 0).sum()),
+        layout=build_layout(len(rows), length, prompt_spans, response_spans),
+        packed=pack,
     )

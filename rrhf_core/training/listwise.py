@@ -47,7 +47,8 @@ METRIC_KEYS = (
 
 
 def make_batch(examples: Sequence[EncodedExample], pad_id: int, shared: bool) -> Batch | SharedBatch:
-    return collate_shared(examples, pad_id) if shared else collate(examples, pad_id)
+    """Prefix-shared blocks packed into one row (no padding), or padded (prompt + response) rows."""
+    return collate_shared(examples, pad_id, pack=True) if shared else collate(examples, pad_id)
 
 
 def response_logprobs(
