@@ -63,11 +63,18 @@ def environment() -> dict[str, Any]:
 
 
 def bench(
-    shape: str, ks: list[int], steps: int, deadline: float, save: Any, prompts: int = 1
+    shape: str,
+    ks: list[int],
+    steps: int,
+    deadline: float,
+    save: Any,
+    prompts: int = 1,
+    compare_mask: bool = False,
 ) -> dict[str, Any]:
     """The benchmark one k at a time (``prompts`` prompts per step), the report saved after each (a run cut short
     keeps what it measured); the k values left when ``deadline`` (a ``time.monotonic()`` value) is near are listed
-    as not run."""
+    as not run. ``compare_mask``: our step also with the block mask over one row per prompt (before block
+    attention and packing)."""
     from rrhf_core.training.bench import run
 
     t0 = time.perf_counter()
@@ -77,7 +84,14 @@ def bench(
             out["not_run"] = {"k": ks[i:], "reason": "out of time (the check's deadline)"}
             break
         out["cases"] += run(
-            f"random:{shape}", [k], steps, bf16=True, cache_dir=None, as_json=True, prompts=prompts
+            f"random:{shape}",
+            [k],
+            steps,
+            bf16=True,
+            cache_dir=None,
+            as_json=True,
+            prompts=prompts,
+            compare_mask=compare_mask,
         )
         out["seconds"] = time.perf_counter() - t0
         save(out)
@@ -101,7 +115,7 @@ def profile(shape: str, k: int, deadline: float) -> dict[str, Any]:
 
 def prefix_sharing(k: int, attn: str, shape: str = "smollm2-135m") -> dict[str, Any]:
     """The benchmark's two steps (``reference_step``: k padded rows, full log-softmax; ``project_step``: prompt
-    once, block mask) on one HH-shaped batch in bf16 autocast, the model in eval mode (no dropout): their RRHF losses
+    once, block attention) on one HH-shaped batch in bf16 autocast, the model in eval mode (no dropout): their RRHF losses
     and gradients must agree to bf16 precision."""
     from rrhf_core.training import bench as b
 
@@ -231,6 +245,18 @@ def render(report: dict[str, Any]) -> str:
                 + f" | {r['peak_mem_mb']:.0f} "
                 f"| {o['peak_mem_mb']:.0f} | {c['memory_ratio']:.2f} | {100 * r['mfu']:.1f} % | {100 * o['mfu']:.1f} % |"
             )
+        masked = [c for c in v["cases"] if "project_mask" in c]
+        if masked:
+            lines.append(
+                "\nours with the block mask over one row per prompt instead (sdpa; before block attention and packing):"
+            )
+            lines.append(
+                "; ".join(
+                    f"k = {c['k']}: {c['project_mask']['step_s']:.3f} s, {c['project_mask']['peak_mem_mb']:.0f} MiB "
+                    f"(block attention {c['block_attention_speedup']:.2f}x faster)"
+                    for c in masked
+                )
+            )
         if "not_run" in v:
             lines.append(f"\nnot run: k = {v['not_run']['k']} ({v['not_run']['reason']})")
     return "\n".join(lines)
@@ -285,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quick:
         runs += [("profile", 0, []), (shape, 8, [2, 6, 8]), ("llama-1b", 8, [2, 6, 8])]
     for name, prompts, run_ks in runs:
+        # block attention against the block mask: at eight prompts per step (packing matters there), and in the
+        # quick CPU run so its test covers the comparison
+        compare = prompts > 1 or args.quick
         if name == "profile":
             section(report, "profile_smollm2_135m", profile, shape, 6, deadline, path=path)
             continue
@@ -294,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             report[key] = partial
             write(report, path)
 
-        section(report, key, bench, name, run_ks, steps, deadline, save, prompts, path=path)
+        section(report, key, bench, name, run_ks, steps, deadline, save, prompts, compare, path=path)
     report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     write(report, path)
     print(f"wrote {path}", file=sys.stderr)

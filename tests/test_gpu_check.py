@@ -53,6 +53,14 @@ def test_the_quick_check_runs_on_this_cpu_and_writes_every_section(tmp_path):
     for key in ("environment", "bench_tiny", "prefix_sharing_sdpa", "strategy_ddp", "strategy_fsdp"):
         assert "error" not in report[key], (key, report[key])
     assert report["bench_tiny"]["cases"]
+    case = report["bench_tiny"]["cases"][0]  # our step also with the block mask over one row per prompt
+    assert case["project_mask"]["step_s"] > 0 and case["block_attention_speedup"] > 0
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from gpu_check import render
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert "(block attention " in render(report)
     ddp, fsdp = report["strategy_ddp"], report["strategy_fsdp"]
     assert len(ddp["losses"]) == len(fsdp["losses"]) == 2
     assert fsdp["losses"][0] == pytest.approx(ddp["losses"][0], rel=0.02)  # one model, one batch, bf16
@@ -97,7 +105,8 @@ def test_the_h200_report_renders_as_markdown_with_the_work_ratio():
 
 def test_the_benchmark_steps_agree_with_several_prompts_per_step():
     """``--prompts 3``: the reference step (3 x k padded rows, one group per prompt) and ours (three packed rows)
-    give the same per-response scores, the same loss and the same gradients in fp32."""
+    give the same per-response scores, the same loss and the same gradients in fp32 (ours in both forms: block
+    attention over one packed row, the block mask over one row per prompt)."""
     from rrhf_core.training import bench as b
     from rrhf_core.training.prefix import PrefixSharedLM
 
@@ -107,13 +116,18 @@ def test_the_benchmark_steps_agree_with_several_prompts_per_step():
     # prompts of different lengths: padding on the reference side
     assert len({len(p) for p, _, _ in examples}) > 1
     results = []
-    for step, scorer in ((b.reference_step, model), (b.project_step, PrefixSharedLM(model))):
+    for step, scorer in (
+        (b.reference_step, model),
+        (b.project_step, PrefixSharedLM(model)),
+        (b.project_step, PrefixSharedLM(model, blocked=False)),
+    ):
         model.zero_grad(set_to_none=True)
         record: list = []
         step(scorer, examples, pad, torch.device("cpu"), False, record=record)
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results.append((record[0], grads))
-    (ref, g1), (ours, g2) = results
-    assert ours.scores.detach() == pytest.approx(ref.scores.detach(), abs=1e-5)
-    assert float(ours.loss.detach().sum()) == pytest.approx(float(ref.loss.detach().sum()), abs=1e-5)
-    assert float((g1 - g2).norm() / g1.norm()) < 1e-4
+    (ref, g1), *ours_both = results
+    for ours, g2 in ours_both:
+        assert ours.scores.detach() == pytest.approx(ref.scores.detach(), abs=1e-5)
+        assert float(ours.loss.detach().sum()) == pytest.approx(float(ref.loss.detach().sum()), abs=1e-5)
+        assert float((g1 - g2).norm() / g1.norm()) < 1e-4
