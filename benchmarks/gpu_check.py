@@ -75,10 +75,17 @@ def bench(
     keeps what it measured); the k values left when ``deadline`` (a ``time.monotonic()`` value) is near are listed
     as not run. ``compare_mask``: our step also with the block mask over one row per prompt (before block
     attention and packing)."""
-    from rrhf_core.training.bench import run
+    from rrhf_core.training.bench import matmul_peak, run
 
     t0 = time.perf_counter()
-    out: dict[str, Any] = {"prompts_per_step": prompts, "cases": [], "seconds": 0.0}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    peak = matmul_peak(device, torch.bfloat16)  # once per section, not once per k
+    out: dict[str, Any] = {
+        "prompts_per_step": prompts,
+        "cases": [],
+        "seconds": 0.0,
+        "matmul_peak_flops": peak,
+    }
     for i, k in enumerate(ks):
         if time.monotonic() > deadline:
             out["not_run"] = {"k": ks[i:], "reason": "out of time (the check's deadline)"}
@@ -92,6 +99,7 @@ def bench(
             as_json=True,
             prompts=prompts,
             compare_mask=compare_mask,
+            peak=peak,
         )
         out["seconds"] = time.perf_counter() - t0
         save(out)

@@ -36,9 +36,10 @@ class BlockLayout:
 
     slot_src: ``(S,)`` with ``S = G * P_max + N * R_max``: the flat packed position (``row * T + t``) of each slot
     (0 for an empty slot); slot_pad: the empty slots (zero rows). pos_src: ``(B * T,)``: the slot of each packed
-    position (0 for a position without one); pos_pad: the positions without a slot (row padding). resp_prompt: ``(N,)``: the prompt (``0..G-1``) of each response.
-    resp_mask: ``(N, 1, R_max, P_max + R_max)`` bool, True = may attend. ``calls`` counts the attention layers that
-    used the layout (a model whose layers drop attention keyword arguments would leave it at 0).
+    position (0 for a position without one); pos_pad: the positions without a slot (row padding).
+    resp_prompt: ``(N,)``: the prompt (``0..G-1``) of each response. resp_mask: ``(N, 1, R_max, P_max + R_max)``
+    bool, True = may attend. ``calls`` counts the attention layers that used the layout (a model whose layers drop
+    attention keyword arguments would leave it at 0).
     """
 
     slot_src: torch.Tensor

@@ -347,11 +347,14 @@ def run(
     as_json: bool,
     prompts: int = 1,
     compare_mask: bool = False,
+    peak: float | None = None,
 ) -> list[dict[str, Any]]:
     """Each case in a fresh process (clean peak memory), interleaved by k so both methods see the same machine.
-    ``compare_mask``: our step once more with the block mask over whole rows instead of block attention."""
+    ``compare_mask``: our step once more with the block mask over whole rows instead of block attention.
+    ``peak``: the matmul peak (FLOP/s) already measured in this precision, else measured here."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
+    if peak is None:
+        peak = matmul_peak(device, torch.bfloat16 if bf16 else torch.float32)
     results = []
     for k in ks:
         for method in ("reference", "project") + (("project-mask",) if compare_mask else ()):

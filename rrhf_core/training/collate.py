@@ -258,7 +258,6 @@ class SharedBatch:
     prompt_ids: list[str]
     real_tokens: int
     layout: BlockLayout
-    packed: bool = False
 
     @property
     def attention_mask(self) -> torch.Tensor:
@@ -349,5 +348,4 @@ def collate_shared(examples: Sequence[EncodedExample], pad_id: int, pack: bool =
         prompt_ids=[ex.prompt_id for ex in examples],
         real_tokens=int((block_t >= 0).sum()),
         layout=build_layout(len(rows), length, prompt_spans, response_spans),
-        packed=pack,
     )
