@@ -104,7 +104,7 @@ def test_the_h200_report_renders_as_markdown_with_the_work_ratio():
 
 
 def test_the_benchmark_steps_agree_with_several_prompts_per_step():
-    """``--prompts 3``: the reference step (3 x k padded rows, one group per prompt) and ours (three packed rows)
+    """``--prompts 3``: the reference step (3 x k padded rows, one group per prompt) and ours (the three blocks)
     give the same per-response scores, the same loss and the same gradients in fp32 (ours in both forms: block
     attention over one packed row, the block mask over one row per prompt)."""
     from rrhf_core.training import bench as b

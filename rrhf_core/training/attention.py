@@ -21,7 +21,7 @@ to it behaves as before everywhere else (generation, evaluation), and ``save_pre
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -55,15 +55,10 @@ class BlockLayout:
     calls: int = 0
 
     def to(self, device: torch.device | str) -> BlockLayout:
-        moved = {
-            f.name: (
-                getattr(self, f.name).to(device)
-                if isinstance(getattr(self, f.name), torch.Tensor)
-                else getattr(self, f.name)
-            )
-            for f in fields(self)
+        moved: dict[str, Any] = {
+            k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)
         }
-        return BlockLayout(**moved)
+        return replace(self, **moved)
 
 
 def build_layout(
@@ -91,9 +86,8 @@ def build_layout(
         slots = torch.arange(base, base + r_len)
         pos = torch.arange(row * length + start, row * length + start + r_len)
         slot_src[slots], pos_src[pos] = pos, slots
-        resp_mask[j, 0, :, : prompts[prompt][2]] = (
-            True  # every query row sees its prompt: no empty softmax row
-        )
+        # every query row sees its prompt (no empty softmax row); its own keys causally
+        resp_mask[j, 0, :, : prompts[prompt][2]] = True
         resp_mask[j, 0, :r_len, p_max : p_max + r_len] = causal[:r_len, :r_len]
     slot_pad, pos_pad = (slot_src < 0).nonzero().flatten(), (pos_src < 0).nonzero().flatten()
     return BlockLayout(

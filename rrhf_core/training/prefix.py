@@ -53,9 +53,8 @@ class PrefixSharedLM(torch.nn.Module):
             hidden = self._decode(batch, mask, **{attention.LAYOUT_KWARG: batch.layout})
             if batch.layout.calls > calls:
                 return self._logprobs(batch, hidden)
-            self.blocked = (
-                False  # the layers dropped the layout: sdpa ran without the block mask; redo with it
-            )
+            # the layers dropped the layout: sdpa ran without the block mask; redo with it
+            self.blocked = False
             logger.warning(
                 "%s does not pass attention keyword arguments to its attention layers: prefix sharing runs with "
                 "the block mask over whole rows (correct, without block attention's saving)",
