@@ -84,6 +84,34 @@ def test_a_model_whose_layers_drop_the_layout_falls_back_to_the_block_mask(
     assert "does not pass attention keyword arguments" in caplog.text
 
 
+def test_the_batch_follows_the_scorer(tiny_model_dir):
+    """Block attention gets one packed row; the block mask (eager attention) one row per prompt, as its mask is
+    square in the row's length; a causal LM padded (prompt + response) rows. DDP's wrapper is looked through."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rrhf_core.training.collate import Batch, SharedBatch
+    from rrhf_core.training.listwise import make_batch
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    encoded, _, _ = encode_examples(Encoder(tok, 256, 64), _examples())
+    pad = tok.pad_token_id
+    sdpa = load_causal_lm(str(tiny_model_dir))
+    eager = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), attn_implementation="eager")
+
+    class Wrapped(torch.nn.Module):  # what DistributedDataParallel looks like from outside
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    blocked = make_batch(encoded, pad, Wrapped(PrefixSharedLM(sdpa)))
+    masked = make_batch(encoded, pad, PrefixSharedLM(eager))
+    plain = make_batch(encoded, pad, eager)
+    assert isinstance(blocked, SharedBatch) and blocked.input_ids.shape[0] == 1
+    assert isinstance(masked, SharedBatch) and masked.input_ids.shape[0] == len(encoded)
+    assert type(plain) is Batch and plain.input_ids.shape[0] == sum(len(e.response_ids) for e in encoded)
+
+
 def test_block_mask_keeps_responses_apart():
     from rrhf_core.training.collate import EncodedExample
 

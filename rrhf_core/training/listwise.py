@@ -46,9 +46,14 @@ METRIC_KEYS = (
 )
 
 
-def make_batch(examples: Sequence[EncodedExample], pad_id: int, shared: bool) -> Batch | SharedBatch:
-    """Prefix-shared blocks packed into one row (no padding), or padded (prompt + response) rows."""
-    return collate_shared(examples, pad_id, pack=True) if shared else collate(examples, pad_id)
+def make_batch(examples: Sequence[EncodedExample], pad_id: int, scorer: Any) -> Batch | SharedBatch:
+    """The batch ``scorer`` takes: for a :class:`PrefixSharedLM` (possibly in DDP) prefix-shared blocks, all in one
+    row where it runs block attention (no padding) and one row per prompt where it runs the block mask (a mask over
+    a row grows with the square of the row's length); padded (prompt + response) rows for a causal LM."""
+    shared = getattr(scorer, "module", scorer)  # DDP keeps the wrapped module there
+    if isinstance(shared, PrefixSharedLM):
+        return collate_shared(examples, pad_id, pack=shared.blocked)
+    return collate(examples, pad_id)
 
 
 def response_logprobs(
@@ -136,7 +141,7 @@ def reference_logprobs(
     device = next(model.parameters()).device
     out = {}
     for ex in encoded:
-        sums, _ = response_logprobs(scorer, make_batch([ex], pad_id, shared).to(device), bf16)
+        sums, _ = response_logprobs(scorer, make_batch([ex], pad_id, scorer).to(device), bf16)
         out[ex.prompt_id] = [float(v) for v in sums.float().tolist()]
     model.train(was_training)
     return out
@@ -164,9 +169,7 @@ def evaluate_listwise(
     scorer = PrefixSharedLM(model) if settings.prefix_sharing else model
     bf16 = use_bf16(settings.bf16, device)
     for i in range(0, len(encoded), settings.micro_batch_size):
-        batch = make_batch(encoded[i : i + settings.micro_batch_size], pad_id, settings.prefix_sharing).to(
-            device
-        )
+        batch = make_batch(encoded[i : i + settings.micro_batch_size], pad_id, scorer).to(device)
         out, scores = forward_loss(scorer, batch, settings, bf16)
         agree, pairs = ranking_pairs(scores, batch.rewards, batch.group)
         totals["loss"] += out.loss.sum().item()
@@ -224,7 +227,7 @@ def ranking_agreement(
     lengths = [len(e.prompt_ids) + sum(map(len, e.response_ids)) for e in encoded]
     out = [float("nan")] * len(encoded)
     for idx in length_batches(lengths, settings.micro_batch_size, group_by_length):
-        batch = make_batch([encoded[j] for j in idx], pad_id, settings.prefix_sharing).to(device)
+        batch = make_batch([encoded[j] for j in idx], pad_id, scorer).to(device)
         _, scores = forward_loss(scorer, batch, settings, bf16)
         pairs = pair_mask(batch.rewards, batch.group)
         agree = pairs & (scores[:, None] < scores[None, :])

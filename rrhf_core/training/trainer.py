@@ -338,7 +338,7 @@ def _accumulate(run: Run, indices: list[int]) -> dict[str, float]:
     pad_id = int(run.tokenizer.pad_token_id)
     for m, micro in enumerate(micros):
         examples = [run.encoded[i] for i in micro]
-        batch = make_batch(examples, pad_id, run.cfg.prefix_sharing).to(run.env.device)
+        batch = make_batch(examples, pad_id, run.model).to(run.env.device)
         ref = (
             torch.tensor([v for ex in examples for v in run.reference[ex.prompt_id]], device=run.env.device)
             if run.reference is not None
