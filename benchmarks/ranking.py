@@ -32,10 +32,10 @@ def main() -> None:
 
     from rrhf_core.data.contracts import read_prompts
     from rrhf_core.data.ingest import ingest
+    from rrhf_core.encoding import Encoder
     from rrhf_core.evaluation.evaluate import preference_pairs
     from rrhf_core.hardware import describe_machine
     from rrhf_core.models import EMBEDDED_POLICY, load_causal_lm, load_tokenizer
-    from rrhf_core.training.collate import Encoder
     from rrhf_core.training.config import TrainSettings
     from rrhf_core.training.listwise import encode_examples, ranking_agreement
 

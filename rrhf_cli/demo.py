@@ -8,8 +8,8 @@ from pathlib import Path
 
 from rrhf_core.data.contracts import write_listwise
 from rrhf_core.data.demo import demo_examples
+from rrhf_core.encoding import Encoder
 from rrhf_core.models import EMBEDDED_POLICY, load_causal_lm, load_tokenizer, resolve_model
-from rrhf_core.training.collate import Encoder
 from rrhf_core.training.config import TrainConfig
 from rrhf_core.training.listwise import encode_examples, evaluate_listwise
 from rrhf_core.training.trainer import train

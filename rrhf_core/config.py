@@ -1,17 +1,17 @@
 """Settings from files and the command line: YAML presets, ``key=value`` overrides, validation with readable errors.
 
 The stages' own configuration models live beside each stage (``rrhf_core.<stage>.config``); the pipeline's, which
-composes them, in :mod:`rrhf_core.pipeline`.
+composes them, in :mod:`rrhf_core.pipeline`; pieces that several stages share (:class:`LoraConfig`) here.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rrhf_core.errors import ConfigError
 
@@ -119,3 +119,19 @@ def redacted(data: Any) -> Any:
     if isinstance(data, list | tuple):
         return [redacted(v) for v in data]
     return data
+
+
+class LoraConfig(BaseModel):
+    """Low-rank adapters (peft). When enabled only the adapters train; the saved model is merged."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters."
+    )
+    merge_on_save: bool = Field(
+        True, description="Save the merged full model (True) or only the adapter (False)."
+    )

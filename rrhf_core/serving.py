@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rrhf_core.training.collate import render_hh
+from rrhf_core.encoding import render_hh
 from rrhf_core.types import PromptFormat
 
 ARTIFACT = "hf_model"

@@ -31,6 +31,7 @@ from rrhf_core.evaluation import plots
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.evaluation.evaluate import evaluate
 from rrhf_core.evaluation.promotion import GateConfig, decide
+from rrhf_core.metrics import FanOutLogger, read_metrics
 from rrhf_core.pipeline import Built, Ingested, RewardTrained, Sampled, Scored, StageResult, Trained
 from rrhf_core.reuse import StageKey, StageStore
 from rrhf_core.reward_model.config import RMTrainConfig
@@ -41,7 +42,6 @@ from rrhf_core.scoring.config import ScoreConfig
 from rrhf_core.scoring.reward import reward_fingerprint
 from rrhf_core.scoring.stage import score
 from rrhf_core.training.config import TrainConfig
-from rrhf_core.training.metrics import FanOutLogger, read_metrics
 from rrhf_core.training.trainer import train
 from tasks import registry
 from tasks.tracking import MlflowLogger, log_parquet_input, numeric, stage_run

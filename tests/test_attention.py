@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from rrhf_core.encoding import EncodedExample
 from rrhf_core.training.attention import ATTENTION_NAME, blocked_attention, build_layout
-from rrhf_core.training.collate import EncodedExample, collate_shared
+from rrhf_core.training.collate import collate_shared
 
 
 def test_the_layout_by_hand():

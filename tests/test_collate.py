@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from rrhf_core.data.contracts import ListwiseExample
-from rrhf_core.training.collate import Dropped, EncodedExample, Encoder, collate, render_hh
+from rrhf_core.encoding import Dropped, EncodedExample, Encoder, render_hh
+from rrhf_core.training.collate import collate
 from rrhf_core.training.loss import IGNORE_INDEX
 
 

@@ -13,9 +13,9 @@ from conftest import HH_FILE
 from rrhf_core import models
 from rrhf_core.data.contracts import ListwiseExample, write_listwise
 from rrhf_core.data.formats import split_hh
+from rrhf_core.encoding import Encoder
 from rrhf_core.errors import MissingPackageError
 from rrhf_core.models import EMBEDDED_POLICY, load_causal_lm, load_tokenizer, resolve_model
-from rrhf_core.training.collate import Encoder
 from rrhf_core.training.config import TrainConfig
 from rrhf_core.training.listwise import encode_examples, evaluate_listwise
 from rrhf_core.training.trainer import train

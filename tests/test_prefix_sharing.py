@@ -7,8 +7,9 @@ from torch.testing import assert_close
 
 from conftest import learnable_records
 from rrhf_core.data.contracts import ListwiseExample, examples_from_records
+from rrhf_core.encoding import Encoder
 from rrhf_core.models import load_causal_lm, load_tokenizer
-from rrhf_core.training.collate import Encoder, collate, collate_shared
+from rrhf_core.training.collate import collate, collate_shared
 from rrhf_core.training.config import TrainConfig
 from rrhf_core.training.listwise import encode_examples, forward_loss
 from rrhf_core.training.prefix import PrefixSharedLM
@@ -113,7 +114,7 @@ def test_the_batch_follows_the_scorer(tiny_model_dir):
 
 
 def test_block_mask_keeps_responses_apart():
-    from rrhf_core.training.collate import EncodedExample
+    from rrhf_core.encoding import EncodedExample
 
     ex = EncodedExample("p", [1, 2], [[3, 4], [5]], [1.0, 0.0])
     b = collate_shared([ex], pad_id=0)

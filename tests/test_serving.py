@@ -46,7 +46,7 @@ def test_a_row_without_a_chat_is_refused_by_row(row: dict, says: str) -> None:
 
 
 def test_render_is_the_training_prompt(tiny_tokenizer) -> None:
-    from rrhf_core.training.collate import Encoder
+    from rrhf_core.encoding import Encoder
 
     for fmt in ("chat", "hh"):
         encoder = Encoder(tiny_tokenizer, prompt_format=fmt)

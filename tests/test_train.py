@@ -17,12 +17,12 @@ from safetensors.torch import load_file
 
 from conftest import build_tiny_model
 from rrhf_core.data.contracts import load_listwise
+from rrhf_core.encoding import Encoder
 from rrhf_core.errors import TrainingDivergedError
+from rrhf_core.metrics import read_metrics
 from rrhf_core.models import load_causal_lm, load_tokenizer
-from rrhf_core.training.collate import Encoder
 from rrhf_core.training.config import TrainConfig
 from rrhf_core.training.listwise import encode_examples, evaluate_listwise
-from rrhf_core.training.metrics import read_metrics
 from rrhf_core.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -34,6 +34,7 @@ import pyarrow as pa
 import torch
 
 from rrhf_core.data.contracts import ListwiseExample, atomic_write_parquet, read_prompts
+from rrhf_core.encoding import Encoder
 from rrhf_core.errors import ConfigError
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.evaluation.stats import (
@@ -49,7 +50,6 @@ from rrhf_core.sampling.config import SampleSettings, generation_params
 from rrhf_core.sampling.hf_backend import HFSampler
 from rrhf_core.sampling.stage import render_prompts
 from rrhf_core.scoring.reward import RewardBackend, make_reward
-from rrhf_core.training.collate import Encoder
 from rrhf_core.training.config import TrainSettings
 from rrhf_core.training.listwise import encode_examples, ranking_agreement
 

@@ -8,9 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rrhf_core.config import on_off, one_or_many
+from rrhf_core.config import LoraConfig, on_off, one_or_many
 from rrhf_core.models import EMBEDDED_ENCODER
-from rrhf_core.training.config import LoraConfig
 
 
 class RMSettings(BaseModel):

@@ -31,6 +31,7 @@ import torch
 from rrhf_core.data.contracts import atomic_write_parquet, prepare_output_dir
 from rrhf_core.evaluation.stats import bootstrap_mean_ci
 from rrhf_core.hardware import fused_adamw, use_bf16
+from rrhf_core.metrics import JsonlLogger, MetricsLogger, NullLogger
 from rrhf_core.models import model_load_error, resolve_model
 from rrhf_core.reward_model.config import RMTrainConfig
 from rrhf_core.reward_model.loss import bradley_terry_loss, calibration_error, pair_outcomes, pearson
@@ -41,7 +42,6 @@ from rrhf_core.scoring.reward import (
     prepare_reward_tokenizer,
     render_for_reward,
 )
-from rrhf_core.training.metrics import JsonlLogger, MetricsLogger, NullLogger
 
 
 @dataclass

@@ -25,11 +25,11 @@ import pyarrow.parquet as pq
 import torch
 
 from rrhf_core.data.contracts import SAMPLES_SCHEMA, atomic_write_parquet, prepare_output_dir, read_prompts
+from rrhf_core.encoding import Encoder
 from rrhf_core.errors import ConfigError
 from rrhf_core.models import check_model_available
 from rrhf_core.sampling import Sampler
 from rrhf_core.sampling.config import SampleConfig
-from rrhf_core.training.collate import Encoder
 from rrhf_core.types import PromptFormat
 
 

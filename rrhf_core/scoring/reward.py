@@ -190,7 +190,7 @@ def render_for_reward(tokenizer: Any, messages: Messages, response: str) -> str:
                 [*messages, {"role": "assistant", "content": response}], tokenize=False
             )
         )
-    from rrhf_core.training.collate import render_hh
+    from rrhf_core.encoding import render_hh
 
     return render_hh(messages) + " " + response.strip()
 

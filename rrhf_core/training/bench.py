@@ -139,7 +139,8 @@ def project_step(
     """This project's step: each prompt once for its k responses (block attention, the blocks packed into one row;
     with the block mask over one row per prompt where the scorer is not blocked), scored positions' log-probs
     only."""
-    from rrhf_core.training.collate import EncodedExample, collate_shared
+    from rrhf_core.encoding import EncodedExample
+    from rrhf_core.training.collate import collate_shared
     from rrhf_core.training.loss import rrhf_loss_from_sums, segment_logprobs
 
     batch = collate_shared(

@@ -15,25 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rrhf_core.config import BOOKKEEPING, on_off
+from rrhf_core.config import BOOKKEEPING, LoraConfig, on_off
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.types import PromptFormat
-
-
-class LoraConfig(BaseModel):
-    """Low-rank adapters (peft). When enabled only the adapters train; the saved model is merged."""
-
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = Field(False, description="Train LoRA adapters instead of all weights.")
-    r: int = Field(16, ge=1, description="Adapter rank.")
-    alpha: int = Field(32, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Modules that get adapters."
-    )
-    merge_on_save: bool = Field(
-        True, description="Save the merged full model (True) or only the adapter (False)."
-    )
 
 
 class TrainSettings(BaseModel):

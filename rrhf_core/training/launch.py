@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import IO
 
 from rrhf_core.errors import RRHFError
+from rrhf_core.metrics import MetricsLogger
 from rrhf_core.training.config import TrainConfig
-from rrhf_core.training.metrics import MetricsLogger
 
 LAUNCH_CONFIG = "launch_config.json"
 FAILED = ".failed-rank"  # each process that fails writes its exception to output_dir/.failed-rankR

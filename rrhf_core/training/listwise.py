@@ -9,16 +9,9 @@ from typing import Any
 import torch
 
 from rrhf_core.batching import length_batches
+from rrhf_core.encoding import Dropped, EncodedExample, Encoder
 from rrhf_core.hardware import use_bf16
-from rrhf_core.training.collate import (
-    Batch,
-    Dropped,
-    EncodedExample,
-    Encoder,
-    SharedBatch,
-    collate,
-    collate_shared,
-)
+from rrhf_core.training.collate import Batch, SharedBatch, collate, collate_shared
 from rrhf_core.training.config import TrainSettings
 from rrhf_core.training.loss import (
     RRHFLoss,

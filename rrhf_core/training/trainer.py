@@ -35,16 +35,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rrhf_core.data.contracts import LoadReport, load_listwise, prepare_output_dir
 from rrhf_core.digest import file_digest
+from rrhf_core.encoding import Dropped, EncodedExample, Encoder
 from rrhf_core.errors import ConfigError, DataError, TrainingDivergedError
 from rrhf_core.hardware import fused_adamw, use_bf16
+from rrhf_core.metrics import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger, read_metrics
 from rrhf_core.models import load_causal_lm, load_tokenizer
 from rrhf_core.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
-from rrhf_core.training.collate import (
-    Dropped,
-    EncodedExample,
-    Encoder,
-    with_empty_negative,
-)
+from rrhf_core.training.collate import with_empty_negative
 from rrhf_core.training.config import TrainConfig
 from rrhf_core.training.distributed import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
 from rrhf_core.training.listwise import (
@@ -57,7 +54,6 @@ from rrhf_core.training.listwise import (
 from rrhf_core.training.loss import (
     ranking_pairs,
 )
-from rrhf_core.training.metrics import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger, read_metrics
 from rrhf_core.training.prefix import PrefixSharedLM
 from rrhf_core.training.sharding import as_float, full_state_dict, is_sharded, shard
 
