@@ -48,7 +48,7 @@ class PipelineConfig(BaseModel):
     )
     prompts: list[str] = Field(
         ["embedded:demo-prompts"],
-        description="Prompt inputs (files, hf:NAME[:SPLIT], embedded:demo-prompts).",
+        description="Prompt inputs (files, hf:NAME[:SPLIT], embedded:demo-prompts, embedded:instructions).",
     )
     policy: str = Field(
         EMBEDDED_POLICY, description="Base policy (used when no champion exists or from_champion is off)."

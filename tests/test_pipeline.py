@@ -75,6 +75,8 @@ def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
     assert str(mv.version) == summary["promotion"]["version"]
     assert mv.tags["rrhf.promotion"] in ("promoted", "rejected") and "judge gain" in mv.description
     assert mv.run_id == runs["train"][0].info.run_id  # the version's source is the run that trained it
+    train_run = client.get_run(mv.run_id).info  # logging the model there kept the training's own end time
+    assert train_run.end_time < runs["register"][0].info.start_time
     round_tags = client.get_run(parent).data.tags  # the round lists what it registered
     assert round_tags["rrhf.registered_model"] == f"tiny-policy v{mv.version}"
     assert round_tags["rrhf.promotion"] == mv.tags["rrhf.promotion"]

@@ -29,7 +29,7 @@ class IngestConfig(IngestSettings):
 
     inputs: list[str] = Field(
         ...,
-        description="Files (.jsonl/.json/.parquet/.csv, optionally .gz), hf:NAME[:SPLIT] or embedded:demo-prompts.",
+        description="Files (.jsonl/.json/.parquet/.csv, optionally .gz), hf:NAME[:SPLIT], embedded:demo-prompts or embedded:instructions.",
     )
     output_dir: str = Field(
         ..., description="Where prompts.parquet, rejects.jsonl and ingest_report.json go."

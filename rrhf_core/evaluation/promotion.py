@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 class GateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     min_reward_gain: float = Field(
-        0.0, description="Candidate mean reward must exceed the champion's by more than this."
+        0.0,
+        description="The judge gain over the champion (its CI lower bound, or its mean: decide_on) must exceed this.",
     )
     min_win_rate: float = Field(0.5, ge=0.0, le=1.0, description="Win rate (ties half) must be above this.")
     max_length_ratio: float = Field(
