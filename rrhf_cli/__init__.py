@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rrhf_core.errors import RRHFError
+from rrhf_core.errors import ConfigError, RRHFError
 
 
 def flag_kind(annotation: Any) -> str:
@@ -119,6 +119,23 @@ def _list_items(value: str) -> list[Any]:
     return [value]
 
 
+PIPELINE_SECTIONS = ("ingest", "sample", "score", "build", "train", "evaluate", "gate")
+STAGE_SECTION = {"train-rm": "reward_models: <name>"}
+
+
+def _refuse_a_pipeline_file(args: argparse.Namespace, cls: Any, data: dict[str, Any]) -> None:
+    """A stage command given a pipeline preset (sections per stage) says so, instead of listing unknown keys."""
+    sections = [k for k in PIPELINE_SECTIONS if isinstance(data.get(k), dict) and k not in cls.model_fields]
+    if len(sections) < 2:
+        return
+    own = STAGE_SECTION.get(args.command, args.command)
+    raise ConfigError(
+        f"{args.config} is a pipeline configuration (sections {', '.join(sections)}): run it with "
+        f"`rrhf pipeline --config {args.config}`. `rrhf {args.command}` reads a file of its own settings at the top "
+        f"level (in a pipeline file they sit under `{own}:`; `rrhf {args.command} --help` lists them)"
+    )
+
+
 def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
     """Settings from --config FILE, then flags, then --set key=value, validated by the stage's config model."""
     import yaml
@@ -126,6 +143,7 @@ def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
     from rrhf_core.config import build_config, load_yaml
 
     data = load_yaml(args.config) if args.config else {}
+    _refuse_a_pipeline_file(args, cls, data)
     for key, value in vars(args).items():
         if not key.startswith("cfg__") or value is None:
             continue
@@ -299,6 +317,25 @@ def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return run_demo(Path(args.workdir), steps=args.steps, seed=args.seed)
 
 
+def _set_example(cls: Any) -> str:
+    """A ``--set`` example that this command's settings accept: a nested key where there is one."""
+    for name, field in cls.model_fields.items():
+        inner = getattr(field.annotation, "model_fields", None)
+        if inner and "seed" in inner:
+            return f"{name}.seed=1"
+    if "lora" in cls.model_fields:
+        return "lora.r=8"
+    if "seed" in cls.model_fields:
+        return "seed=1"
+    simple = (
+        (name, f.default)
+        for name, f in cls.model_fields.items()
+        if isinstance(f.default, (bool, int, float, str))
+    )
+    name, default = next(simple, ("KEY", "VALUE"))
+    return f"{name}={str(default).lower() if isinstance(default, bool) else default}"
+
+
 def _settings_parser(
     sub: Any, name: str, text: str, cls: Any, func: Any, skip: tuple[str, ...] = ()
 ) -> argparse.ArgumentParser:
@@ -311,9 +348,17 @@ def _settings_parser(
         epilog=nested_keys(cls).replace("%", "%%") or None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    t.add_argument("--config", help="YAML file with settings (presets: configs/)")
     t.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override any setting, e.g. --set train.seed=1"
+        "--config",
+        help="YAML file with settings (presets: configs/)"
+        if "train" in cls.model_fields
+        else "YAML file with this command's settings at its top level (the keys listed below)",
+    )
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help=f"override any setting, e.g. --set {_set_example(cls)}",
     )
     _add_config_flags(t, cls, skip)
     t.set_defaults(func=func)

@@ -6,7 +6,10 @@ composes them, in :mod:`rrhf_core.pipeline`; pieces that several stages share (:
 
 from __future__ import annotations
 
+import difflib
 import re
+import textwrap
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,11 +19,38 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rrhf_core.errors import ConfigError
 
 
-def format_validation_error(err: ValidationError, where: str) -> str:
+def _known_keys(cls: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str] | None:
+    """The setting names of the section that holds ``loc`` (a validation error's location), or ``None``."""
+    model = cls
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+        if field is None:
+            return None
+        kinds = typing.get_args(field.annotation) or (field.annotation,)
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    return list(model.model_fields) if model is not None else None
+
+
+def format_validation_error(err: ValidationError, where: str, cls: type[BaseModel] | None = None) -> str:
+    """One line per invalid setting; an unknown key gets the closest known names and, once per section, the list of
+    the section's settings (``cls``: the model validated)."""
     lines = [f"invalid {where}:"]
+    sections: dict[str, list[str]] = {}
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        lines.append(f"  {loc}: {e['msg']}")
+        known = _known_keys(cls, e["loc"]) if e["type"] == "extra_forbidden" else None
+        if known is None:
+            lines.append(f"  {loc}: {e['msg']}")
+            continue
+        close = difflib.get_close_matches(str(e["loc"][-1]), known, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        lines.append(f"  {loc}: unknown setting{hint}")
+        sections[".".join(str(p) for p in e["loc"][:-1])] = known
+    for section, known in sections.items():
+        title = f"settings of {section!r}" if section else "settings"
+        lines.extend(
+            textwrap.wrap(f"{title}: {', '.join(known)}", 116, initial_indent="  ", subsequent_indent="    ")
+        )
     return "\n".join(lines)
 
 
@@ -44,8 +74,14 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     key, raw = assignment.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        value = raw
+    except yaml.YAMLError as e:
+        if raw.lstrip()[:1] in ("[", "{", '"', "'"):  # meant as a list, a mapping or a quoted text
+            problem = str(e).splitlines()[0]
+            raise ConfigError(
+                f"override {assignment!r}: the value of {key.strip()!r} is not valid YAML ({problem}); "
+                "a list is written [a, b], a text with special characters in quotes"
+            ) from None
+        value = raw  # plain text that YAML cannot read (e.g. "a: b: c") is taken as written
     parts = key.strip().split(".")
     node = data
     for p in parts[:-1]:
@@ -62,7 +98,7 @@ def build_config(cls: type[BaseModel], base: dict[str, Any], overrides: list[str
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, where)) from None
+        raise ConfigError(format_validation_error(e, where, cls)) from None
 
 
 # settings that change how a stage reports, where it rests or where it runs, not what it produces: left out of the

@@ -66,7 +66,33 @@ def test_invalid_settings_are_listed(capsys, tmp_path):
     )
     assert code == 2
     assert "learning_rate: Input should be greater than 0" in out
-    assert "lora.rank: Extra inputs are not permitted" in out
+    assert "lora.rank: unknown setting; did you mean 'r'?" not in out  # too far from `r` to be guessed
+    assert "lora.rank: unknown setting" in out
+    assert "settings of 'lora': enabled, r, alpha, dropout, target_modules, merge_on_save" in out
+
+
+def test_a_misspelled_key_gets_the_closest_names(capsys):
+    code, out = run(capsys, "pipeline", "--set", "trian.seed=1", "--set", "gate.min_reward_gian=0.1")
+    assert code == 2
+    assert "trian: unknown setting; did you mean 'train'?" in out
+    assert "gate.min_reward_gian: unknown setting; did you mean 'min_reward_gain'?" in out
+    assert "settings of 'gate': min_reward_gain, min_win_rate" in out
+
+
+def test_an_override_that_is_not_valid_yaml_is_named(capsys):
+    code, out = run(capsys, "pipeline", "--set", "evaluate.judge=[a")
+    assert code == 2 and "the value of 'evaluate.judge' is not valid YAML" in out and "[a, b]" in out
+    code, out = run(capsys, "pipeline", "--set", "workdir=runs/a: b: c", "--set", "x=1")
+    assert (
+        code == 2 and "  x: unknown setting" in out and "  workdir:" not in out
+    )  # plain text taken as written
+
+
+def test_a_pipeline_preset_given_to_a_stage_command_is_named_as_such(capsys):
+    code, out = run(capsys, "train", "--config", str(ROOT / "configs" / "demo.yaml"))
+    assert code == 2
+    assert "configs/demo.yaml is a pipeline configuration" in out and "rrhf pipeline --config" in out
+    assert "under `train:`" in out
 
 
 def test_config_file_and_override_order(capsys, tmp_path, tiny_model_dir, learnable_set):
