@@ -88,6 +88,15 @@ def test_an_override_that_is_not_valid_yaml_is_named(capsys):
     )  # plain text taken as written
 
 
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [("random:foo", "unknown random shape 'foo'"), ("/nonexistent/model", "the folder does not exist")],
+)
+def test_the_benchmark_refuses_an_unknown_model_in_one_line(capsys, model, needle):
+    code, out = run(capsys, "bench", "train-step", "--model", model, "--ks", "2", "--steps", "1")
+    assert code == 2 and needle in out and "Traceback" not in out
+
+
 def test_a_pipeline_preset_given_to_a_stage_command_is_named_as_such(capsys):
     code, out = run(capsys, "train", "--config", str(ROOT / "configs" / "demo.yaml"))
     assert code == 2

@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from rrhf_core.errors import ConfigError, RRHFError
+
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, reps: int = 5) -> float:
     """Measured FLOP/s of a square matmul (best of ``reps``), at a size grown from 256 until one product takes
@@ -220,7 +222,10 @@ def random_config(shape: str) -> Any:
     from transformers import LlamaConfig
 
     if shape not in RANDOM_SHAPES:
-        raise ValueError(f"unknown random shape {shape!r}; known: {', '.join(RANDOM_SHAPES)}")
+        raise ConfigError(
+            f"unknown random shape {shape!r} (--model random:{shape}); known: "
+            + ", ".join(f"random:{s}" for s in RANDOM_SHAPES)
+        )
     hidden, inter, layers, heads, kv, vocab = RANDOM_SHAPES[shape]
     return LlamaConfig(
         hidden_size=hidden,
@@ -381,6 +386,8 @@ def run(
             out = subprocess.run(
                 cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
             )
+            if out.returncode == 2:  # a user error, said in the case's last line
+                raise ConfigError(out.stderr.strip().splitlines()[-1].removeprefix("error: "))
             if out.returncode != 0:
                 raise RuntimeError(f"benchmark case {method} k={k} failed:\n{out.stderr[-3000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -468,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", choices=["reference", "project", "project-mask"], help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.model.startswith("random:"):
+        random_config(args.model.removeprefix("random:"))  # an unknown shape is refused before any case runs
+    else:
+        from rrhf_core.models import check_model_available
+
+        check_model_available(args.model)
     if args.one:
         r = run_case(
             args.model,
@@ -495,4 +508,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except RRHFError as e:  # a user error: one line, exit status 2 (what the parent process reads)
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
