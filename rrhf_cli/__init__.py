@@ -153,7 +153,11 @@ def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
             data[name] = [item for v in value for item in _list_items(v)]
         else:
             data[name] = value if kind == "str" else (yaml.safe_load(value) if value else "")
-    return build_config(cls, data, list(args.set or []), where)
+    cfg = build_config(cls, data, list(args.set or []), where)
+    out = getattr(cfg, "output_dir", None)
+    if out and not Path(out).exists():
+        args.new_output_dir = Path(out)  # a failed command takes it away again if it stayed empty
+    return cfg
 
 
 def cmd_ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -458,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _remove_if_empty(folder: Path | None) -> None:
+    """The output folder a failed command made and left empty (nothing in it is lost)."""
+    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["stack"]:  # its own parser (its --help included)
@@ -468,6 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args, argv) or 0)
     except RRHFError as e:
         print(f"rrhf {args.command}: error: {e}", file=sys.stderr)
+        _remove_if_empty(getattr(args, "new_output_dir", None))
         return 2
     except KeyboardInterrupt:
         print(f"rrhf {args.command}: interrupted", file=sys.stderr)

@@ -97,6 +97,23 @@ def test_the_benchmark_refuses_an_unknown_model_in_one_line(capsys, model, needl
     assert code == 2 and needle in out and "Traceback" not in out
 
 
+@pytest.mark.parametrize("command", ["ingest", "train"])
+def test_a_failed_command_leaves_no_empty_output_folder_and_keeps_an_existing_one(capsys, tmp_path, command):
+    missing = (
+        ["--inputs", str(tmp_path / "none.jsonl")]
+        if command == "ingest"
+        else ["--data", str(tmp_path / "n.parquet")]
+    )
+    out = tmp_path / "new" / "out"
+    code, text = run(capsys, command, *missing, "--output-dir", str(out))
+    assert code == 2 and "does not exist" in text
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    code, _ = run(capsys, command, *missing, "--output-dir", str(kept))
+    assert code == 2 and kept.is_dir()
+
+
 def test_a_pipeline_preset_given_to_a_stage_command_is_named_as_such(capsys):
     code, out = run(capsys, "train", "--config", str(ROOT / "configs" / "demo.yaml"))
     assert code == 2
