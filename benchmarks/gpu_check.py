@@ -22,7 +22,7 @@ are listed under ``not_run``:
 - ``gpu_tests``: the tests marked ``gpu`` (``tests/test_gpu.py``), each called directly, pass or its error;
 - ``not_covered``: what this script does not check yet, said rather than skipped silently.
 
-``--render FILE`` prints a saved report as Markdown (the README's GPU figures come from
+``--render FILE`` prints a saved report as Markdown (the GPU figures of docs/performance.md come from
 ``benchmarks/results/gpu_check-*.json`` this way).
 
 On a CPU-only machine it runs too (``--quick``: a tiny Llama shape, k = 2, one step), which is how it is tested here.

@@ -90,7 +90,7 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
             assert out.returncode == 0, out.stdout + out.stderr
             return out.stdout
 
-        # the README's sequence as written: one pool, then every deployment of prefect.yaml
+        # docs/pipeline.md's sequence as written: one pool, then every deployment of prefect.yaml
         prefect("work-pool", "create", "rrhf-process", "--type", "process")
         prefect("--no-prompt", "deploy", "--all")
         # the GPU deployment deploys to a docker pool (its runs need a docker engine with GPUs, not here)

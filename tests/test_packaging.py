@@ -77,7 +77,7 @@ def test_compose_file_is_valid():
 
 
 def test_the_process_deployments_need_only_the_process_pool():
-    """`prefect deploy --all` as the README writes it needs one pool: every deployment of prefect.yaml is on it."""
+    """`prefect deploy --all` as docs/pipeline.md writes it needs one pool: every deployment of prefect.yaml is on it."""
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     assert {d["work_pool"]["name"] for d in spec["deployments"]} == {"rrhf-process"}
 

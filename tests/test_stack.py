@@ -1,5 +1,5 @@
 """The production stack for real: `rrhf stack up` (PostgreSQL, Prefect server and MLflow server on it, a process
-worker), the README's deployment sequence against it, one pipeline round run by the worker, and the UIs checked in
+worker), the deployment sequence of docs/pipeline.md against it, one pipeline round run by the worker, and the UIs checked in
 headless Chromium (what a user must see after a round). Screenshots are kept under runs/test-artifacts/ui/."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def round_on_stack(tmp_path_factory, tiny_model_dir):
             assert out.returncode == 0, out.stdout + out.stderr + stack._tail(st.logs / "worker.log", 40)
             return out.stdout
 
-        # the README's sequence, against the stack (the pool exists already: `stack up` made it)
+        # docs/pipeline.md's sequence, against the stack (the pool exists already: `stack up` made it)
         run("--no-prompt", "deploy", "--all")
         prompts = tmp / "prompts.jsonl"
         prompts.write_text(

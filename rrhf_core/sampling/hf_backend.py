@@ -26,7 +26,7 @@ class HFSampler:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.bf16 = dtype == "bf16" or (dtype == "auto" and bf16_available(self.device))
         # bf16 means bf16 weights, not fp32 weights under autocast, which casts every weight at every decoding step
-        # (benchmarks/generation.py: 1.2-1.5x faster on a 2-core CPU; README, "Generation on a CPU")
+        # (benchmarks/generation.py: 1.2-1.5x faster on a 2-core CPU; docs/performance.md, "Generation on a CPU")
         self.model.to(self.device, dtype=torch.bfloat16 if self.bf16 else None)
         self.batch_size = batch_size
         # prompts of similar length share a generate call: left padding up to the longest prompt of a call costs
