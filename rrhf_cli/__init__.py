@@ -356,7 +356,8 @@ def _settings_parser(
         "--config",
         help="YAML file with settings (presets: configs/)"
         if "train" in cls.model_fields
-        else "YAML file with this command's settings at its top level (the keys listed below)",
+        else "YAML file with this command's settings at its top level: the flags' names with underscores "
+        "(output_dir: runs/x), a section's keys nested under it",
     )
     t.add_argument(
         "--set",
