@@ -285,6 +285,10 @@ def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
     cfg = _config(args, PipelineConfig, "pipeline configuration")
     retrain = args.command == "retrain"  # retrain samples from the champion: the policy may go unused
     preflight(cfg.model_copy(update={"from_champion": True}) if retrain else cfg)  # before any stage
+    if args.plan:
+        from rrhf_cli.pipeline import print_plan
+
+        return print_plan(cfg.model_copy(update={"from_champion": True}) if retrain else cfg)
     return run_pipeline(cfg, retrain=retrain)
 
 
@@ -396,21 +400,29 @@ def _add_stage_commands(sub: Any) -> None:
 def _add_round_commands(sub: Any) -> None:
     from rrhf_core.pipeline import PipelineConfig
 
-    _settings_parser(
-        sub,
-        "pipeline",
-        "run a whole RRHF round as a Prefect flow tracked in MLflow (embedded defaults)",
-        PipelineConfig,
-        cmd_pipeline,
-    )
-    _settings_parser(  # retrain always samples from the champion: no --from-champion to set
-        sub,
-        "retrain",
-        "another RRHF round sampled from the current champion (iterative RRHF)",
-        PipelineConfig,
-        cmd_pipeline,
-        skip=("from_champion",),
-    )
+    rounds = [
+        _settings_parser(
+            sub,
+            "pipeline",
+            "run a whole RRHF round as a Prefect flow tracked in MLflow (embedded defaults)",
+            PipelineConfig,
+            cmd_pipeline,
+        ),
+        _settings_parser(  # retrain always samples from the champion: no --from-champion to set
+            sub,
+            "retrain",
+            "another RRHF round sampled from the current champion (iterative RRHF)",
+            PipelineConfig,
+            cmd_pipeline,
+            skip=("from_champion",),
+        ),
+    ]
+    for r in rounds:
+        r.add_argument(
+            "--plan",
+            action="store_true",
+            help="say which stages this round would reuse or run in its workdir, and why; run nothing",
+        )
     losses = ["rrhf", "sft_best", "dpo", "simpo"]
     c = _settings_parser(
         sub,

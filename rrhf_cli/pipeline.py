@@ -118,3 +118,34 @@ def print_evaluation(e: dict[str, Any]) -> None:
             f"  best-of-n ceiling {e['best_of_n_ceiling']:.4f}: the trained model recovered "
             f"{100 * e['gap_recovered']:.0f} % of the gap from the baseline"
         )
+
+
+def print_plan(cfg: PipelineConfig) -> int:
+    """``rrhf pipeline --plan``: the round's stages, reused or run and why, in this workdir; nothing runs and no
+    tracking store is created (a champion is looked up only where a store exists)."""
+    from rrhf_core.pipeline import plan_round
+
+    work = Path(cfg.workdir).resolve()
+    start = cfg.policy
+    if cfg.from_champion:
+        start = _champion_dir(cfg, work) or cfg.policy
+    print(f"Plan of a round in {work} (nothing runs), sampling from and training {start}:")
+    planned = plan_round(cfg, start, work / "stages")
+    stage_w = max(len(p.stage) for p in planned)
+    action_w = max(len(p.action) for p in planned)
+    for p in planned:
+        print(f"  {p.stage:<{stage_w}}  {p.action:<{action_w}}  {p.why}")
+        if p.folder:
+            print(f"  {'':<{stage_w}}  {'':<{action_w}}  {p.folder}")
+    return 0
+
+
+def _champion_dir(cfg: PipelineConfig, work: Path) -> str | None:
+    if not (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (work / "mlflow.db").exists()):
+        return None  # no store, so no champion: the round would start from the policy
+    from tasks import registry
+    from tasks.tracking import configure
+
+    configure(work, cfg.experiment, cfg.tracking_uri)
+    champ = registry.champion(cfg.registered_model, trusted_root=work)
+    return champ["model_dir"] if champ else None

@@ -13,6 +13,8 @@ result.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -22,6 +24,7 @@ from rrhf_core.data.config import BuildConfig, BuildSettings, IngestConfig, Inge
 from rrhf_core.evaluation.config import EvalConfig, EvalSettings
 from rrhf_core.evaluation.promotion import GateConfig
 from rrhf_core.models import EMBEDDED_POLICY
+from rrhf_core.reuse import StageKey, StageStore, stage_inputs
 from rrhf_core.reward_model.config import RMSettings, RMTrainConfig
 from rrhf_core.sampling.config import SampleConfig, SampleSettings
 from rrhf_core.scoring import EMBEDDED_REWARD
@@ -295,3 +298,83 @@ def eval_config(
         best_of_n_ceiling=best_of_n_ceiling,
         cache_dir=cfg.cache_dir,
     )
+
+
+# --- the plan: what a round would run in a workdir, without running anything ------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    """One stage of a planned round. ``action``: ``reuse`` (its keyed folder is done), ``run``, or ``after X``: its
+    input is stage X's output, which runs first, so whether it is reused is known only then."""
+
+    stage: str
+    action: str
+    why: str
+    folder: str = ""
+
+
+def plan_round(
+    cfg: PipelineConfig, start_model: str, stages_root: str | os.PathLike[str]
+) -> list[PlannedStage]:
+    """The stages a round of ``cfg`` sampling from ``start_model`` would reuse or run in ``stages_root`` and why,
+    found the way the round finds them (the same keys: settings, input contents, code) and without running any."""
+    store = StageStore(stages_root)
+    plan: list[PlannedStage] = []
+    runs_first: str | None = None  # the nearest upstream stage that runs
+
+    def step(name: str, stage: str, stage_cfg: Any, result_type: type[Any]) -> Any:
+        nonlocal runs_first
+        if runs_first is not None:
+            plan.append(
+                PlannedStage(name, f"after {runs_first}", f"reused if {runs_first}'s output is unchanged")
+            )
+            runs_first = name
+            return None
+        key = StageKey.of(stage, stage_cfg, stage_inputs(stage, stage_cfg))
+        done = store.load(key, result_type)
+        if done is not None:
+            plan.append(PlannedStage(name, "reuse", "same inputs, settings and code", str(store.folder(key))))
+            return done
+        plan.append(PlannedStage(name, "run", store.why_runs(key), str(store.folder(key))))
+        runs_first = name
+        return None
+
+    ingested = step("ingest", "ingest", ingest_config(cfg), Ingested)
+    prompts = ingested.prompts if ingested else ""
+    rms: dict[str, str | None] = {}
+    for name in cfg.reward_models:
+        runs_first = None if ingested else "ingest"
+        rm = step(
+            f"train-rm:{name}", "train-rm", rm_config(cfg, name, prompts) if ingested else None, RewardTrained
+        )
+        rms[name] = rm.model_dir if rm else None
+    runs_first = None if ingested else "ingest"
+    sampled = step(
+        "sample", "sample", sample_config(cfg, prompts, start_model) if ingested else None, Sampled
+    )
+    reward = cfg.reward
+    if reward.startswith(TRAINED_PREFIX) and runs_first is None:
+        trained = rms.get(reward.removeprefix(TRAINED_PREFIX))
+        runs_first = None if trained else f"train-rm:{reward.removeprefix(TRAINED_PREFIX)}"
+        reward = trained or reward
+    scored = step(
+        "score",
+        "score",
+        score_config(cfg.model_copy(update={"reward": reward}), prompts, sampled.samples)
+        if sampled
+        else None,
+        Scored,
+    )
+    built = step(
+        "build",
+        "build",
+        build_config(cfg, prompts, sampled.samples, scored.scores) if scored else None,
+        Built,
+    )
+    step("train", "train", train_config(cfg, built.train_set, start_model) if built else None, Trained)
+    plan.append(PlannedStage("evaluate", "run", "every round judges its model on the held-out prompts"))
+    plan.append(
+        PlannedStage("register", "run", "every round registers its model; the gate decides on champion")
+    )
+    return plan

@@ -114,3 +114,44 @@ class StageStore:
             if key.get("stage") == stage:
                 out.append(key)
         return out
+
+    def why_runs(self, key: StageKey) -> str:
+        """Why a stage with this key is not reused: its first run here, or how it differs from the finished run of
+        this stage closest to it (the latest among equally close ones: a round with several reward models has a
+        finished ``train-rm`` folder for each)."""
+        previous = self.previous(key.stage)
+        if not previous:
+            return "first run of this stage here"
+        closest = min(reversed(previous), key=lambda k: len(key.differences(k)))
+        return "changed since the closest finished run: " + ", ".join(
+            key.differences(closest) or ["(digest only)"]
+        )
+
+
+def stage_inputs(stage: str, cfg: Any) -> dict[str, str]:
+    """Content fingerprints of what a stage reads (its key's ``inputs``), from its configuration."""
+    from rrhf_core.data.ingest import input_fingerprint
+    from rrhf_core.digest import file_digest, model_fingerprint
+    from rrhf_core.scoring.reward import reward_fingerprint
+
+    if stage == "ingest":
+        return {f"input{i}": input_fingerprint(src) for i, src in enumerate(cfg.inputs)}
+    if stage == "sample":
+        return {"prompts": file_digest(cfg.prompts), "model": model_fingerprint(cfg.model)}
+    if stage in ("score", "build"):
+        out = {
+            "prompts": file_digest(cfg.prompts),
+            **{f"samples{i}": file_digest(p) for i, p in enumerate(cfg.samples)},
+        }
+        if stage == "score":
+            return {**out, "reward": reward_fingerprint(cfg.reward)}
+        return {**out, **{f"scores{i}": file_digest(p) for i, p in enumerate(cfg.scores)}}
+    if stage == "train":
+        return {"data": file_digest(cfg.data), "model": model_fingerprint(cfg.model)}
+    if stage == "train-rm":
+        return {
+            **{f"pairs{i}": file_digest(p) for i, p in enumerate(cfg.pairs)},
+            "backbone": model_fingerprint(cfg.backbone),
+            **{f"compare{i}": reward_fingerprint(s) for i, s in enumerate(cfg.compare_with)},
+        }
+    raise ValueError(f"no stage named {stage!r}; stages: {', '.join(STAGE_MODULES)}")

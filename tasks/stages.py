@@ -24,8 +24,7 @@ from pydantic import BaseModel
 from rrhf_core.data.build import build
 from rrhf_core.data.config import BuildConfig, IngestConfig
 from rrhf_core.data.contracts import read_samples, read_scores
-from rrhf_core.data.ingest import ingest, input_fingerprint
-from rrhf_core.digest import file_digest, model_fingerprint
+from rrhf_core.data.ingest import ingest
 from rrhf_core.errors import RRHFError
 from rrhf_core.evaluation import plots
 from rrhf_core.evaluation.config import EvalConfig
@@ -33,13 +32,12 @@ from rrhf_core.evaluation.evaluate import evaluate
 from rrhf_core.evaluation.promotion import GateConfig, decide
 from rrhf_core.metrics import FanOutLogger, read_metrics
 from rrhf_core.pipeline import Built, Ingested, RewardTrained, Sampled, Scored, StageResult, Trained
-from rrhf_core.reuse import StageKey, StageStore
+from rrhf_core.reuse import StageKey, StageStore, stage_inputs
 from rrhf_core.reward_model.config import RMTrainConfig
 from rrhf_core.reward_model.trainer import train_reward_model
 from rrhf_core.sampling.config import SampleConfig
 from rrhf_core.sampling.stage import sample
 from rrhf_core.scoring.config import ScoreConfig
-from rrhf_core.scoring.reward import reward_fingerprint
 from rrhf_core.scoring.stage import score
 from rrhf_core.training.config import TrainConfig
 from rrhf_core.training.trainer import train
@@ -68,13 +66,6 @@ def transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return True
     return False
-
-
-def _why_not_reused(store: StageStore, key: StageKey) -> str:
-    previous = store.previous(key.stage)
-    if not previous:
-        return "first run of this stage here"
-    return "changed since the last run: " + ", ".join(key.differences(previous[-1]) or ["(digest only)"])
 
 
 def reuse_or_run(
@@ -107,7 +98,7 @@ def reuse_or_run(
             mlflow.set_tag("rrhf.reused", "true")
             mlflow.log_metrics(done.metrics)
         return done.model_copy(update={"reused": True})
-    log.info(f"{stage}: running into {folder} ({_why_not_reused(store, key)})")
+    log.info(f"{stage}: running into {folder} ({store.why_runs(key)})")
     with stage_run(stage, parent, cfg.model_dump()) as run:
         mlflow.log_dict(key.as_dict(), "stage_key.json")
         result = work(cfg, run)
@@ -141,8 +132,7 @@ def ingest_task(cfg: IngestConfig, stages: str | None, parent: str | None) -> In
         }
         return Ingested(folder=str(out), prompts=str(out / "prompts.parquet"), metrics=metrics)
 
-    inputs = {f"input{i}": input_fingerprint(src) for i, src in enumerate(cfg.inputs)}
-    return reuse_or_run("ingest", cfg, inputs, stages, parent, work, Ingested)
+    return reuse_or_run("ingest", cfg, stage_inputs("ingest", cfg), stages, parent, work, Ingested)
 
 
 @task(name="sample", retries=1, retry_condition_fn=transient)
@@ -172,8 +162,7 @@ def sample_task(cfg: SampleConfig, stages: str | None, parent: str | None) -> Sa
             )
         return Sampled(folder=cfg.output_dir, samples=str(r.samples_path), metrics=metrics)
 
-    inputs = {"prompts": file_digest(cfg.prompts), "model": model_fingerprint(cfg.model)}
-    return reuse_or_run("sample", cfg, inputs, stages, parent, work, Sampled)
+    return reuse_or_run("sample", cfg, stage_inputs("sample", cfg), stages, parent, work, Sampled)
 
 
 @task(name="score", retries=1, retry_condition_fn=transient)
@@ -210,12 +199,7 @@ def score_task(cfg: ScoreConfig, stages: str | None, parent: str | None) -> Scor
             folder=cfg.output_dir, scores=str(r.scores_path), reward_id=r.reward_id, metrics=metrics
         )
 
-    inputs = {
-        "prompts": file_digest(cfg.prompts),
-        **{f"samples{i}": file_digest(p) for i, p in enumerate(cfg.samples)},
-        "reward": reward_fingerprint(cfg.reward),
-    }
-    return reuse_or_run("score", cfg, inputs, stages, parent, work, Scored)
+    return reuse_or_run("score", cfg, stage_inputs("score", cfg), stages, parent, work, Scored)
 
 
 @task(name="build", retries=1, retry_condition_fn=transient)
@@ -239,12 +223,7 @@ def build_task(cfg: BuildConfig, stages: str | None, parent: str | None) -> Buil
             },
         )
 
-    inputs = {
-        "prompts": file_digest(cfg.prompts),
-        **{f"samples{i}": file_digest(p) for i, p in enumerate(cfg.samples)},
-        **{f"scores{i}": file_digest(p) for i, p in enumerate(cfg.scores)},
-    }
-    return reuse_or_run("build", cfg, inputs, stages, parent, work, Built)
+    return reuse_or_run("build", cfg, stage_inputs("build", cfg), stages, parent, work, Built)
 
 
 class StageProgress:
@@ -300,8 +279,7 @@ def train_task(cfg: TrainConfig, stages: str | None, parent: str | None) -> Trai
             metrics={"steps": r.steps, **final},
         )
 
-    inputs = {"data": file_digest(cfg.data), "model": model_fingerprint(cfg.model)}
-    return reuse_or_run("train", cfg, inputs, stages, parent, work, Trained)
+    return reuse_or_run("train", cfg, stage_inputs("train", cfg), stages, parent, work, Trained)
 
 
 @task(name="train-rm", retries=0)
@@ -340,12 +318,7 @@ def train_rm_task(cfg: RMTrainConfig, stages: str | None, parent: str | None) ->
             folder=str(out), model_dir=str(r.model_dir), accuracy=ev.get("accuracy"), metrics=metrics
         )
 
-    inputs = {
-        **{f"pairs{i}": file_digest(p) for i, p in enumerate(cfg.pairs)},
-        "backbone": model_fingerprint(cfg.backbone),
-        **{f"compare{i}": reward_fingerprint(s) for i, s in enumerate(cfg.compare_with)},
-    }
-    return reuse_or_run("train-rm", cfg, inputs, stages, parent, work, RewardTrained)
+    return reuse_or_run("train-rm", cfg, stage_inputs("train-rm", cfg), stages, parent, work, RewardTrained)
 
 
 @task(name="evaluate", retries=1, retry_condition_fn=transient)

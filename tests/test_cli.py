@@ -114,6 +114,26 @@ def test_a_failed_command_leaves_no_empty_output_folder_and_keeps_an_existing_on
     assert code == 2 and kept.is_dir()
 
 
+@pytest.mark.parametrize("command", ["pipeline", "retrain"])
+def test_the_plan_of_a_round_in_a_new_workdir_runs_nothing_and_makes_nothing(capsys, tmp_path, command):
+    work = tmp_path / "w"
+    code, out = run(
+        capsys, command, "--config", str(ROOT / "configs" / "demo.yaml"), "--workdir", str(work), "--plan"
+    )
+    assert code == 0, out
+    lines = [ln.split() for ln in out.splitlines()[1:] if ln.startswith("  ") and ln.split()[0][0].isalpha()]
+    assert [(ln[0], " ".join(ln[1:3])) for ln in lines if not ln[0].startswith("/")][:6] == [
+        ("ingest", "run first"),
+        ("sample", "after ingest"),
+        ("score", "after sample"),
+        ("build", "after score"),
+        ("train", "after build"),
+        ("evaluate", "run every"),
+    ]
+    assert "sampling from and training embedded:smollm2-135m-instruct" in out  # no champion without a store
+    assert not work.exists()
+
+
 def test_a_pipeline_preset_given_to_a_stage_command_is_named_as_such(capsys):
     code, out = run(capsys, "train", "--config", str(ROOT / "configs" / "demo.yaml"))
     assert code == 2

@@ -95,6 +95,41 @@ def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
     )
     assert {"prompt_id", "source", "reward", "text"} <= set(table["columns"])
 
+    # the plan of the same round in the same workdir: every stage reused, nothing run by planning
+    from rrhf_core.pipeline import plan_round
+
+    cfg = tiny_config(tmp_path / "w", prompts_file, tiny_model_dir)
+    stages = tmp_path / "w" / "stages"
+    before = sorted(stages.iterdir())
+    plan = {p.stage: p for p in plan_round(cfg, str(tiny_model_dir), stages)}
+    assert [(k, p.action) for k, p in plan.items()] == [
+        ("ingest", "reuse"),
+        ("sample", "reuse"),
+        ("score", "reuse"),
+        ("build", "reuse"),
+        ("train", "reuse"),
+        ("evaluate", "run"),
+        ("register", "run"),
+    ]
+    assert plan["train"].folder == str(Path(summary["model_dir"]).parent)
+    retrain = {
+        p.stage: p
+        for p in plan_round(
+            tiny_config(tmp_path / "w", prompts_file, tiny_model_dir, seed=3), str(tiny_model_dir), stages
+        )
+    }
+    assert retrain["build"].action == "reuse" and retrain["train"].action == "run"
+    assert retrain["train"].why == "changed since the closest finished run: settings.seed"
+    resample = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"seed": 9})})
+    actions = [(p.stage, p.action) for p in plan_round(resample, str(tiny_model_dir), stages)]
+    assert actions[1:5] == [
+        ("sample", "run"),
+        ("score", "after sample"),
+        ("build", "after score"),
+        ("train", "after build"),
+    ]
+    assert sorted(stages.iterdir()) == before
+
 
 @pytest.mark.slow
 def test_the_training_stage_launches_torchrun_itself(prefect_harness, tmp_path, prompts_file, tiny_model_dir):
@@ -345,6 +380,16 @@ def test_a_round_trains_its_reward_and_a_separate_judge_and_registers_both(
     # the score stage used the trained reward: its reward id names the reward model's folder
     score_run = runs["score"][0]
     assert rms["reward"]["model_dir"] in score_run.data.tags["reward_model"]
+    # planned again: the reward models and the stages behind the trained reward are all reused
+    from rrhf_core.pipeline import plan_round
+
+    plan = plan_round(cfg, str(tiny_model_dir), tmp_path / "w" / "stages")
+    assert {p.stage: p.action for p in plan} == {
+        **{f"train-rm:{n}": "reuse" for n in ("reward", "judge", "judge2")},
+        **dict.fromkeys(("ingest", "sample", "score", "build", "train"), "reuse"),
+        "evaluate": "run",
+        "register": "run",
+    }
 
 
 def test_a_trained_reward_that_is_not_defined_is_refused_by_name():
