@@ -156,7 +156,11 @@ def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
     cfg = build_config(cls, data, list(args.set or []), where)
     out = getattr(cfg, "output_dir", None)
     if out and not Path(out).exists():
-        args.new_output_dir = Path(out)  # a failed command takes it away again if it stayed empty
+        made = Path(out).absolute()
+        top = made
+        while not top.parent.exists():
+            top = top.parent
+        args.new_output_dir = (made, top)  # a failed command takes away what it made, if it stayed empty
     return cfg
 
 
@@ -475,10 +479,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _remove_if_empty(folder: Path | None) -> None:
-    """The output folder a failed command made and left empty (nothing in it is lost)."""
-    if folder is not None and folder.is_dir() and not any(folder.iterdir()):
+def _remove_if_empty(made: tuple[Path, Path] | None) -> None:
+    """The output folder a failed command made, and the parents it made for it, while they are empty."""
+    if made is None:
+        return
+    folder, top = made
+    while folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
+        if folder == top:
+            break
+        folder = folder.parent
 
 
 def main(argv: Sequence[str] | None = None) -> int:

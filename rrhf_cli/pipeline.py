@@ -121,8 +121,8 @@ def print_evaluation(e: dict[str, Any]) -> None:
 
 
 def print_plan(cfg: PipelineConfig) -> int:
-    """``rrhf pipeline --plan``: the round's stages, reused or run and why, in this workdir; nothing runs and no
-    tracking store is created (a champion is looked up only where a store exists)."""
+    """``rrhf pipeline --plan``: the round's stages, reused or run and why, in this workdir; nothing runs and no stage
+    folder or tracking store is made (a champion is looked up only in a store that exists)."""
     from rrhf_core.pipeline import plan_round
 
     work = Path(cfg.workdir).resolve()
@@ -141,11 +141,17 @@ def print_plan(cfg: PipelineConfig) -> int:
 
 
 def _champion_dir(cfg: PipelineConfig, work: Path) -> str | None:
-    if not (cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (work / "mlflow.db").exists()):
-        return None  # no store, so no champion: the round would start from the policy
-    from tasks import registry
-    from tasks.tracking import configure
+    """The champion's folder, read from the round's tracking store without creating it (no store, no champion: the
+    round would start from the policy). A champion registered from outside the workdir is downloaded, as the round
+    would download it."""
+    import mlflow
 
-    configure(work, cfg.experiment, cfg.tracking_uri)
+    from tasks import registry
+
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     champ = registry.champion(cfg.registered_model, trusted_root=work)
     return champ["model_dir"] if champ else None

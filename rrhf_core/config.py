@@ -21,12 +21,21 @@ from rrhf_core.errors import ConfigError
 
 def _known_keys(cls: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str] | None:
     """The setting names of the section that holds ``loc`` (a validation error's location), or ``None``."""
-    model = cls
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if model is not None and isinstance(part, str) else None
+    model: Any = cls
+    parts = list(loc[:-1])
+    while parts and model is not None:
+        part = parts.pop(0)
+        field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return None
         kinds = typing.get_args(field.annotation) or (field.annotation,)
+        if (
+            typing.get_origin(field.annotation) is dict
+        ):  # a mapping of names to sections: the next part is a name
+            kinds = typing.get_args(kinds[-1]) or (kinds[-1],)
+            if not parts:
+                return None
+            parts.pop(0)
         model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
     return list(model.model_fields) if model is not None else None
 

@@ -129,20 +129,23 @@ def register(
         return existing
     source = _source_run(client, source_run_id)
     ended = client.get_run(source).info if source else None
-    with mlflow.start_run(run_id=source, nested=True) if source else contextlib.nullcontext():
-        if task == "text-generation":
-            info = _log_chat_model(model_dir, name, prompt_format)
-        else:
-            info = mlflow.transformers.log_model(
-                transformers_model=str(model_dir),
-                name="model",
-                task=task,
-                registered_model_name=name,
-                pip_requirements=PIP_REQUIREMENTS,
-            )
-    if ended is not None and ended.end_time:
-        # reopening the finished run to log the model ends it again: its status and end time stay the training's
-        client.set_terminated(ended.run_id, status=ended.status, end_time=ended.end_time)
+    try:
+        with mlflow.start_run(run_id=source, nested=True) if source else contextlib.nullcontext():
+            if task == "text-generation":
+                info = _log_chat_model(model_dir, name, prompt_format)
+            else:
+                info = mlflow.transformers.log_model(
+                    transformers_model=str(model_dir),
+                    name="model",
+                    task=task,
+                    registered_model_name=name,
+                    pip_requirements=PIP_REQUIREMENTS,
+                )
+    finally:
+        if ended is not None and ended.end_time:
+            # reopening the finished run to log the model ends it again (FAILED if logging failed): its status and
+            # end time stay the training's, so a retried registration also finds it as the training left it
+            client.set_terminated(ended.run_id, status=ended.status, end_time=ended.end_time)
     version = str(info.registered_model_version)
     client.set_model_version_tag(name, version, "rrhf.model_dir", str(Path(model_dir).resolve()))
     client.set_model_version_tag(name, version, "rrhf.model_sha256", digest)

@@ -77,6 +77,10 @@ def test_a_misspelled_key_gets_the_closest_names(capsys):
     assert "trian: unknown setting; did you mean 'train'?" in out
     assert "gate.min_reward_gian: unknown setting; did you mean 'min_reward_gain'?" in out
     assert "settings of 'gate': min_reward_gain, min_win_rate" in out
+    # under a mapping of named sections the name is not a setting: a reward model named like one changes nothing
+    code, out = run(capsys, "pipeline", "--set", "reward_models.lora.backbon=x")
+    assert code == 2 and "reward_models.lora.backbon: unknown setting; did you mean 'backbone'?" in out
+    assert "settings of 'reward_models.lora': backbone, learning_rate" in out
 
 
 def test_an_override_that_is_not_valid_yaml_is_named(capsys):
@@ -107,7 +111,7 @@ def test_a_failed_command_leaves_no_empty_output_folder_and_keeps_an_existing_on
     out = tmp_path / "new" / "out"
     code, text = run(capsys, command, *missing, "--output-dir", str(out))
     assert code == 2 and "does not exist" in text
-    assert not out.exists()
+    assert not (tmp_path / "new").exists()  # the parent it made for the folder too
     kept = tmp_path / "kept"
     kept.mkdir()
     code, _ = run(capsys, command, *missing, "--output-dir", str(kept))
