@@ -203,6 +203,20 @@ def load_tokenizer(name_or_path: str, cache_dir: str | os.PathLike[str] | None =
     return tok
 
 
+def causal_lm_frame(name_or_path: str, cache_dir: str | os.PathLike[str] | None = None) -> Any:
+    """A causal LM's modules on the meta device, without weights (nothing allocated): the frame that weights gathered
+    elsewhere are assigned into (``load_state_dict(weights, assign=True)``, then ``tie_weights()``)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model(name_or_path, cache_dir)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise model_load_error(path, e) from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
 def load_causal_lm(
     name_or_path: str, cache_dir: str | os.PathLike[str] | None = None, dtype: torch.dtype = torch.float32
 ) -> Any:

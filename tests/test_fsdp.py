@@ -61,6 +61,10 @@ def test_fsdp_on_two_processes_matches_ddp(tiny_model_dir, learnable_set, tmp_pa
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-5)
+    # the gathered weights were assigned into a frame of the model: saved with the same configuration
+    assert (Path(fsdp.model_dir) / "config.json").read_text() == (
+        Path(ddp.model_dir) / "config.json"
+    ).read_text()
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ from rrhf_core.encoding import Dropped, EncodedExample, Encoder
 from rrhf_core.errors import ConfigError, DataError, TrainingDivergedError
 from rrhf_core.hardware import fused_adamw, use_bf16
 from rrhf_core.metrics import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger, read_metrics
-from rrhf_core.models import load_causal_lm, load_tokenizer
+from rrhf_core.models import causal_lm_frame, load_causal_lm, load_tokenizer
 from rrhf_core.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from rrhf_core.training.collate import with_empty_negative
 from rrhf_core.training.config import TrainConfig
@@ -108,28 +108,19 @@ def step_indices(
     return order[pos * global_batch : (pos + 1) * global_batch]
 
 
-def _prepare_model(cfg: TrainConfig, env: DistEnv) -> Any:
-    model = load_causal_lm(cfg.model, cfg.cache_dir)
+def _prepare_model(cfg: TrainConfig, env: DistEnv, frame: bool = False) -> Any:
+    """The model to train, placed and wrapped for ``env``; ``frame``: its modules alone, on the meta device (adapters
+    included), for gathered weights to be assigned into."""
+    model = causal_lm_frame(cfg.model, cfg.cache_dir) if frame else load_causal_lm(cfg.model, cfg.cache_dir)
     if getattr(model.config, "use_cache", None) is not None:
         model.config.use_cache = False
+    if frame:  # saved like the trained model: the same configuration
+        return _with_adapters(model, cfg)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora.enabled:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
-        if cfg.gradient_checkpointing:
-            model.enable_input_require_grads()
-        model = get_peft_model(
-            model,
-            PeftLoraConfig(
-                r=cfg.lora.r,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=cfg.lora.target_modules,
-                task_type="CAUSAL_LM",
-            ),
-        )
+    if cfg.lora.enabled and cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+    model = _with_adapters(model, cfg)
     model.to(env.device)
     model.train()
     if cfg.prefix_sharing:
@@ -143,12 +134,33 @@ def _prepare_model(cfg: TrainConfig, env: DistEnv) -> Any:
     return model
 
 
+def _with_adapters(model: Any, cfg: TrainConfig) -> Any:
+    """The model with LoRA adapters (peft) where ``cfg.lora`` enables them."""
+    if not cfg.lora.enabled:
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    return get_peft_model(
+        model,
+        PeftLoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
+
+
 _ONE_CPU = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), owns_group=False)
 
 
 def _gather_for_save(model: Any, cfg: TrainConfig, env: DistEnv) -> Any:
     """The model to save, whole, on the main process (``None`` elsewhere). Under FSDP every process takes part in
-    gathering the weights, which the main process loads into a fresh copy of the model (adapters included)."""
+    gathering the weights, which the main process assigns into the model's modules built without weights (adapters
+    included): the gathered tensors become the parameters, so the main process holds one copy of the model, not
+    two."""
     if not is_sharded(model):
         return unwrap(model) if env.is_main else None
     weights = full_state_dict(model)
@@ -156,8 +168,14 @@ def _gather_for_save(model: Any, cfg: TrainConfig, env: DistEnv) -> Any:
         weights = {k.removeprefix("lm."): v for k, v in weights.items() if k.startswith("lm.")}
     if not env.is_main:
         return None
-    whole = _prepare_model(cfg.model_copy(update={"strategy": "ddp", "prefix_sharing": False}), _ONE_CPU)
-    whole.load_state_dict(weights)
+    whole = _prepare_model(
+        cfg.model_copy(update={"strategy": "ddp", "prefix_sharing": False}), _ONE_CPU, frame=True
+    )
+    whole.load_state_dict(weights, assign=True)
+    whole.tie_weights()  # assigning replaced tied tensors one by one
+    left = [name for name, p in whole.named_parameters() if p.is_meta]
+    if left:  # pragma: no cover - every parameter is in a full state dict
+        raise RuntimeError(f"the gathered weights lack {len(left)} parameter(s), e.g. {left[0]}")
     return whole
 
 
