@@ -119,13 +119,25 @@ def _list_items(value: str) -> list[Any]:
     return [value]
 
 
-PIPELINE_SECTIONS = ("ingest", "sample", "score", "build", "train", "evaluate", "gate")
 STAGE_SECTION = {"train-rm": "reward_models: <name>"}
+
+
+def _pipeline_sections() -> list[str]:
+    """The sections of a round's configuration (one settings model each: ingest ... evaluate, gate)."""
+    from rrhf_core.pipeline import PipelineConfig
+
+    return [
+        name
+        for name, f in PipelineConfig.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+    ]
 
 
 def _refuse_a_pipeline_file(args: argparse.Namespace, cls: Any, data: dict[str, Any]) -> None:
     """A stage command given a pipeline preset (sections per stage) says so, instead of listing unknown keys."""
-    sections = [k for k in PIPELINE_SECTIONS if isinstance(data.get(k), dict) and k not in cls.model_fields]
+    sections = [
+        k for k in _pipeline_sections() if isinstance(data.get(k), dict) and k not in cls.model_fields
+    ]
     if len(sections) < 2:
         return
     own = STAGE_SECTION.get(args.command, args.command)
@@ -363,7 +375,7 @@ def _settings_parser(
     t.add_argument(
         "--config",
         help="YAML file with settings (presets: configs/)"
-        if "train" in cls.model_fields
+        if set(_pipeline_sections()) <= set(cls.model_fields)
         else "YAML file with this command's settings at its top level: the flags' names with underscores "
         "(output_dir: runs/x), a section's keys nested under it",
     )

@@ -147,8 +147,9 @@ def _champion_dir(cfg: PipelineConfig, work: Path) -> str | None:
     import mlflow
 
     from tasks import registry
+    from tasks.tracking import store_uri
 
-    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work / 'mlflow.db'}"
+    uri = store_uri(work, cfg.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         return None
     mlflow.set_tracking_uri(uri)

@@ -28,14 +28,14 @@ def _known_keys(cls: type[BaseModel] | None, loc: tuple[Any, ...]) -> list[str] 
         field = model.model_fields.get(part) if isinstance(part, str) else None
         if field is None:
             return None
-        kinds = typing.get_args(field.annotation) or (field.annotation,)
-        if (
-            typing.get_origin(field.annotation) is dict
-        ):  # a mapping of names to sections: the next part is a name
-            kinds = typing.get_args(kinds[-1]) or (kinds[-1],)
+        annotation = field.annotation
+        # a mapping of names to sections (reward_models): the next part is a name, not a setting
+        if typing.get_origin(annotation) is dict:
             if not parts:
                 return None
             parts.pop(0)
+            annotation = typing.get_args(annotation)[-1]
+        kinds = typing.get_args(annotation) or (annotation,)
         model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
     return list(model.model_fields) if model is not None else None
 

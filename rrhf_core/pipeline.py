@@ -14,7 +14,9 @@ result.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -314,6 +316,10 @@ class PlannedStage:
     folder: str = ""
 
 
+def _rm_config_of(cfg: PipelineConfig, name: str, ingested: Ingested) -> RMTrainConfig:
+    return rm_config(cfg, name, ingested.prompts)
+
+
 def plan_round(
     cfg: PipelineConfig, start_model: str, stages_root: str | os.PathLike[str]
 ) -> list[PlannedStage]:
@@ -323,7 +329,8 @@ def plan_round(
     plan: list[PlannedStage] = []
     runs_first: str | None = None  # the nearest upstream stage that runs
 
-    def step(name: str, stage: str, stage_cfg: Any, result_type: type[Any]) -> Any:
+    def step(name: str, stage: str, stage_cfg: Callable[[], Any], result_type: type[Any]) -> Any:
+        """Plan one stage; ``stage_cfg`` is called only when every stage it depends on is reused."""
         nonlocal runs_first
         if runs_first is not None:
             plan.append(
@@ -331,7 +338,8 @@ def plan_round(
             )
             runs_first = name
             return None
-        key = StageKey.of(stage, stage_cfg, stage_inputs(stage, stage_cfg))
+        made = stage_cfg()
+        key = StageKey.of(stage, made, stage_inputs(stage, made))
         done = store.load(key, result_type)
         if done is not None:
             plan.append(PlannedStage(name, "reuse", "same inputs, settings and code", str(store.folder(key))))
@@ -340,39 +348,31 @@ def plan_round(
         runs_first = name
         return None
 
-    ingested = step("ingest", "ingest", ingest_config(cfg), Ingested)
-    prompts = ingested.prompts if ingested else ""
-    rms: dict[str, str | None] = {}
+    ingested = step("ingest", "ingest", lambda: ingest_config(cfg), Ingested)
+    after_ingest = None if ingested else "ingest"  # reward models and sampling each depend on ingest alone
+    rms: dict[str, str] = {}
     for name in cfg.reward_models:
-        runs_first = None if ingested else "ingest"
-        rm = step(
-            f"train-rm:{name}", "train-rm", rm_config(cfg, name, prompts) if ingested else None, RewardTrained
-        )
-        rms[name] = rm.model_dir if rm else None
-    runs_first = None if ingested else "ingest"
-    sampled = step(
-        "sample", "sample", sample_config(cfg, prompts, start_model) if ingested else None, Sampled
-    )
+        runs_first = after_ingest
+        rm = step(f"train-rm:{name}", "train-rm", partial(_rm_config_of, cfg, name, ingested), RewardTrained)
+        if rm:
+            rms[name] = rm.model_dir
+    runs_first = after_ingest
+    sampled = step("sample", "sample", lambda: sample_config(cfg, ingested.prompts, start_model), Sampled)
     reward = cfg.reward
-    if reward.startswith(TRAINED_PREFIX) and runs_first is None:
-        trained = rms.get(reward.removeprefix(TRAINED_PREFIX))
-        runs_first = None if trained else f"train-rm:{reward.removeprefix(TRAINED_PREFIX)}"
-        reward = trained or reward
+    if reward.startswith(TRAINED_PREFIX) and runs_first is None:  # scored with a reward model of the round
+        name = reward.removeprefix(TRAINED_PREFIX)
+        runs_first = None if name in rms else f"train-rm:{name}"
+        reward = rms.get(name, reward)
     scored = step(
         "score",
         "score",
-        score_config(cfg.model_copy(update={"reward": reward}), prompts, sampled.samples)
-        if sampled
-        else None,
+        lambda: score_config(cfg.model_copy(update={"reward": reward}), ingested.prompts, sampled.samples),
         Scored,
     )
     built = step(
-        "build",
-        "build",
-        build_config(cfg, prompts, sampled.samples, scored.scores) if scored else None,
-        Built,
+        "build", "build", lambda: build_config(cfg, ingested.prompts, sampled.samples, scored.scores), Built
     )
-    step("train", "train", train_config(cfg, built.train_set, start_model) if built else None, Trained)
+    step("train", "train", lambda: train_config(cfg, built.train_set, start_model), Trained)
     plan.append(PlannedStage("evaluate", "run", "every round judges its model on the held-out prompts"))
     plan.append(
         PlannedStage("register", "run", "every round registers its model; the gate decides on champion")

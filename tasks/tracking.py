@@ -29,11 +29,17 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 _ENV_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
+def store_uri(workdir: str | Path, tracking_uri: str | None = None) -> str:
+    """The tracking URI a round in ``workdir`` uses: the setting, else ``MLFLOW_TRACKING_URI``, else the workdir's
+    SQLite file."""
+    return tracking_uri or _ENV_URI or f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
+
+
 def configure(workdir: str | Path, experiment: str, tracking_uri: str | None = None) -> str:
     """Point MLflow at the store and experiment; return the tracking URI."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    uri = tracking_uri or _ENV_URI or f"sqlite:///{workdir / 'mlflow.db'}"
+    uri = store_uri(workdir, tracking_uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
