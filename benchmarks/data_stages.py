@@ -37,9 +37,11 @@ def main() -> None:
     from rrhf_core.models import EMBEDDED_POLICY, resolve_model
     from rrhf_core.sampling import GenerationParams
     from rrhf_core.sampling.config import SampleConfig
-    from rrhf_core.sampling.stage import make_sampler, render_prompts, sample
+    from rrhf_core.sampling.shard import make_sampler, render_prompts
+    from rrhf_core.sampling.stage import sample
     from rrhf_core.scoring.config import ScoreConfig
-    from rrhf_core.scoring.reward import EmbeddedReward, HFClassifierReward
+    from rrhf_core.scoring.embedded import EmbeddedReward
+    from rrhf_core.scoring.reward import HFClassifierReward
     from rrhf_core.scoring.stage import score
 
     work = Path(tempfile.mkdtemp(prefix="rrhf-bench-"))
@@ -135,7 +137,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from rrhf_core.data.contracts import SAMPLES_SCHEMA
-    from rrhf_core.sampling.stage import response_id
+    from rrhf_core.sampling.shard import response_id
 
     table = [
         {

@@ -45,7 +45,7 @@ def main() -> None:
     from rrhf_core.models import EMBEDDED_POLICY, resolve_model
     from rrhf_core.sampling import GenerationParams
     from rrhf_core.sampling.hf_backend import HFSampler
-    from rrhf_core.sampling.stage import render_prompts
+    from rrhf_core.sampling.shard import render_prompts
 
     model = resolve_model(EMBEDDED_POLICY)
     work = Path(tempfile.mkdtemp(prefix="rrhf-bench-gen-"))

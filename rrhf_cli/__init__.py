@@ -241,7 +241,7 @@ def cmd_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_core.training.config import TrainConfig
-    from rrhf_core.training.trainer import train
+    from rrhf_core.training.launch import train
 
     result = train(_config(args, TrainConfig, "training configuration"), progress=not args.no_progress)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -11,8 +11,8 @@ from rrhf_core.data.demo import demo_examples
 from rrhf_core.encoding import Encoder
 from rrhf_core.models import EMBEDDED_POLICY, load_causal_lm, load_tokenizer, resolve_model
 from rrhf_core.training.config import TrainConfig
+from rrhf_core.training.launch import train
 from rrhf_core.training.listwise import encode_examples, evaluate_listwise
-from rrhf_core.training.trainer import train
 
 
 def run_demo(workdir: Path, steps: int = 12, seed: int = 0) -> int:

@@ -31,7 +31,7 @@ STAGE_MODULES = {
     "sample": "rrhf_core.sampling.stage",
     "score": "rrhf_core.scoring.stage",
     "build": "rrhf_core.data.build",
-    "train": "rrhf_core.training.trainer",
+    "train": "rrhf_core.training.launch",
     "train-rm": "rrhf_core.reward_model.trainer",
 }
 

@@ -40,7 +40,7 @@ from rrhf_core.sampling.stage import sample
 from rrhf_core.scoring.config import ScoreConfig
 from rrhf_core.scoring.stage import score
 from rrhf_core.training.config import TrainConfig
-from rrhf_core.training.trainer import train
+from rrhf_core.training.launch import train
 from tasks import registry
 from tasks.tracking import MlflowLogger, log_parquet_input, numeric, stage_run
 

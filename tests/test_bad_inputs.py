@@ -23,7 +23,7 @@ import pytest
 
 from rrhf_cli import main
 from rrhf_core.data.contracts import PROMPTS_SCHEMA, SAMPLES_SCHEMA, SCORES_SCHEMA, read_prompts
-from rrhf_core.sampling.stage import response_id
+from rrhf_core.sampling.shard import response_id
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = Path(__file__).parent / "bad_inputs"

@@ -13,9 +13,8 @@ from pydantic import ValidationError
 from rrhf_core.errors import ConfigError
 from rrhf_core.metrics import read_metrics
 from rrhf_core.training.config import TrainConfig
-from rrhf_core.training.launch import LaunchError, rendezvous_id, torchrun_command
+from rrhf_core.training.launch import LaunchError, rendezvous_id, torchrun_command, train
 from rrhf_core.training.sharding import check_dcp_metadata
-from rrhf_core.training.trainer import train
 
 
 def _cfg(model: Path, data: Path, out: Path, **over) -> TrainConfig:

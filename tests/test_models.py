@@ -17,8 +17,8 @@ from rrhf_core.encoding import Encoder
 from rrhf_core.errors import MissingPackageError
 from rrhf_core.models import EMBEDDED_POLICY, load_causal_lm, load_tokenizer, resolve_model
 from rrhf_core.training.config import TrainConfig
+from rrhf_core.training.launch import train
 from rrhf_core.training.listwise import encode_examples, evaluate_listwise
-from rrhf_core.training.trainer import train
 
 
 def test_missing_package_gives_the_install_command(monkeypatch, tmp_path):

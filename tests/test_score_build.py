@@ -14,16 +14,10 @@ from rrhf_core.data.config import BuildConfig
 from rrhf_core.data.contracts import SAMPLES_SCHEMA, load_listwise
 from rrhf_core.data.ingest import ingest
 from rrhf_core.errors import ConfigError, DataError
-from rrhf_core.sampling.stage import response_id
+from rrhf_core.sampling.shard import response_id
 from rrhf_core.scoring.config import ScoreConfig
-from rrhf_core.scoring.reward import (
-    EmbeddedReward,
-    FunctionReward,
-    HFClassifierReward,
-    echo_share,
-    make_reward,
-    repetition_share,
-)
+from rrhf_core.scoring.embedded import EmbeddedReward, echo_share, repetition_share
+from rrhf_core.scoring.reward import FunctionReward, HFClassifierReward, make_reward
 from rrhf_core.scoring.stage import score
 
 Q = [{"role": "user", "content": "How do I boil an egg?"}]

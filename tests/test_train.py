@@ -22,8 +22,8 @@ from rrhf_core.errors import TrainingDivergedError
 from rrhf_core.metrics import read_metrics
 from rrhf_core.models import load_causal_lm, load_tokenizer
 from rrhf_core.training.config import TrainConfig
+from rrhf_core.training.launch import train
 from rrhf_core.training.listwise import encode_examples, evaluate_listwise
-from rrhf_core.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

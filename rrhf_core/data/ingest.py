@@ -358,83 +358,93 @@ def clean_hh_response(text: str) -> tuple[str, bool]:
     return text, False
 
 
+_Parsed = tuple[list[dict[str, str]], list[dict[str, Any]], dict[str, Any]]  # messages, references, meta
+
+
+def _parse_prompt(rec: dict[str, Any], prompt_field: str, stats: Counter) -> _Parsed:
+    messages = [{"role": "user", "content": _text(rec, prompt_field)}]
+    if isinstance(rec.get("system"), str) and rec["system"].strip():
+        messages.insert(0, {"role": "system", "content": rec["system"]})
+    return messages, _prompt_references(rec), {}
+
+
+def _parse_messages(rec: dict[str, Any], prompt_field: str, stats: Counter) -> _Parsed:
+    messages = _messages(rec.get("messages"))
+    references: list[dict[str, Any]] = []
+    if messages[-1]["role"] == "assistant":
+        answer = messages[-1]["content"].strip()
+        if answer:
+            references.append({"text": answer, "source": "dataset:reference", "reward": None})
+        else:  # a blank answer (an export's empty slot for the reply): the prompt stays, the answer goes
+            stats["blank_references_dropped"] += 1
+        messages = messages[:-1]
+    if not messages or messages[-1]["role"] != "user":
+        raise Reject("messages must end with a user turn (optionally followed by one assistant reference)")
+    return messages, references, {}
+
+
+def _parse_hh(rec: dict[str, Any], prompt_field: str, stats: Counter) -> _Parsed:
+    try:
+        chosen_msgs, chosen = split_hh(_text(rec, "chosen"))
+        rejected_msgs, rejected = split_hh(_text(rec, "rejected"))
+    except ValueError as e:
+        raise Reject(f"not an HH dialogue: {e}") from None
+    if normalise_messages(chosen_msgs) != normalise_messages(rejected_msgs):
+        raise Reject("chosen and rejected continue different dialogues (their prompts differ)")
+    messages = [
+        {**m, "content": m["content"].removeprefix("Human:").strip()} if m["role"] == "assistant" else m
+        for m in chosen_msgs
+    ]
+    references: list[dict[str, Any]] = []
+    for text, src in ((chosen, "dataset:chosen"), (rejected, "dataset:rejected")):
+        cleaned, cut = clean_hh_response(text)
+        stats["hh_cut_inline_human"] += int(cut)
+        if cleaned:
+            references.append({"text": cleaned, "source": src, "reward": None})
+        else:
+            stats["blank_references_dropped"] += 1
+    return messages, references, {"preference": ["dataset:chosen", "dataset:rejected"]}
+
+
+def _parse_rrhf(rec: dict[str, Any], prompt_field: str, stats: Counter) -> _Parsed:
+    query = _text(rec, "query")
+    try:
+        messages, _ = split_hh(query + ("" if query.rstrip().endswith("Assistant:") else "\n\nAssistant:"))
+    except ValueError:
+        messages = [{"role": "user", "content": query.strip()}]
+    responses, scores = rec.get("responses"), rec.get("scores")
+    if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
+        raise Reject("field 'responses' must be a list of strings")
+    if scores is not None:
+        if not isinstance(scores, list) or len(scores) != len(responses):
+            raise Reject("field 'scores' must be a list with one number per response")
+        if not all(
+            isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) for s in scores
+        ):
+            raise Reject("field 'scores' holds a value that is not a finite number")
+    references: list[dict[str, Any]] = []
+    for i, r in enumerate(responses):
+        cleaned, _ = clean_hh_response(r)
+        if cleaned:
+            reward = float(scores[i]) if scores is not None else None
+            references.append({"text": cleaned, "source": f"dataset:rrhf[{i}]", "reward": reward})
+        else:
+            stats["blank_references_dropped"] += 1
+    return messages, references, {}
+
+
+_PARSERS = {"prompt": _parse_prompt, "messages": _parse_messages, "hh": _parse_hh, "rrhf": _parse_rrhf}
+
+
 def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> PromptRecord:
+    """One input record as a prompt (its messages, references and meta); a :class:`Reject` says why it cannot be."""
     if not isinstance(rec, dict):
         raise Reject(f"record is {type(rec).__name__}, not an object")
     kind = detect_format(rec, prompt_field) if fmt == "auto" else fmt
     stats[f"format:{kind}"] += 1
-    references: list[dict[str, Any]] = []
-    meta: dict[str, Any] = {}
-    if kind == "prompt":
-        messages = [{"role": "user", "content": _text(rec, prompt_field)}]
-        if isinstance(rec.get("system"), str) and rec["system"].strip():
-            messages.insert(0, {"role": "system", "content": rec["system"]})
-        references = _prompt_references(rec)
-    elif kind == "messages":
-        messages = _messages(rec.get("messages"))
-        if messages[-1]["role"] == "assistant":
-            answer = messages[-1]["content"].strip()
-            if answer:
-                references.append({"text": answer, "source": "dataset:reference", "reward": None})
-            else:  # a blank answer (an export's empty slot for the reply): the prompt stays, the answer goes
-                stats["blank_references_dropped"] += 1
-            messages = messages[:-1]
-        if not messages or messages[-1]["role"] != "user":
-            raise Reject(
-                "messages must end with a user turn (optionally followed by one assistant reference)"
-            )
-    elif kind == "hh":
-        try:
-            chosen_msgs, chosen = split_hh(_text(rec, "chosen"))
-            rejected_msgs, rejected = split_hh(_text(rec, "rejected"))
-        except ValueError as e:
-            raise Reject(f"not an HH dialogue: {e}") from None
-        if normalise_messages(chosen_msgs) != normalise_messages(rejected_msgs):
-            raise Reject("chosen and rejected continue different dialogues (their prompts differ)")
-        messages = [
-            {**m, "content": m["content"].removeprefix("Human:").strip()} if m["role"] == "assistant" else m
-            for m in chosen_msgs
-        ]
-        for text, src in ((chosen, "dataset:chosen"), (rejected, "dataset:rejected")):
-            cleaned, cut = clean_hh_response(text)
-            stats["hh_cut_inline_human"] += int(cut)
-            if cleaned:
-                references.append({"text": cleaned, "source": src, "reward": None})
-            else:
-                stats["blank_references_dropped"] += 1
-        meta["preference"] = ["dataset:chosen", "dataset:rejected"]
-    elif kind == "rrhf":
-        query = _text(rec, "query")
-        try:
-            messages, _ = split_hh(
-                query + ("" if query.rstrip().endswith("Assistant:") else "\n\nAssistant:")
-            )
-        except ValueError:
-            messages = [{"role": "user", "content": query.strip()}]
-        responses, scores = rec.get("responses"), rec.get("scores")
-        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
-            raise Reject("field 'responses' must be a list of strings")
-        if scores is not None:
-            if not isinstance(scores, list) or len(scores) != len(responses):
-                raise Reject("field 'scores' must be a list with one number per response")
-            if not all(
-                isinstance(s, int | float) and not isinstance(s, bool) and math.isfinite(s) for s in scores
-            ):
-                raise Reject("field 'scores' holds a value that is not a finite number")
-        for i, r in enumerate(responses):
-            cleaned, _ = clean_hh_response(r)
-            if cleaned:
-                references.append(
-                    {
-                        "text": cleaned,
-                        "source": f"dataset:rrhf[{i}]",
-                        "reward": float(scores[i]) if scores is not None else None,
-                    }
-                )
-            else:
-                stats["blank_references_dropped"] += 1
-    else:
+    if kind not in _PARSERS:
         raise Reject(f"unknown format {kind!r}")
+    messages, references, meta = _PARSERS[kind](rec, prompt_field, stats)
     messages = normalise_messages(messages)
     if any(not m["content"] for m in messages if m["role"] == "user"):
         raise Reject("a user turn is empty")

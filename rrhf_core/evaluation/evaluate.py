@@ -48,7 +48,7 @@ from rrhf_core.evaluation.stats import (
 )
 from rrhf_core.sampling.config import SampleSettings, generation_params
 from rrhf_core.sampling.hf_backend import HFSampler
-from rrhf_core.sampling.stage import render_prompts
+from rrhf_core.sampling.shard import render_prompts
 from rrhf_core.scoring.reward import RewardBackend, make_reward
 from rrhf_core.training.config import TrainSettings
 from rrhf_core.training.listwise import encode_examples, ranking_agreement

@@ -20,14 +20,11 @@ from typing import Any
 
 from rrhf_core.instructions.constraints import parse_constraints, strip_instructions
 from rrhf_core.scoring import INSTRUCTION_REWARDS
+from rrhf_core.scoring.embedded import EmbeddedReward, last_user_turn, penalties
 
 CONSTRAINT_REWARD, CONSTRAINT_PASS, RELEVANCE = INSTRUCTION_REWARDS
 
 Messages = list[dict[str, str]]
-
-
-def _question(messages: Messages) -> str:
-    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
 def satisfied_share(prompt: str, answer: str) -> float:
@@ -51,22 +48,18 @@ class InstructionReward:
 
     def relevance(self, questions: Sequence[str], answers: Sequence[str]) -> list[float]:
         if self._embedder is None:
-            from rrhf_core.scoring.reward import EmbeddedReward
-
             self._embedder = EmbeddedReward(batch_size=self.batch_size)
         q = self._embedder.embed([strip_instructions(x) for x in questions])
         a = self._embedder.embed(list(answers))
         return [float(v) for v in (q * a).sum(-1).tolist()]
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]:
-        questions = [_question(p) for p in prompts]
+        questions = [last_user_turn(p) for p in prompts]
         if self.spec == CONSTRAINT_PASS:
             return [float(passes(q, r)) for q, r in zip(questions, responses, strict=True)]
         rel = self.relevance(questions, responses)
         if self.spec == RELEVANCE:
             return rel
-        from rrhf_core.scoring.reward import penalties
-
         return [
             satisfied_share(q, r) + 0.5 * v - penalties(strip_instructions(q), r)
             for q, r, v in zip(questions, responses, rel, strict=True)

@@ -21,14 +21,13 @@ from typing import Any
 from rrhf_core.executors import run_on_ray
 from rrhf_core.sampling import Sampler
 from rrhf_core.sampling.config import SampleConfig
+from rrhf_core.sampling.shard import make_sampler, sample_seeded_shard
 
 _SAMPLERS: dict[str, Sampler] = {}  # in a worker process: the loaded policy, by sampler id
 
 
 def _shard_task(cfg_json: str, shard: list[dict[str, Any]], index: int, sid: str) -> tuple[Any, int, int]:
     """Runs in a Ray worker: one shard's records, with the worker's cached sampler."""
-    from rrhf_core.sampling.stage import make_sampler, sample_seeded_shard
-
     cfg = SampleConfig.model_validate_json(cfg_json)
     if sid not in _SAMPLERS:
         for old in _SAMPLERS.values():  # one policy per worker at a time

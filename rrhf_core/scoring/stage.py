@@ -116,6 +116,73 @@ class ScoreResult:
     reward_id: str
 
 
+def _read_inputs(cfg: ScoreConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The samples and each sampled prompt's messages; a sample whose prompt is not in the prompts file is an error."""
+    samples = read_samples(cfg.samples)
+    messages = {r["prompt_id"]: r["messages"] for r in read_prompts(cfg.prompts)}
+    missing = sorted({s["prompt_id"] for s in samples} - set(messages))
+    if missing:
+        raise DataError(
+            f"{len(missing)} sampled prompt(s) are not in {cfg.prompts} (e.g. {missing[0]}); "
+            "score with the prompts file the samples came from"
+        )
+    return samples, messages
+
+
+class _Scoring:
+    """The responses of one run, deduplicated by content; what the cache knows and what is still to score."""
+
+    def __init__(
+        self,
+        cfg: ScoreConfig,
+        unique: dict[str, dict[str, Any]],
+        messages: dict[str, Any],
+        bar: Any,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.cfg, self.unique, self.messages, self.bar, self.on_progress = (
+            cfg,
+            unique,
+            messages,
+            bar,
+            on_progress,
+        )
+        self.cache = ScoreCache(
+            Path(cfg.cache_path) if cfg.cache_path else cache_root(cfg.cache_dir) / "scores.sqlite"
+        )
+        self.known: dict[str, float] = {}
+        self.todo: list[str] = []
+        self.done = 0
+
+    def plan(self, reward_id: str) -> list[tuple[list[str], list[Any], list[str]]]:
+        """The chunks still to score by ``reward_id``: ``(hashes, messages, responses)`` each."""
+        self.known.update(self.cache.get(reward_id, list(self.unique)))
+        self.todo.extend(h for h in self.unique if h not in self.known)
+        self.bar.reset(total=len(self.todo))
+        step = max(self.cfg.batch_size * 8, 64)
+        chunks = [self.todo[s : s + step] for s in range(0, len(self.todo), step)]
+        return [
+            (c, [self.messages[self.unique[h]["prompt_id"]] for h in c], [self.unique[h]["text"] for h in c])
+            for c in chunks
+        ]
+
+    def accept(self, reward_id: str, chunk: list[str], values: list[float]) -> None:
+        """Check and keep one chunk's rewards (in the cache too)."""
+        for h, v in zip(chunk, values, strict=True):
+            if not isinstance(v, int | float) or not math.isfinite(v):
+                r = self.unique[h]
+                raise DataError(
+                    f"reward {reward_id} gave {v!r} for response {r['response_id']} of prompt "
+                    f"{r['prompt_id']} ({r['text'][:80]!r}); rewards must be finite numbers"
+                )
+        self.cache.put(reward_id, list(zip(chunk, map(float, values), strict=True)))
+        self.known.update(zip(chunk, map(float, values), strict=True))
+        self.done += len(chunk)
+        self.bar.update(len(chunk))
+        if self.on_progress:
+            self.on_progress(self.done, len(self.todo))
+
+
 def score(
     cfg: ScoreConfig,
     reward: RewardBackend | None = None,
@@ -125,86 +192,41 @@ def score(
     """Score every sample (cached pairs are not scored again); ``on_progress(done, total)`` (responses to score)
     is called after each chunk."""
     t0 = time.perf_counter()
-    samples = read_samples(cfg.samples)
-    messages = {r["prompt_id"]: r["messages"] for r in read_prompts(cfg.prompts)}
-    missing = sorted({s["prompt_id"] for s in samples} - set(messages))
-    if missing:
-        raise DataError(
-            f"{len(missing)} sampled prompt(s) are not in {cfg.prompts} (e.g. {missing[0]}); "
-            "score with the prompts file the samples came from"
-        )
+    samples, messages = _read_inputs(cfg)
     out = prepare_output_dir(cfg.output_dir)
     hashes = [content_hash(messages[s["prompt_id"]], s["text"]) for s in samples]
     unique: dict[str, dict[str, Any]] = {}
     for h, s in zip(hashes, samples, strict=True):
         unique.setdefault(h, s)
-    cache = ScoreCache(
-        Path(cfg.cache_path) if cfg.cache_path else cache_root(cfg.cache_dir) / "scores.sqlite"
-    )
-    known: dict[str, float] = {}
-    todo: list[str] = []
-    done = 0
     from tqdm.auto import tqdm
 
     bar = tqdm(desc="rrhf score", unit="response", disable=not progress)
-
-    def plan(reward_id: str) -> list[tuple[list[str], list[Any], list[str]]]:
-        """The chunks still to score by ``reward_id``: ``(hashes, messages, responses)`` each."""
-        known.update(cache.get(reward_id, list(unique)))
-        todo.extend(h for h in unique if h not in known)
-        bar.reset(total=len(todo))
-        step = max(cfg.batch_size * 8, 64)
-        chunks = [todo[s : s + step] for s in range(0, len(todo), step)]
-        return [
-            (c, [messages[unique[h]["prompt_id"]] for h in c], [unique[h]["text"] for h in c]) for c in chunks
-        ]
-
-    def accept(reward_id: str, chunk: list[str], values: list[float]) -> None:
-        nonlocal done
-        for h, v in zip(chunk, values, strict=True):
-            if not isinstance(v, int | float) or not math.isfinite(v):
-                r = unique[h]
-                raise DataError(
-                    f"reward {reward_id} gave {v!r} for response {r['response_id']} of prompt "
-                    f"{r['prompt_id']} ({r['text'][:80]!r}); rewards must be finite numbers"
-                )
-        cache.put(reward_id, list(zip(chunk, map(float, values), strict=True)))
-        known.update(zip(chunk, map(float, values), strict=True))
-        done += len(chunk)
-        bar.update(len(chunk))
-        if on_progress:
-            on_progress(done, len(todo))
-
+    run = _Scoring(cfg, unique, messages, bar, on_progress)
     try:
         if cfg.executor == "ray" and reward is None:
             from rrhf_core.scoring.ray_executor import score_on_ray
 
-            reward_id = score_on_ray(cfg, plan, accept)
+            reward_id = score_on_ray(cfg, run.plan, run.accept)
         else:
             reward = reward or make_reward(cfg.reward, cfg.batch_size, cfg.max_length, cfg.bucket)
             reward_id = reward.reward_id
-            for chunk, msgs, texts in plan(reward_id):
-                accept(reward_id, chunk, reward.score(msgs, texts))
+            for chunk, msgs, texts in run.plan(reward_id):
+                run.accept(reward_id, chunk, reward.score(msgs, texts))
     finally:
         bar.close()
-        cache.close()
+        run.cache.close()
     out_rows = [
         {
             "response_id": s["response_id"],
             "prompt_id": s["prompt_id"],
-            "reward": known[h],
+            "reward": run.known[h],
             "reward_model": reward_id,
         }
         for h, s in zip(hashes, samples, strict=True)
     ]
     path = out / "scores.parquet"
     atomic_write_parquet(pa.Table.from_pylist(out_rows, schema=SCORES_SCHEMA), path)
+    todo = len(run.todo)
     return ScoreResult(
-        path,
-        len(samples),
-        len(unique),
-        len(todo),
-        len(unique) - len(todo),
-        time.perf_counter() - t0,
-        reward_id,
+        path, len(samples), len(unique), todo, len(unique) - todo, time.perf_counter() - t0, reward_id
     )

@@ -1,7 +1,7 @@
 """Launching a training run on several processes (and machines) with torchrun.
 
-:func:`train` calls :func:`launch` when the configuration asks for more than one process and this process was not
-started by torchrun: the configuration is written to ``output_dir/launch_config.json`` and torchrun starts
+:func:`train` is the entry point: it trains in this process, or calls :func:`launch` when the configuration asks for
+more than one process and this process was not started by torchrun: the configuration is written to ``output_dir/launch_config.json`` and torchrun starts
 ``python -m rrhf_core.training.launch`` on it, once per process. Step metrics reach the caller's logger as the
 main process writes them to ``metrics.jsonl``, so MLflow and Prefect see them live.
 
@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import IO
 
 from rrhf_core.errors import RRHFError
-from rrhf_core.metrics import MetricsLogger
+from rrhf_core.metrics import MetricsLogger, NullLogger, read_metrics
 from rrhf_core.training.config import TrainConfig
+from rrhf_core.training.trainer import TrainResult, train_in_process
 
 LAUNCH_CONFIG = "launch_config.json"
 FAILED = ".failed-rank"  # each process that fails writes its exception to output_dir/.failed-rankR
@@ -77,6 +78,18 @@ class _MetricsTail:
             if step > self.last_step:
                 self.logger.log(record, step)
                 self.last_step = step
+
+
+def train(cfg: TrainConfig, logger: MetricsLogger | None = None, progress: bool = True) -> TrainResult:
+    """Train a policy with RRHF as configured; returns where the model and metrics went. Several processes
+    (``nproc``/``nnodes``) start under torchrun (:func:`launch`) unless this process is one of torchrun's already."""
+    if cfg.world_size <= 1 or "WORLD_SIZE" in os.environ:
+        return train_in_process(cfg, logger, progress)
+    out = launch(cfg, logger or NullLogger(), progress)
+    summary = json.loads((out / "train_summary.json").read_text())
+    history = read_metrics(out / "metrics.jsonl")
+    model_dir = Path(summary["model_dir"]) if summary.get("model_dir") else None
+    return TrainResult(out, model_dir, summary["steps"], summary["resumed_from"], history, summary)
 
 
 def launch(cfg: TrainConfig, logger: MetricsLogger, progress: bool = True) -> Path:
@@ -129,14 +142,12 @@ def _echo(stream: IO[str], tail: deque[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """One torchrun process: read the launch configuration and train."""
-    from rrhf_core.training.trainer import train
-
     args = list(sys.argv[1:] if argv is None else argv)
     progress = "--no-progress" not in args
     paths = [a for a in args if a != "--no-progress"]
     cfg = TrainConfig.model_validate_json(Path(paths[0]).read_text())
     try:
-        train(cfg, progress=progress)
+        train_in_process(cfg, progress=progress)
     except Exception as e:  # the launcher reports each process's failure by rank, first in its error
         rank = os.environ.get("RANK", "0")
         (Path(cfg.output_dir) / f"{FAILED}{rank}").write_text(f"{type(e).__name__}: {e}")

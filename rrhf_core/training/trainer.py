@@ -21,7 +21,6 @@ import contextlib
 import functools
 import json
 import math
-import os
 import random
 import shutil
 import time
@@ -38,7 +37,7 @@ from rrhf_core.digest import file_digest
 from rrhf_core.encoding import Dropped, EncodedExample, Encoder
 from rrhf_core.errors import ConfigError, DataError, TrainingDivergedError
 from rrhf_core.hardware import fused_adamw, use_bf16
-from rrhf_core.metrics import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger, read_metrics
+from rrhf_core.metrics import FanOutLogger, JsonlLogger, MetricsLogger, NullLogger
 from rrhf_core.models import causal_lm_frame, load_causal_lm, load_tokenizer
 from rrhf_core.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, unwrap
 from rrhf_core.training.collate import with_empty_negative
@@ -433,16 +432,12 @@ def summarize(
     }
 
 
-def train(cfg: TrainConfig, logger: MetricsLogger | None = None, progress: bool = True) -> TrainResult:
-    """Train a policy with RRHF as configured; returns where the model and metrics went."""
-    if cfg.world_size > 1 and "WORLD_SIZE" not in os.environ:  # not started by torchrun: start it
-        from rrhf_core.training.launch import launch
-
-        out = launch(cfg, logger or NullLogger(), progress)
-        summary = json.loads((out / "train_summary.json").read_text())
-        history = read_metrics(out / "metrics.jsonl")
-        model_dir = Path(summary["model_dir"]) if summary.get("model_dir") else None
-        return TrainResult(out, model_dir, summary["steps"], summary["resumed_from"], history, summary)
+def train_in_process(
+    cfg: TrainConfig, logger: MetricsLogger | None = None, progress: bool = True
+) -> TrainResult:
+    """Train a policy with RRHF as configured, in this process (one of torchrun's when ``WORLD_SIZE`` is set);
+    returns where the model and metrics went. :func:`rrhf_core.training.launch.train` decides whether to start
+    torchrun first."""
     env = init_distributed(group_of_one=cfg.strategy == "fsdp", timeout_s=cfg.rdzv_timeout_s)
     try:
         return _train(cfg, env, logger or NullLogger(), progress)
