@@ -75,7 +75,7 @@ def bench(
     keeps what it measured); the k values left when ``deadline`` (a ``time.monotonic()`` value) is near are listed
     as not run. ``compare_mask``: our step also with the block mask over one row per prompt (before block
     attention and packing)."""
-    from rrhf_core.training.bench import matmul_peak, run
+    from train_step import matmul_peak, run
 
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -114,49 +114,23 @@ def profile(shape: str, k: int, deadline: float) -> dict[str, Any]:
         if time.monotonic() > deadline:
             out[method] = "not run: out of time (the check's deadline)"
             continue
-        cmd = [sys.executable, "-m", "rrhf_core.training.bench", "--one", method, "--k", str(k)]
+        cmd = [sys.executable, str(Path(__file__).with_name("train_step.py")), "--one", method, "--k", str(k)]
         cmd += ["--steps", "2", "--model", f"random:{shape}", "--profile"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
         out[method] = {"returncode": done.returncode, "table": done.stderr[-12000:]}
     return out
 
 
-def prefix_sharing(k: int, attn: str, shape: str = "smollm2-135m") -> dict[str, Any]:
-    """The benchmark's two steps (``reference_step``: k padded rows, full log-softmax; ``project_step``: prompt
-    once, block attention) on one HH-shaped batch in bf16 autocast, the model in eval mode (no dropout): their RRHF losses
-    and gradients must agree to bf16 precision."""
-    from rrhf_core.training import bench as b
+def prefix_sharing(k: int, attn: str, shape: str) -> dict[str, Any]:
+    """The packed, block-masked step against the reference one on one batch in bf16 (:mod:`rrhf_core.training.reference`)."""
+    from rrhf_core.training.reference import prefix_sharing as check
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, vocab, pad = b.random_model(shape, device)
-    model.config._attn_implementation = attn
-    model = model.eval()
-    examples = [b.hh_shaped(k, vocab, seed=0)]
-    from rrhf_core.training.prefix import PrefixSharedLM
-
-    results = {}
-    for name, step, scorer in (
-        ("plain", b.reference_step, model),
-        ("shared", b.project_step, PrefixSharedLM(model)),
-    ):
-        model.zero_grad(set_to_none=True)
-        losses: list[Any] = []
-        step(scorer, examples, pad, device, True, record=losses)
-        grads = torch.cat([p.grad.float().flatten() for p in model.parameters() if p.grad is not None])
-        results[name] = (losses[0], grads)
-    (l1, g1), (l2, g2) = results["plain"], results["shared"]
-    return {
-        "attention": attn,
-        "k": k,
-        "max_abs_score_diff": float((l1.scores.detach().float() - l2.scores.detach().float()).abs().max()),
-        "abs_loss_diff": float((l1.loss.detach().sum().float() - l2.loss.detach().sum().float()).abs()),
-        "grad_rel_diff": float((g1 - g2).norm() / g1.norm().clamp_min(1e-12)),
-    }
+    return check(k, attn, shape)
 
 
 def strategy_step(strategy: str, shape: str, k: int) -> dict[str, Any]:
     """Two optimizer steps of the prefix-shared step under DDP or FSDP on one device (a process group of one)."""
-    from rrhf_core.training.bench import strategy_step as step
+    from rrhf_core.training.reference import strategy_step as step
 
     return step(strategy, shape, k, bf16=True)
 

@@ -318,9 +318,16 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from rrhf_core.training.bench import main as bench_main
+    import runpy
 
-    return bench_main(list(args.rest))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+    if not script.exists():
+        raise ConfigError(
+            f"the training-step benchmark is a script of the repository ({script} is missing): run `rrhf bench` "
+            "from a clone (an editable install, as `make setup` makes)"
+        )
+    main = runpy.run_path(str(script), run_name="rrhf_bench")["main"]
+    return int(main(list(args.rest)))
 
 
 def cmd_stack(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -19,7 +19,7 @@ except ImportError:  # the GPU machine
 
 @gpu
 def test_fsdp_and_ddp_steps_agree_on_one_gpu():
-    from rrhf_core.training.bench import strategy_step
+    from rrhf_core.training.reference import strategy_step
 
     ddp = strategy_step("ddp", "smollm2-135m", 4, bf16=True)
     fsdp = strategy_step("fsdp", "smollm2-135m", 4, bf16=True)
@@ -30,11 +30,7 @@ def test_fsdp_and_ddp_steps_agree_on_one_gpu():
 
 @gpu
 def test_prefix_sharing_matches_the_plain_step_in_bf16_on_cuda():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from gpu_check import prefix_sharing
+    from rrhf_core.training.reference import prefix_sharing
 
     r = prefix_sharing(6, "sdpa")
     assert r["max_abs_score_diff"] < 0.05 and r["abs_loss_diff"] < 0.05 and r["grad_rel_diff"] < 0.05

@@ -11,11 +11,27 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def render(report: Path) -> str:
+    """``gpu_check.py --render``: a saved report as Markdown, as the docs' figures are made (run as the script)."""
+    import os
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--render", str(report)],
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return done.stdout
+
+
 @pytest.mark.parametrize("shape, billions", [("smollm2-135m", 0.1347), ("llama-1b", 1.236)])
 def test_random_shapes_have_the_named_sizes(shape, billions):
     from transformers import LlamaForCausalLM
 
-    from rrhf_core.training.bench import random_config
+    from rrhf_core.training.reference import random_config
 
     with torch.device("meta"):  # shapes only, no memory
         model = LlamaForCausalLM(random_config(shape))
@@ -24,11 +40,8 @@ def test_random_shapes_have_the_named_sizes(shape, billions):
 
 @pytest.mark.slow
 def test_the_prefix_sharing_check_finds_the_two_steps_equal_in_bf16():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from gpu_check import prefix_sharing
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    from rrhf_core.training.reference import prefix_sharing
+
     # the tiny shape: a CPU without fast bf16 (AVX2 only) takes minutes over the 135M shape; the GPU check runs that
     r = prefix_sharing(2, "sdpa", "tiny")
     assert r["max_abs_score_diff"] < 0.05 and r["abs_loss_diff"] < 0.05  # bf16: a few 1e-3 expected
@@ -55,12 +68,7 @@ def test_the_quick_check_runs_on_this_cpu_and_writes_every_section(tmp_path):
     assert report["bench_tiny"]["cases"]
     case = report["bench_tiny"]["cases"][0]  # our step also with the block mask over one row per prompt
     assert case["project_mask"]["step_s"] > 0 and case["block_attention_speedup"] > 0
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from gpu_check import render
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    assert "(block attention " in render(report)
+    assert "(block attention " in render(tmp_path / "gpu_check.json")
     ddp, fsdp = report["strategy_ddp"], report["strategy_fsdp"]
     assert len(ddp["losses"]) == len(fsdp["losses"]) == 2
     assert fsdp["losses"][0] == pytest.approx(ddp["losses"][0], rel=0.02)  # one model, one batch, bf16
@@ -87,15 +95,7 @@ def test_a_check_out_of_time_keeps_what_it_finished_and_lists_the_rest(tmp_path)
 
 
 def test_the_h200_report_renders_as_markdown_with_the_work_ratio():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from gpu_check import render
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    import json
-
-    report = json.loads((ROOT / "benchmarks" / "results" / "gpu_check-h200-2026-12-04.json").read_text())
-    text = render(report)
+    text = render(ROOT / "benchmarks" / "results" / "gpu_check-h200-2026-12-04.json")
     assert text.startswith("NVIDIA H200")
     assert "tests marked gpu: 3 of 3 passed" in text
     # k = 6 at one prompt per step: the reference runs 6 rows of prompt + response (padded), ours the prompt once
@@ -107,7 +107,7 @@ def test_the_benchmark_steps_agree_with_several_prompts_per_step():
     """``--prompts 3``: the reference step (3 x k padded rows, one group per prompt) and ours (the three blocks)
     give the same per-response scores, the same loss and the same gradients in fp32 (ours in both forms: block
     attention over one packed row, the block mask over one row per prompt)."""
-    from rrhf_core.training import bench as b
+    from rrhf_core.training import reference as b
     from rrhf_core.training.prefix import PrefixSharedLM
 
     model, vocab, pad = b.random_model("tiny")

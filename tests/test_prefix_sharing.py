@@ -156,13 +156,14 @@ def test_the_trainer_uses_sharing_by_default_and_can_turn_it_off():
 
 
 def test_the_benchmark_needs_only_torch_and_transformers():
-    """`python -m rrhf_core.training.bench` is the GPU script: it must not pull in pyarrow, pydantic, prefect or mlflow."""
+    """The training-step benchmark and the GPU check run where only torch and transformers are: the library modules
+    they use must not pull in pyarrow, pydantic, prefect or mlflow."""
     import subprocess
     import sys
     from pathlib import Path
 
     code = (
-        "import sys, rrhf_core.training.bench, rrhf_core.training.prefix, rrhf_core.training.collate, rrhf_core.models; "
+        "import sys, rrhf_core.training.reference, rrhf_core.training.prefix, rrhf_core.training.collate, rrhf_core.models; "
         "print(sorted(m for m in ('pyarrow', 'pydantic', 'yaml', 'pandas', 'prefect', 'mlflow') if m in sys.modules))"
     )
     out = subprocess.run(
