@@ -110,23 +110,38 @@ def build_config(cls: type[BaseModel], base: dict[str, Any], overrides: list[str
         raise ConfigError(format_validation_error(e, where, cls)) from None
 
 
-# settings that change how a stage reports, where it rests or where it runs, not what it produces: left out of the
-# stage-reuse keys (rrhf_core.reuse) and, with the paths, of the training checkpoints' fingerprint
-BOOKKEEPING = frozenset(
-    {
-        "fail_at_step",
-        "resume",
-        "log_every",
-        "checkpoint_every",
-        "checkpoint_minutes",
-        "keep_checkpoints",
-        "threads",
-        "rdzv_endpoint",
-        "rdzv_timeout_s",
-        "executor",  # where the work runs; the outputs are the same either way (tested)
-        "ray",
-    }
-)
+# What a stage setting is to reuse (rrhf_core.reuse), marked on the field itself (``json_schema_extra``) and read
+# with reuse_kind(): a field without a mark changes what the stage produces ("output"); the others are
+# - "input": names an input, which counts by its content fingerprint, not by its name;
+# - "location": where the output or a cache rests;
+# - "bookkeeping": how the stage reports, rests or where it runs, not what it produces.
+# The training checkpoints' fingerprint leaves out the last two and what a mark says may change across a resume.
+ReuseKind = Literal["output", "input", "location", "bookkeeping"]
+REUSE_KINDS: tuple[str, ...] = typing.get_args(ReuseKind)
+
+
+def reuse(kind: ReuseKind, **more: Any) -> dict[str, Any]:
+    """The ``json_schema_extra`` of a field that does not change the output: ``Field(..., json_schema_extra=
+    reuse("bookkeeping"))``. ``more``: other marks (``resume_may_change=True``, ``same_on_every_machine=False``)."""
+    if kind not in REUSE_KINDS:
+        raise ValueError(f"unknown reuse kind {kind!r}; known: {REUSE_KINDS}")
+    return {"reuse": kind, **more}
+
+
+def field_marks(model: type[BaseModel], name: str) -> dict[str, Any]:
+    extra = model.model_fields[name].json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
+def reuse_kind(model: type[BaseModel], name: str) -> str:
+    """What field ``name`` of ``model`` is to reuse: "output" unless its field is marked otherwise."""
+    return str(field_marks(model, name).get("reuse", "output"))
+
+
+def fields_marked(model: type[BaseModel], mark: str, values: tuple[Any, ...]) -> set[str]:
+    """The fields of ``model`` whose mark ``mark`` has one of ``values`` (an unmarked field: reuse "output")."""
+    default = "output" if mark == "reuse" else None
+    return {n for n in model.model_fields if field_marks(model, n).get(mark, default) in values}
 
 
 def one_or_many(v: Any) -> Any:

@@ -18,13 +18,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from rrhf_core.config import BOOKKEEPING
+from rrhf_core.config import fields_marked
 from rrhf_core.digest import code_digest, digest_json
 
-# fields of stage configurations that name where things are, not what is computed
-WIRING_PATHS = frozenset(
-    {"inputs", "prompts", "samples", "scores", "data", "output_dir", "cache_dir", "cache_path", "model"}
-)
 # the module behind each stage; the code digest follows its rrhf_core imports
 STAGE_MODULES = {
     "ingest": "rrhf_core.data.ingest",
@@ -39,8 +35,10 @@ R = TypeVar("R", bound=BaseModel)
 
 
 def output_settings(cfg: BaseModel) -> dict[str, Any]:
-    """The settings of a stage configuration that change its output (paths and bookkeeping left out)."""
-    return cfg.model_dump(mode="json", exclude=set(WIRING_PATHS | BOOKKEEPING))
+    """The settings of a stage configuration that change its output: its fields but those marked as inputs (they
+    count by content), locations and bookkeeping (:func:`rrhf_core.config.reuse`)."""
+    excluded = fields_marked(type(cfg), "reuse", ("input", "location", "bookkeeping"))
+    return cfg.model_dump(mode="json", exclude=excluded)
 
 
 @dataclass(frozen=True)

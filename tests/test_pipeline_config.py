@@ -62,7 +62,7 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, BaseModel]:
 
 
 # settings that are valid only together with another
-COMPANIONS: dict[str, dict[str, Any]] = {"nnodes": {"rdzv_endpoint": "node0:29500"}}
+COMPANIONS: dict[str, dict[str, Any]] = {"nnodes": {"rdzv_endpoint": "node0:29500"}, "data_part": {"data_parts": 8}}
 
 
 def other_value(model: type[BaseModel], name: str) -> Any:
@@ -189,3 +189,115 @@ def test_credentials_in_uris_are_redacted_everywhere_they_are_written():
     assert "s3cret" not in json.dumps(dumped) and dumped["tracking_uri"].startswith(
         "postgresql://mlflow:***@"
     )
+
+
+# the fields that do not change a stage's output, as reviewed, with what they are to reuse (rrhf_core.config.reuse):
+# a field that loses its mark (or gains one) fails test_the_reuse_marks_are_the_reviewed_ones, so a change of what
+# invalidates reuse is always a visible change here
+NOT_OUTPUT: dict[str, dict[str, str]] = {
+    "ingest": {"inputs": "input", "output_dir": "location"},
+    "sample": {
+        "prompts": "input",
+        "model": "input",
+        "output_dir": "location",
+        "cache_dir": "location",
+        "executor": "bookkeeping",
+        "ray": "bookkeeping",
+    },
+    "score": {
+        "samples": "input",
+        "prompts": "input",
+        "output_dir": "location",
+        "cache_dir": "location",
+        "cache_path": "location",
+        "executor": "bookkeeping",
+        "ray": "bookkeeping",
+    },
+    "build": {"prompts": "input", "samples": "input", "scores": "input", "output_dir": "location"},
+    "train": {
+        "model": "input",
+        "data": "input",
+        "output_dir": "location",
+        "cache_dir": "location",
+        **dict.fromkeys(
+            [
+                "threads",
+                "log_every",
+                "checkpoint_every",
+                "checkpoint_minutes",
+                "keep_checkpoints",
+                "resume",
+                "fail_at_step",
+                "rdzv_endpoint",
+                "rdzv_timeout_s",
+            ],
+            "bookkeeping",
+        ),
+    },
+    "train-rm": {"output_dir": "location", "cache_dir": "location", "log_every": "bookkeeping"},
+    "evaluate": {"prompts": "input", "output_dir": "location", "cache_dir": "location"},
+}
+
+
+def keyed_stage_configs() -> dict[str, BaseModel]:
+    from rrhf_core.reward_model.config import RMTrainConfig
+
+    return stage_configs(PipelineConfig()) | {"train-rm": RMTrainConfig(pairs=["pairs.parquet"], output_dir="o")}
+
+
+def test_every_reuse_mark_is_a_known_kind():
+    from rrhf_core.config import REUSE_KINDS, field_marks
+
+    for stage, cfg in keyed_stage_configs().items():
+        for name in type(cfg).model_fields:
+            kind = field_marks(type(cfg), name).get("reuse", "output")
+            assert kind in REUSE_KINDS, f"{stage}.{name} is marked reuse={kind!r}; known: {REUSE_KINDS}"
+
+
+@pytest.mark.parametrize("stage", list(NOT_OUTPUT))
+def test_the_reuse_marks_are_the_reviewed_ones(stage):
+    from rrhf_core.config import reuse_kind
+
+    cls = type(keyed_stage_configs()[stage])
+    marked = {n: reuse_kind(cls, n) for n in cls.model_fields if reuse_kind(cls, n) != "output"}
+    assert marked == NOT_OUTPUT[stage], (
+        f"{stage}: the fields that do not change its output changed; a field that loses its mark starts "
+        "invalidating reuse (and one that gains a mark stops): review and update NOT_OUTPUT"
+    )
+
+
+def _changed(cls: type[BaseModel], name: str, value: Any) -> Any:
+    """A value of ``cls.name`` other than ``value``: another valid setting, or another path for an input/location."""
+    settings = next(
+        (k for k in cls.__mro__[1:] if isinstance(k, type) and issubclass(k, BaseModel) and name in k.model_fields),
+        None,
+    )
+    if settings is not None and settings is not BaseModel:
+        return other_value(settings, name)
+    if isinstance(value, list):
+        return [*value, "elsewhere.parquet"]
+    return "elsewhere" if isinstance(value, str | type(None)) else None
+
+
+@pytest.mark.parametrize("stage", ["ingest", "sample", "score", "build", "train", "train-rm"])
+def test_the_reuse_key_changes_with_each_output_changing_field_and_with_no_other(stage):
+    """Every field marked (or left) "output" changes the stage's key when it changes; a field marked otherwise
+    never does (inputs count through their content fingerprints, given apart: here the same)."""
+    from rrhf_core.config import reuse_kind
+    from rrhf_core.reuse import StageKey
+
+    cfg = keyed_stage_configs()[stage]
+    cls = type(cfg)
+    base = StageKey.of(stage, cfg, {"x": "fingerprint"})
+    checked = 0
+    for name in cls.model_fields:
+        value = _changed(cls, name, getattr(cfg, name))
+        if value is None:  # a nested section: its fields are settings of their own model
+            continue
+        key = StageKey.of(stage, cfg.model_copy(update={name: value}), {"x": "fingerprint"})
+        if reuse_kind(cls, name) == "output":
+            assert key != base, f"{stage}.{name} changes the output but not the reuse key"
+        else:
+            assert key == base, f"{stage}.{name} is marked {reuse_kind(cls, name)} but changes the reuse key"
+        checked += 1
+    assert checked >= len(NOT_OUTPUT[stage])

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rrhf_core.config import one_or_many
+from rrhf_core.config import one_or_many, reuse
 
 
 class IngestSettings(BaseModel):
@@ -30,9 +30,12 @@ class IngestConfig(IngestSettings):
     inputs: list[str] = Field(
         ...,
         description="Files (.jsonl/.json/.parquet/.csv, optionally .gz), hf:NAME[:SPLIT], embedded:demo-prompts or embedded:instructions.",
+        json_schema_extra=reuse("input"),
     )
     output_dir: str = Field(
-        ..., description="Where prompts.parquet, rejects.jsonl and ingest_report.json go."
+        ...,
+        description="Where prompts.parquet, rejects.jsonl and ingest_report.json go.",
+        json_schema_extra=reuse("location"),
     )
 
     _inputs = field_validator("inputs", mode="before")(one_or_many)
@@ -53,9 +56,11 @@ class BuildSettings(BaseModel):
 class BuildConfig(BuildSettings):
     """Joining prompts, samples and scores into the listwise training set."""
 
-    prompts: str = Field(..., description="prompts.parquet")
-    samples: list[str] = Field(..., description="samples.parquet file(s)")
-    scores: list[str] = Field(..., description="scores.parquet file(s)")
-    output_dir: str = Field(..., description="Where train.parquet and its statistics go.")
+    prompts: str = Field(..., description="prompts.parquet", json_schema_extra=reuse("input"))
+    samples: list[str] = Field(..., description="samples.parquet file(s)", json_schema_extra=reuse("input"))
+    scores: list[str] = Field(..., description="scores.parquet file(s)", json_schema_extra=reuse("input"))
+    output_dir: str = Field(
+        ..., description="Where train.parquet and its statistics go.", json_schema_extra=reuse("location")
+    )
 
     _lists = field_validator("samples", "scores", mode="before")(one_or_many)

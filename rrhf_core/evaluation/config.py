@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rrhf_core.config import reuse
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.scoring import EMBEDDED_REWARD
 from rrhf_core.types import PromptFormat
@@ -77,8 +78,14 @@ class EvalSettings(BaseModel):
 class EvalConfig(EvalSettings):
     """Held-out evaluation of a candidate policy against a baseline (champion or base model)."""
 
-    prompts: str = Field(..., description="prompts.parquet with an eval split.")
-    output_dir: str = Field(..., description="Where eval_samples.parquet and eval_report.json go.")
+    prompts: str = Field(
+        ..., description="prompts.parquet with an eval split.", json_schema_extra=reuse("input")
+    )
+    output_dir: str = Field(
+        ...,
+        description="Where eval_samples.parquet and eval_report.json go.",
+        json_schema_extra=reuse("location"),
+    )
     candidate: str = Field(..., description="The trained model (folder or id).")
     baseline: str = Field(EMBEDDED_POLICY, description="The current champion, or the base model.")
     reward: str = Field(EMBEDDED_REWARD, description="Reward spec (as for the score stage).")
@@ -87,7 +94,7 @@ class EvalConfig(EvalSettings):
     best_of_n_ceiling: float | None = Field(
         None, description="Mean best-of-n reward of the training samples."
     )
-    cache_dir: str | None = Field(None)
+    cache_dir: str | None = Field(None, json_schema_extra=reuse("location"))
 
     def judge_specs(self) -> list[str]:
         """The judges' reward specs, in order (the training reward when ``judge`` is unset)."""

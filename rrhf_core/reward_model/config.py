@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rrhf_core.config import LoraConfig, on_off, one_or_many
+from rrhf_core.config import LoraConfig, on_off, one_or_many, reuse
 from rrhf_core.models import EMBEDDED_ENCODER
 
 
@@ -69,7 +69,12 @@ class RMSettings(BaseModel):
         default_factory=list,
         description="Reward specs whose held-out pair accuracy is reported beside the trained model's.",
     )
-    log_every: int = Field(10, ge=1, description="Log training metrics every N optimiser steps.")
+    log_every: int = Field(
+        10,
+        ge=1,
+        description="Log training metrics every N optimiser steps.",
+        json_schema_extra=reuse("bookkeeping"),
+    )
 
     _compare = field_validator("compare_with", mode="before")(one_or_many)
     _bf16 = field_validator("bf16", mode="before")(on_off)
@@ -90,7 +95,13 @@ class RMTrainConfig(RMSettings):
         "{prompt|messages, chosen, rejected} rows (JSONL/Parquet), or listwise train.parquet (every ordered pair "
         "with distinct rewards).",
     )
-    output_dir: str = Field(..., description="Where model/, rm_report.json and eval_pairs.parquet go.")
-    cache_dir: str | None = Field(None, description="Cache for converted embedded models.")
+    output_dir: str = Field(
+        ...,
+        description="Where model/, rm_report.json and eval_pairs.parquet go.",
+        json_schema_extra=reuse("location"),
+    )
+    cache_dir: str | None = Field(
+        None, description="Cache for converted embedded models.", json_schema_extra=reuse("location")
+    )
 
     _pairs = field_validator("pairs", mode="before")(one_or_many)

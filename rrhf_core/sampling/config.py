@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rrhf_core.config import reuse
 from rrhf_core.digest import model_fingerprint
 from rrhf_core.executors import Executor, RaySettings
 from rrhf_core.models import EMBEDDED_POLICY
@@ -73,8 +74,13 @@ class SampleSettings(BaseModel):
         description="local: shards one after another in this process; ray: shards as Ray tasks over a Ray "
         "cluster (each worker process loads the policy once; results come back to this process, which writes "
         "the shards, so no shared file system is needed).",
+        json_schema_extra=reuse("bookkeeping"),
     )
-    ray: RaySettings = Field(default_factory=RaySettings, description="The Ray cluster (executor ray).")
+    ray: RaySettings = Field(
+        default_factory=RaySettings,
+        description="The Ray cluster (executor ray).",
+        json_schema_extra=reuse("bookkeeping"),
+    )
 
     @model_validator(mode="after")
     def _strategy_consistent(self) -> SampleSettings:
@@ -108,11 +114,21 @@ def generation_params(settings: SampleSettings, prompt_format: str) -> Generatio
 class SampleConfig(SampleSettings):
     """Sampling k responses per prompt from a policy (plus the data's reference responses)."""
 
-    prompts: str = Field(..., description="prompts.parquet from the ingest stage.")
-    output_dir: str = Field(..., description="Where shards/ and samples.parquet go.")
+    prompts: str = Field(
+        ..., description="prompts.parquet from the ingest stage.", json_schema_extra=reuse("input")
+    )
+    output_dir: str = Field(
+        ..., description="Where shards/ and samples.parquet go.", json_schema_extra=reuse("location")
+    )
     split: Literal["train", "eval", "all"] = Field("train", description="Which prompts to sample for.")
-    model: str = Field(EMBEDDED_POLICY, description="Policy: HF hub id, local folder or embedded:...")
-    cache_dir: str | None = Field(None, description="Cache for converted models.")
+    model: str = Field(
+        EMBEDDED_POLICY,
+        description="Policy: HF hub id, local folder or embedded:...",
+        json_schema_extra=reuse("input"),
+    )
+    cache_dir: str | None = Field(
+        None, description="Cache for converted models.", json_schema_extra=reuse("location")
+    )
     prompt_format: PromptFormat = Field("chat", description="Chat template, or HH text.")
     max_prompt_tokens: int = Field(
         512, ge=8, description="Longer prompts are left-truncated at a turn boundary."

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rrhf_core.config import BOOKKEEPING, LoraConfig, on_off
+from rrhf_core.config import LoraConfig, fields_marked, on_off, reuse
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.types import PromptFormat
 
@@ -75,9 +75,17 @@ class TrainSettings(BaseModel):
     warmup_ratio: float = Field(
         0.03, ge=0.0, le=1.0, description="Share of steps with linear warmup (paper: 3 %)."
     )
-    epochs: float = Field(1.0, gt=0.0, description="Passes over the training set (fractional allowed).")
+    epochs: float = Field(
+        1.0,
+        gt=0.0,
+        description="Passes over the training set (fractional allowed).",
+        json_schema_extra=reuse("output", resume_may_change=True),
+    )
     max_steps: int | None = Field(
-        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+        None,
+        ge=1,
+        description="Stop after this many optimizer steps (overrides epochs).",
+        json_schema_extra=reuse("output", resume_may_change=True),
     )
     micro_batch_size: int = Field(
         1, ge=1, description="Prompts per forward pass per process (all their responses)."
@@ -98,18 +106,28 @@ class TrainSettings(BaseModel):
         "and optimizer state sharded over the processes (PyTorch FSDP2), for models one device cannot hold.",
     )
     nproc: int = Field(
-        1, ge=1, description="Training processes per machine (torchrun --nproc-per-node; one per GPU)."
+        1,
+        ge=1,
+        description="Training processes per machine (torchrun --nproc-per-node; one per GPU).",
+        json_schema_extra=reuse("output", resume_may_change=True),
     )
-    nnodes: int = Field(1, ge=1, description="Machines in the training job (each runs the same command).")
+    nnodes: int = Field(
+        1,
+        ge=1,
+        description="Machines in the training job (each runs the same command).",
+        json_schema_extra=reuse("output", resume_may_change=True),
+    )
     rdzv_endpoint: str | None = Field(
         None,
         description="host:port where the machines meet (needed when nnodes > 1; the first machine's address).",
+        json_schema_extra=reuse("bookkeeping", same_on_every_machine=False),
     )
     rdzv_timeout_s: int = Field(
         300,
         ge=1,
         description="Seconds to wait for every process to join (and for any collective) before failing with a "
         "clear error instead of hanging.",
+        json_schema_extra=reuse("bookkeeping", same_on_every_machine=False),
     )
 
     # hardware and memory
@@ -124,15 +142,21 @@ class TrainSettings(BaseModel):
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
     threads: int | None = Field(
-        None, ge=1, description="torch CPU threads per process (default: torch's choice)."
+        None,
+        ge=1,
+        description="torch CPU threads per process (default: torch's choice).",
+        json_schema_extra=reuse("bookkeeping"),
     )
 
     # bookkeeping
-    log_every: int = Field(1, ge=1, description="Optimizer steps between metric records.")
+    log_every: int = Field(
+        1, ge=1, description="Optimizer steps between metric records.", json_schema_extra=reuse("bookkeeping")
+    )
     checkpoint_every: int = Field(
         0,
         ge=0,
         description="Optimizer steps between checkpoints (0: none by step count; see checkpoint_minutes).",
+        json_schema_extra=reuse("bookkeeping"),
     )
     checkpoint_minutes: float = Field(
         10.0,
@@ -140,14 +164,26 @@ class TrainSettings(BaseModel):
         description="Also checkpoint when this many minutes have passed since the last checkpoint (or the start), "
         "so a killed run resumes near where it stopped (0 turns it off). No checkpoint after the last step: the "
         "finished model is saved instead.",
+        json_schema_extra=reuse("bookkeeping"),
     )
-    keep_checkpoints: int = Field(1, ge=1, description="How many recent checkpoints to keep.")
+    keep_checkpoints: int = Field(
+        1, ge=1, description="How many recent checkpoints to keep.", json_schema_extra=reuse("bookkeeping")
+    )
     resume: bool = Field(
-        True, description="Resume from the latest checkpoint in output_dir when there is one."
+        True,
+        description="Resume from the latest checkpoint in output_dir when there is one.",
+        json_schema_extra=reuse("bookkeeping"),
     )
-    save_model: bool = Field(True, description="Save the trained model as an HF folder in output_dir/model.")
+    save_model: bool = Field(
+        True,
+        description="Save the trained model as an HF folder in output_dir/model.",
+        json_schema_extra=reuse("output", resume_may_change=True),
+    )
     fail_at_step: int | None = Field(
-        None, ge=1, description="Fault injection for testing failure handling: raise at this step."
+        None,
+        ge=1,
+        description="Fault injection for testing failure handling: raise at this step.",
+        json_schema_extra=reuse("bookkeeping"),
     )
 
     _bf16 = field_validator("bf16", mode="before")(on_off)
@@ -175,25 +211,28 @@ class TrainSettings(BaseModel):
         return self.micro_batch_size * self.grad_accum * world_size
 
 
-# settings that do not change what a run computes (where it writes, how often it reports, when it stops)
-NOT_OUTPUT_CHANGING = BOOKKEEPING | {"output_dir", "cache_dir"}
-
-
 class TrainConfig(TrainSettings):
     """Everything the RRHF training stage needs: its settings plus the model, the data and the run folder."""
 
     model: str = Field(
-        EMBEDDED_POLICY, description="HF hub id, local folder, or 'embedded:smollm2-135m-instruct'."
+        EMBEDDED_POLICY,
+        description="HF hub id, local folder, or 'embedded:smollm2-135m-instruct'.",
+        json_schema_extra=reuse("input"),
     )
     data: str = Field(
         ...,
         description="Listwise training set (.parquet or .jsonl): prompt_id, messages, responses, rewards, sources.",
+        json_schema_extra=reuse("input"),
     )
     output_dir: str = Field(
-        ..., description="Run folder: checkpoints/, model/, metrics.jsonl, train_summary.json."
+        ...,
+        description="Run folder: checkpoints/, model/, metrics.jsonl, train_summary.json.",
+        json_schema_extra=reuse("location"),
     )
     cache_dir: str | None = Field(
-        None, description="Cache for converted models (default $RRHF_CACHE_DIR or ~/.cache/rrhf)."
+        None,
+        description="Cache for converted models (default $RRHF_CACHE_DIR or ~/.cache/rrhf).",
+        json_schema_extra=reuse("location"),
     )
     prompt_format: PromptFormat = Field(
         "chat", description="Render prompts with the chat template, or as HH text."
@@ -202,6 +241,6 @@ class TrainConfig(TrainSettings):
     def resume_fingerprint(self) -> dict[str, Any]:
         """Fields that must match for a checkpoint to be resumed (what changes the trajectory)."""
         # the number of processes is checked on its own, with its own message (checkpoint.check_compatible)
-        return self.model_dump(
-            exclude=set(NOT_OUTPUT_CHANGING | {"save_model", "max_steps", "epochs", "nproc", "nnodes"})
-        )
+        cls = type(self)
+        free = fields_marked(cls, "reuse", ("location", "bookkeeping"))
+        return self.model_dump(exclude=free | fields_marked(cls, "resume_may_change", (True,)))

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from rrhf_core.config import fields_marked
 from rrhf_core.errors import RRHFError
 from rrhf_core.metrics import MetricsLogger, NullLogger, read_metrics
 from rrhf_core.training.config import TrainConfig
@@ -40,7 +41,8 @@ class LaunchError(RRHFError):
 
 def rendezvous_id(cfg: TrainConfig) -> str:
     """The same id on every machine that runs the same configuration (and another for another run)."""
-    text = json.dumps(cfg.model_dump(exclude={"rdzv_endpoint", "rdzv_timeout_s"}), sort_keys=True)
+    per_machine = fields_marked(type(cfg), "same_on_every_machine", (False,))
+    text = json.dumps(cfg.model_dump(exclude=per_machine), sort_keys=True)
     return "rrhf-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
