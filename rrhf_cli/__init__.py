@@ -178,17 +178,10 @@ def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
 
 def cmd_ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from rrhf_core.data.config import IngestConfig
-    from rrhf_core.data.ingest import ingest
+    from rrhf_core.data.ingest import run_ingest
 
     cfg = _config(args, IngestConfig, "ingest configuration")
-    report = ingest(
-        cfg.inputs,
-        cfg.output_dir,
-        fmt=cfg.format,
-        prompt_field=cfg.prompt_field,
-        eval_share=cfg.eval_share,
-        max_prompt_chars=cfg.max_prompt_chars,
-    )
+    report = run_ingest(cfg)
     print(report.summary())
     print(
         f"prompts: {Path(cfg.output_dir) / 'prompts.parquet'}  rejects: {Path(cfg.output_dir) / 'rejects.jsonl'}"

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from rrhf_core.data.build import build
 from rrhf_core.data.config import BuildConfig, IngestConfig
 from rrhf_core.data.contracts import read_samples, read_scores
-from rrhf_core.data.ingest import ingest
+from rrhf_core.data.ingest import run_ingest
 from rrhf_core.errors import RRHFError
 from rrhf_core.evaluation import plots
 from rrhf_core.evaluation.config import EvalConfig
@@ -113,14 +113,7 @@ def ingest_task(cfg: IngestConfig, stages: str | None, parent: str | None) -> In
 
     def work(cfg: IngestConfig, run: Any) -> Ingested:
         out = Path(cfg.output_dir)
-        report = ingest(
-            cfg.inputs,
-            out,
-            fmt=cfg.format,
-            prompt_field=cfg.prompt_field,
-            eval_share=cfg.eval_share,
-            max_prompt_chars=cfg.max_prompt_chars,
-        )
+        report = run_ingest(cfg)
         mlflow.log_artifact(str(out / "rejects.jsonl"))
         log_parquet_input(out / "prompts.parquet", "prompts")
         metrics = {

@@ -62,7 +62,10 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, BaseModel]:
 
 
 # settings that are valid only together with another
-COMPANIONS: dict[str, dict[str, Any]] = {"nnodes": {"rdzv_endpoint": "node0:29500"}, "data_part": {"data_parts": 8}}
+COMPANIONS: dict[str, dict[str, Any]] = {
+    "nnodes": {"rdzv_endpoint": "node0:29500"},
+    "data_part": {"data_parts": 8},
+}
 
 
 def other_value(model: type[BaseModel], name: str) -> Any:
@@ -242,7 +245,9 @@ NOT_OUTPUT: dict[str, dict[str, str]] = {
 def keyed_stage_configs() -> dict[str, BaseModel]:
     from rrhf_core.reward_model.config import RMTrainConfig
 
-    return stage_configs(PipelineConfig()) | {"train-rm": RMTrainConfig(pairs=["pairs.parquet"], output_dir="o")}
+    return stage_configs(PipelineConfig()) | {
+        "train-rm": RMTrainConfig(pairs=["pairs.parquet"], output_dir="o")
+    }
 
 
 def test_every_reuse_mark_is_a_known_kind():
@@ -269,7 +274,11 @@ def test_the_reuse_marks_are_the_reviewed_ones(stage):
 def _changed(cls: type[BaseModel], name: str, value: Any) -> Any:
     """A value of ``cls.name`` other than ``value``: another valid setting, or another path for an input/location."""
     settings = next(
-        (k for k in cls.__mro__[1:] if isinstance(k, type) and issubclass(k, BaseModel) and name in k.model_fields),
+        (
+            k
+            for k in cls.__mro__[1:]
+            if isinstance(k, type) and issubclass(k, BaseModel) and name in k.model_fields
+        ),
         None,
     )
     if settings is not None and settings is not BaseModel:

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rrhf_core.data.config import IngestConfig
 from rrhf_core.data.contracts import PROMPTS_SCHEMA, atomic_write_parquet, prepare_output_dir
 from rrhf_core.data.formats import split_hh
 from rrhf_core.digest import file_digest
@@ -477,19 +478,19 @@ def _reason_key(reason: str) -> str:
     return re.sub(r"\d+", "N", reason.split(" (")[0])[:60]
 
 
-def ingest(
-    inputs: list[str],
-    output_dir: str | os.PathLike[str],
-    *,
-    fmt: Format = "auto",
-    prompt_field: str = "prompt",
-    eval_share: float = 0.1,
-    max_prompt_chars: int = 16000,
-) -> IngestReport:
+def ingest(inputs: list[str], output_dir: str | os.PathLike[str], **settings: Any) -> IngestReport:
+    """:func:`run_ingest` on ``inputs`` into ``output_dir``; ``settings``: any ingest setting
+    (:class:`~rrhf_core.data.config.IngestSettings`: format, prompt_field, eval_share, max_prompt_chars)."""
+    return run_ingest(IngestConfig(inputs=list(inputs), output_dir=str(output_dir), **settings))
+
+
+def run_ingest(cfg: IngestConfig) -> IngestReport:
     """Read every input, normalise, dedupe, split; write prompts.parquet, rejects.jsonl and ingest_report.json."""
+    inputs, fmt, prompt_field = cfg.inputs, cfg.format, cfg.prompt_field
+    eval_share, max_prompt_chars = cfg.eval_share, cfg.max_prompt_chars
     if not inputs:
         raise DataError("no inputs given")
-    out = prepare_output_dir(output_dir)
+    out = prepare_output_dir(cfg.output_dir)
     report = IngestReport(inputs=list(inputs))
     stats: Counter = Counter()
     by_id: dict[str, PromptRecord] = {}
