@@ -19,6 +19,7 @@ from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.hardware import describe_machine
 from rrhf_core.pipeline import PipelineConfig
 from rrhf_core.reward_model.config import RMTrainConfig
+from rrhf_core.stages import BY_NAME, DATA_STAGES
 from rrhf_core.training.config import TrainConfig
 from tasks import registry
 from tasks.round import (
@@ -29,16 +30,7 @@ from tasks.round import (
     resolved_precision,
     start_and_baseline,
 )
-from tasks.stages import (
-    build_task,
-    evaluate_task,
-    ingest_task,
-    promote_task,
-    sample_task,
-    score_task,
-    train_rm_task,
-    train_task,
-)
+from tasks.stages import STAGE_TASKS, evaluate_task, promote_task, train_rm_task, train_task
 from tasks.tracking import start_run, tracked_workdir
 
 REWARD_REGISTRY = "rrhf-reward"
@@ -53,27 +45,19 @@ def register_reward_model(model_dir: str, name: str, alias: str | None = None) -
 def data_stages(
     config: PipelineConfig, model: str, stages: str, parent: str
 ) -> tuple[PipelineConfig, dict[str, Any]]:
-    """Ingest -> the round's reward models -> sample (from ``model``) -> score -> build. Returns the configuration
-    with ``trained:NAME`` rewards resolved to their folders, and each stage's result by stage name."""
-    ingested = ingest_task(plan.ingest_config(config), stages, parent)
-    prompts = ingested.prompts
-    rms = {
-        name: train_rm_task(plan.rm_config(config, name, prompts), stages, parent)
-        for name in config.reward_models
-    }
-    for name, rm in rms.items():
-        register_reward_model(rm.model_dir, REWARD_REGISTRY, alias=name)
-    config = plan.with_trained_rewards(config, {name: rm.model_dir for name, rm in rms.items()})
-    sampled = sample_task(plan.sample_config(config, prompts, model), stages, parent)
-    scored = score_task(plan.score_config(config, prompts, sampled.samples), stages, parent)
-    built = build_task(plan.build_config(config, prompts, sampled.samples, scored.scores), stages, parent)
-    return config, {
-        "ingest": ingested,
-        **{f"train-rm:{name}": rm for name, rm in rms.items()},
-        "sample": sampled,
-        "score": scored,
-        "build": built,
-    }
+    """The data stages of the stage table, in its order: ingest -> the round's reward models (each registered) ->
+    sample (from ``model``) -> score -> build, each wired from the results before it. Returns the configuration
+    with ``trained:NAME`` rewards resolved to their folders, and each stage's result by instance name."""
+    results: dict[str, Any] = {}
+    for stage in DATA_STAGES:
+        for instance, stage_cfg in stage.wire(config, results, model).items():
+            results[instance] = STAGE_TASKS[stage.name](stage_cfg, stages, parent)
+            if stage.per_reward_model:
+                register_reward_model(
+                    results[instance].model_dir, REWARD_REGISTRY, alias=instance.split(":", 1)[1]
+                )
+    rms = {name: results[f"train-rm:{name}"].model_dir for name in config.reward_models}
+    return plan.with_trained_rewards(config, rms), results
 
 
 @flow(name="rrhf-pipeline", log_prints=True)
@@ -97,9 +81,8 @@ def _round(config: PipelineConfig, work: Path, stages: str, uri: str, t0: float)
         resolved, results = data_stages(config, start_model, stages, pid)
         prompts, built = results["ingest"].prompts, results["build"]
         shutil.copyfile(prompts, work / "prompts.parquet")  # a stable path for evaluation-only runs
-        trained = results["train"] = train_task(
-            plan.train_config(resolved, built.train_set, start_model), stages, pid
-        )
+        train_cfg = BY_NAME["train"].wire(resolved, results, start_model)["train"]
+        trained = results["train"] = train_task(train_cfg, stages, pid)
 
         eval_dir = str(work / "eval" / pid)
         eval_cfg = plan.eval_config(

@@ -119,9 +119,6 @@ def _list_items(value: str) -> list[Any]:
     return [value]
 
 
-STAGE_SECTION = {"train-rm": "reward_models: <name>"}
-
-
 def _pipeline_sections() -> list[str]:
     """The sections of a round's configuration (one settings model each: ingest ... evaluate, gate)."""
     from rrhf_core.pipeline import PipelineConfig
@@ -140,7 +137,9 @@ def _refuse_a_pipeline_file(args: argparse.Namespace, cls: Any, data: dict[str, 
     ]
     if len(sections) < 2:
         return
-    own = STAGE_SECTION.get(args.command, args.command)
+    from rrhf_core.stages import stage
+
+    own = stage(args.command).section
     raise ConfigError(
         f"{args.config} is a pipeline configuration (sections {', '.join(sections)}): run it with "
         f"`rrhf pipeline --config {args.config}`. `rrhf {args.command}` reads a file of its own settings at the top "
@@ -176,7 +175,7 @@ def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
     return cfg
 
 
-def cmd_ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_ingest(args: argparse.Namespace) -> int:
     from rrhf_core.data.config import IngestConfig
     from rrhf_core.data.ingest import run_ingest
 
@@ -189,7 +188,7 @@ def cmd_ingest(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_sample(args: argparse.Namespace) -> int:
     from rrhf_core.sampling.config import SampleConfig
     from rrhf_core.sampling.stage import sample
 
@@ -206,7 +205,7 @@ def cmd_sample(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_score(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_score(args: argparse.Namespace) -> int:
     from rrhf_core.scoring.config import ScoreConfig
     from rrhf_core.scoring.stage import score
 
@@ -218,7 +217,7 @@ def cmd_score(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_build(args: argparse.Namespace) -> int:
     from rrhf_core.data.build import build
     from rrhf_core.data.config import BuildConfig
 
@@ -232,7 +231,7 @@ def cmd_build(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from rrhf_core.training.config import TrainConfig
     from rrhf_core.training.launch import train
 
@@ -248,7 +247,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_train_rm(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_train_rm(args: argparse.Namespace) -> int:
     from rrhf_core.reward_model.config import RMTrainConfig
     from rrhf_core.reward_model.trainer import train_reward_model
 
@@ -273,7 +272,7 @@ def cmd_train_rm(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from rrhf_cli.pipeline import print_evaluation
     from rrhf_core.evaluation.config import EvalConfig
     from rrhf_core.evaluation.evaluate import evaluate
@@ -287,7 +286,7 @@ def cmd_evaluate(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_pipeline(args: argparse.Namespace) -> int:
     from rrhf_cli.pipeline import run_pipeline
     from rrhf_core.pipeline import PipelineConfig, preflight
 
@@ -301,7 +300,7 @@ def cmd_pipeline(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return run_pipeline(cfg, retrain=retrain)
 
 
-def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     from rrhf_cli.pipeline import run_compare
     from rrhf_core.pipeline import PipelineConfig, preflight
 
@@ -310,7 +309,7 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return run_compare(cfg, args.losses)
 
 
-def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
@@ -323,19 +322,19 @@ def cmd_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return int(main(list(args.rest)))
 
 
-def cmd_stack(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_stack(args: argparse.Namespace) -> int:
     from rrhf_cli.stack import main as stack_main
 
     return stack_main(list(args.rest))
 
 
-def cmd_report(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     from rrhf_cli.report import run_report
 
     return run_report(args.summaries)
 
 
-def cmd_demo(args: argparse.Namespace, argv: Sequence[str]) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from rrhf_cli.demo import run_demo
 
     return run_demo(Path(args.workdir), steps=args.steps, seed=args.seed)
@@ -390,26 +389,28 @@ def _settings_parser(
     return t
 
 
-def _add_stage_commands(sub: Any) -> None:
-    from rrhf_core.data.config import BuildConfig, IngestConfig
-    from rrhf_core.evaluation.config import EvalConfig
-    from rrhf_core.reward_model.config import RMTrainConfig
-    from rrhf_core.sampling.config import SampleConfig
-    from rrhf_core.scoring.config import ScoreConfig
-    from rrhf_core.training.config import TrainConfig
+# the printer of each stage that runs alone (the stage table's other stages run only inside a round)
+STAGE_COMMANDS: dict[str, Any] = {
+    "ingest": cmd_ingest,
+    "sample": cmd_sample,
+    "score": cmd_score,
+    "build": cmd_build,
+    "train": cmd_train,
+    "train-rm": cmd_train_rm,
+    "evaluate": cmd_evaluate,
+}
 
-    stages = [
-        ("ingest", IngestConfig, cmd_ingest, "read prompts (JSONL/JSON/Parquet/CSV, HH, RRHF data) into prompts.parquet"),
-        ("sample", SampleConfig, cmd_sample, "sample k responses per prompt (vLLM or transformers)"),
-        ("score", ScoreConfig, cmd_score, "score every response with a reward model or function"),
-        ("build", BuildConfig, cmd_build, "join prompts, samples and scores into the listwise training set"),
-        ("train", TrainConfig, cmd_train, "train a policy with the RRHF loss on a listwise training set"),
-        ("train-rm", RMTrainConfig, cmd_train_rm, "train a reward model on preference pairs (Bradley-Terry)"),
-        ("evaluate", EvalConfig, cmd_evaluate, "a trained model against a baseline on held-out prompts: judge gain and win rate with CIs"),
-    ]  # fmt: skip
-    for name, cls, func, text in stages:
-        t = _settings_parser(sub, name, text, cls, func)
-        if name != "evaluate":  # evaluation logs a line per model instead of a bar
+
+def _add_stage_commands(sub: Any) -> None:
+    """One subcommand per stage of the stage table that runs alone, in the table's order: its configuration's
+    settings as flags, its one-line summary as help."""
+    from rrhf_core.stages import STAGES
+
+    for stage in STAGES:
+        if stage.name not in STAGE_COMMANDS:
+            continue
+        t = _settings_parser(sub, stage.name, stage.summary, stage.config, STAGE_COMMANDS[stage.name])
+        if stage.name != "evaluate":  # evaluation logs a line per model instead of a bar
             t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -510,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args, argv) or 0)
+        return int(args.func(args) or 0)
     except RRHFError as e:
         print(f"rrhf {args.command}: error: {e}", file=sys.stderr)
         _remove_if_empty(getattr(args, "new_output_dir", None))

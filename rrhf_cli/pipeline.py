@@ -123,7 +123,7 @@ def print_evaluation(e: dict[str, Any]) -> None:
 def print_plan(cfg: PipelineConfig) -> int:
     """``rrhf pipeline --plan``: the round's stages, reused or run and why, in this workdir; nothing runs and no stage
     folder or tracking store is made (a champion is looked up only in a store that exists)."""
-    from rrhf_core.pipeline import plan_round
+    from rrhf_core.plan import plan_round
 
     work = Path(cfg.workdir).resolve()
     start = cfg.policy

@@ -13,10 +13,6 @@ result.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,7 +22,6 @@ from rrhf_core.data.config import BuildConfig, BuildSettings, IngestConfig, Inge
 from rrhf_core.evaluation.config import EvalConfig, EvalSettings
 from rrhf_core.evaluation.promotion import GateConfig
 from rrhf_core.models import EMBEDDED_POLICY
-from rrhf_core.reuse import StageKey, StageStore, stage_inputs
 from rrhf_core.reward_model.config import RMSettings, RMTrainConfig
 from rrhf_core.sampling.config import SampleConfig, SampleSettings
 from rrhf_core.scoring import EMBEDDED_REWARD
@@ -300,81 +295,3 @@ def eval_config(
         best_of_n_ceiling=best_of_n_ceiling,
         cache_dir=cfg.cache_dir,
     )
-
-
-# --- the plan: what a round would run in a workdir, without running anything ------------------------------------
-
-
-@dataclass(frozen=True)
-class PlannedStage:
-    """One stage of a planned round. ``action``: ``reuse`` (its keyed folder is done), ``run``, or ``after X``: its
-    input is stage X's output, which runs first, so whether it is reused is known only then."""
-
-    stage: str
-    action: str
-    why: str
-    folder: str = ""
-
-
-def _rm_config_of(cfg: PipelineConfig, name: str, ingested: Ingested) -> RMTrainConfig:
-    return rm_config(cfg, name, ingested.prompts)
-
-
-def plan_round(
-    cfg: PipelineConfig, start_model: str, stages_root: str | os.PathLike[str]
-) -> list[PlannedStage]:
-    """The stages a round of ``cfg`` sampling from ``start_model`` would reuse or run in ``stages_root`` and why,
-    found the way the round finds them (the same keys: settings, input contents, code) and without running any."""
-    store = StageStore(stages_root)
-    plan: list[PlannedStage] = []
-    runs_first: str | None = None  # the nearest upstream stage that runs
-
-    def step(name: str, stage: str, stage_cfg: Callable[[], Any], result_type: type[Any]) -> Any:
-        """Plan one stage; ``stage_cfg`` is called only when every stage it depends on is reused."""
-        nonlocal runs_first
-        if runs_first is not None:
-            plan.append(
-                PlannedStage(name, f"after {runs_first}", f"reused if {runs_first}'s output is unchanged")
-            )
-            runs_first = name
-            return None
-        made = stage_cfg()
-        key = StageKey.of(stage, made, stage_inputs(stage, made))
-        done = store.load(key, result_type)
-        if done is not None:
-            plan.append(PlannedStage(name, "reuse", "same inputs, settings and code", str(store.folder(key))))
-            return done
-        plan.append(PlannedStage(name, "run", store.why_runs(key), str(store.folder(key))))
-        runs_first = name
-        return None
-
-    ingested = step("ingest", "ingest", lambda: ingest_config(cfg), Ingested)
-    after_ingest = None if ingested else "ingest"  # reward models and sampling each depend on ingest alone
-    rms: dict[str, str] = {}
-    for name in cfg.reward_models:
-        runs_first = after_ingest
-        rm = step(f"train-rm:{name}", "train-rm", partial(_rm_config_of, cfg, name, ingested), RewardTrained)
-        if rm:
-            rms[name] = rm.model_dir
-    runs_first = after_ingest
-    sampled = step("sample", "sample", lambda: sample_config(cfg, ingested.prompts, start_model), Sampled)
-    reward = cfg.reward
-    if reward.startswith(TRAINED_PREFIX) and runs_first is None:  # scored with a reward model of the round
-        name = reward.removeprefix(TRAINED_PREFIX)
-        runs_first = None if name in rms else f"train-rm:{name}"
-        reward = rms.get(name, reward)
-    scored = step(
-        "score",
-        "score",
-        lambda: score_config(cfg.model_copy(update={"reward": reward}), ingested.prompts, sampled.samples),
-        Scored,
-    )
-    built = step(
-        "build", "build", lambda: build_config(cfg, ingested.prompts, sampled.samples, scored.scores), Built
-    )
-    step("train", "train", lambda: train_config(cfg, built.train_set, start_model), Trained)
-    plan.append(PlannedStage("evaluate", "run", "every round judges its model on the held-out prompts"))
-    plan.append(
-        PlannedStage("register", "run", "every round registers its model; the gate decides on champion")
-    )
-    return plan

@@ -21,16 +21,6 @@ from pydantic import BaseModel
 from rrhf_core.config import fields_marked
 from rrhf_core.digest import code_digest, digest_json
 
-# the module behind each stage; the code digest follows its rrhf_core imports
-STAGE_MODULES = {
-    "ingest": "rrhf_core.data.ingest",
-    "sample": "rrhf_core.sampling.stage",
-    "score": "rrhf_core.scoring.stage",
-    "build": "rrhf_core.data.build",
-    "train": "rrhf_core.training.launch",
-    "train-rm": "rrhf_core.reward_model.trainer",
-}
-
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -53,7 +43,7 @@ class StageKey:
     @classmethod
     def of(cls, stage: str, cfg: BaseModel, inputs: Mapping[str, str]) -> StageKey:
         """The key of ``cfg`` for ``stage``, with the code digest of the stage's module."""
-        return cls(stage, output_settings(cfg), dict(inputs), code_digest(STAGE_MODULES[stage]))
+        return cls(stage, output_settings(cfg), dict(inputs), code_digest(stage_module(stage)))
 
     def as_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "settings": self.settings, "inputs": self.inputs, "code": self.code}
@@ -126,30 +116,21 @@ class StageStore:
         )
 
 
+def stage_module(stage: str) -> str:
+    """The module whose code (with its ``rrhf_core`` imports) keys ``stage``'s reuse (the stage table's ``code``)."""
+    from rrhf_core.stages import stage as lookup
+
+    code = lookup(stage).code
+    if code is None:
+        raise ValueError(f"stage {stage!r} is never reused: it has no reuse key")
+    return code
+
+
 def stage_inputs(stage: str, cfg: Any) -> dict[str, str]:
     """Content fingerprints of what a stage reads (its key's ``inputs``), from its configuration."""
-    from rrhf_core.data.ingest import input_fingerprint
-    from rrhf_core.digest import file_digest, model_fingerprint
-    from rrhf_core.scoring.reward import reward_fingerprint
+    from rrhf_core.stages import stage as lookup
 
-    if stage == "ingest":
-        return {f"input{i}": input_fingerprint(src) for i, src in enumerate(cfg.inputs)}
-    if stage == "sample":
-        return {"prompts": file_digest(cfg.prompts), "model": model_fingerprint(cfg.model)}
-    if stage in ("score", "build"):
-        out = {
-            "prompts": file_digest(cfg.prompts),
-            **{f"samples{i}": file_digest(p) for i, p in enumerate(cfg.samples)},
-        }
-        if stage == "score":
-            return {**out, "reward": reward_fingerprint(cfg.reward)}
-        return {**out, **{f"scores{i}": file_digest(p) for i, p in enumerate(cfg.scores)}}
-    if stage == "train":
-        return {"data": file_digest(cfg.data), "model": model_fingerprint(cfg.model)}
-    if stage == "train-rm":
-        return {
-            **{f"pairs{i}": file_digest(p) for i, p in enumerate(cfg.pairs)},
-            "backbone": model_fingerprint(cfg.backbone),
-            **{f"compare{i}": reward_fingerprint(s) for i, s in enumerate(cfg.compare_with)},
-        }
-    raise ValueError(f"no stage named {stage!r}; stages: {', '.join(STAGE_MODULES)}")
+    inputs = lookup(stage).inputs
+    if inputs is None:
+        raise ValueError(f"stage {stage!r} is never reused: it has no input fingerprints")
+    return inputs(cfg)

@@ -386,3 +386,14 @@ def promote_task(
         table=[{"version": version, "promoted": promoted, "reasons": "; ".join(decision.reasons)}],
     )
     return {"version": version, "promoted": promoted, "decision": decision.to_dict()}
+
+
+# the task that runs each keyed stage of the stage table (rrhf_core.stages), by stage name
+STAGE_TASKS: dict[str, Any] = {
+    "ingest": ingest_task,
+    "train-rm": train_rm_task,
+    "sample": sample_task,
+    "score": score_task,
+    "build": build_task,
+    "train": train_task,
+}

@@ -96,7 +96,7 @@ def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
     assert {"prompt_id", "source", "reward", "text"} <= set(table["columns"])
 
     # the plan of the same round in the same workdir: every stage reused, nothing run by planning
-    from rrhf_core.pipeline import plan_round
+    from rrhf_core.plan import plan_round
 
     cfg = tiny_config(tmp_path / "w", prompts_file, tiny_model_dir)
     stages = tmp_path / "w" / "stages"
@@ -381,7 +381,7 @@ def test_a_round_trains_its_reward_and_a_separate_judge_and_registers_both(
     score_run = runs["score"][0]
     assert rms["reward"]["model_dir"] in score_run.data.tags["reward_model"]
     # planned again: the reward models and the stages behind the trained reward are all reused
-    from rrhf_core.pipeline import plan_round
+    from rrhf_core.plan import plan_round
 
     plan = plan_round(cfg, str(tiny_model_dir), tmp_path / "w" / "stages")
     assert {p.stage: p.action for p in plan} == {

@@ -104,12 +104,12 @@ def test_the_code_digest_follows_the_stage_imports():
 def test_data_stages_and_reward_models_do_not_depend_on_the_policy_trainer():
     """A change to the policy's training code (its batches, attention, loss) keeps the cached samples, scores and
     reward models of a workdir: those stages' code digests do not reach ``rrhf_core.training``."""
-    from rrhf_core.reuse import STAGE_MODULES
+    from rrhf_core.reuse import stage_module
 
     for stage in ("ingest", "sample", "score", "build", "train-rm"):
-        reached = [m for m in code_modules(STAGE_MODULES[stage]) if m.startswith("rrhf_core.training")]
+        reached = [m for m in code_modules(stage_module(stage)) if m.startswith("rrhf_core.training")]
         assert not reached, f"{stage} reaches {reached}"
-    assert "rrhf_core.encoding" in code_modules(STAGE_MODULES["sample"])  # prompts tokenised as training does
+    assert "rrhf_core.encoding" in code_modules(stage_module("sample"))  # prompts tokenised as training does
 
 
 def test_the_store_returns_the_stored_result_only_for_the_same_key(tmp_path):
