@@ -81,6 +81,15 @@ def _section_keys(section: BaseModel, prefix: str = "") -> list[str]:
     return keys
 
 
+def _named_sections_model(annotation: Any) -> Any:
+    """The settings model of a ``dict[str, Model]`` field (named sections), else None."""
+    if typing.get_origin(annotation) is dict:
+        value = typing.get_args(annotation)[1:]
+        if value and isinstance(value[0], type) and issubclass(value[0], BaseModel):
+            return value[0]
+    return None
+
+
 def nested_keys(cls: Any) -> str:
     """The ``--set`` keys of a config's sections, one paragraph per section: ``key=TYPE (default)``."""
     import textwrap
@@ -88,6 +97,9 @@ def nested_keys(cls: Any) -> str:
     out = []
     for name, f in cls.model_fields.items():
         section = f.get_default(call_default_factory=True)
+        named = _named_sections_model(f.annotation)
+        if named is not None:  # a mapping of named sections (reward_models: NAME: settings)
+            section, name = named(), f"{name}.NAME"
         if not isinstance(section, BaseModel):
             continue
         keys = ", ".join(_section_keys(section))

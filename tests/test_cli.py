@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from rrhf_cli import main
 
@@ -204,6 +205,21 @@ def test_help_works(sub):
         [sys.executable, "-m", "rrhf_cli", sub, "--help"], capture_output=True, text=True, cwd=ROOT
     )
     assert out.returncode == 0 and "usage: rrhf" in out.stdout
+
+
+def test_the_pipeline_help_lists_every_nested_key_the_named_sections_included(capsys):
+    from rrhf_core.pipeline import PipelineConfig
+    from rrhf_core.reward_model.config import RMSettings
+
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # the epilog is wrapped
+    assert "reward_models.NAME: backbone=TEXT (embedded:minilm-l6)" in out
+    for name in RMSettings.model_fields:
+        if not isinstance(getattr(RMSettings(), name), BaseModel):
+            assert f" {name}=" in out.split("reward_models.NAME:")[1], name
+    assert "train: on_bad_row=" in out and "gate: min_reward_gain=" in out
+    assert {"train", "evaluate", "gate"} <= set(PipelineConfig.model_fields)
 
 
 def test_ingest_reads_the_embedded_demo_prompts(capsys, tmp_path):
