@@ -47,10 +47,9 @@ MATRIX_STAMP := $(shell date +%Y%m%d-%H%M%S)
 MATRIX ?= runs/matrix-$(MATRIX_STAMP)
 demo-matrix: setup
 	@for p in $(PRECISIONS); do for s in $(SEEDS); do \
-	  b=$$( [ $$p = bf16 ] && echo on || echo off ); \
 	  $(VENV)/bin/rrhf pipeline --config configs/demo.yaml --workdir $(MATRIX)/demo-$$p-s$$s \
 	    --set sample.seed=$$s --set train.seed=$$s --set evaluate.seed=$$s \
-	    --set sample.dtype=$$p --set train.bf16=$$b --set evaluate.dtype=$$p || exit 1; \
+	    --set sample.dtype=$$p --set train.dtype=$$p --set evaluate.dtype=$$p || exit 1; \
 	done; done
 	$(VENV)/bin/rrhf report $(foreach p,$(PRECISIONS),$(foreach s,$(SEEDS),$(MATRIX)/demo-$(p)-s$(s)))
 
@@ -58,10 +57,9 @@ demo-matrix: setup
 # models and judges retrained in each workdir; their seeds are the preset's, so every round has the same judges)
 hh-matrix: setup
 	@for p in $(PRECISIONS); do for s in $(SEEDS); do \
-	  b=$$( [ $$p = bf16 ] && echo on || echo off ); \
 	  $(VENV)/bin/rrhf pipeline --config configs/hh-cpu.yaml --workdir $(MATRIX)/hh-$$p-s$$s \
 	    --set sample.seed=$$s --set train.seed=$$s --set evaluate.seed=$$s \
-	    --set sample.dtype=$$p --set train.bf16=$$b --set evaluate.dtype=$$p || exit 1; \
+	    --set sample.dtype=$$p --set train.dtype=$$p --set evaluate.dtype=$$p || exit 1; \
 	done; done
 	$(VENV)/bin/rrhf report $(foreach p,$(PRECISIONS),$(foreach s,$(SEEDS),$(MATRIX)/hh-$(p)-s$(s)))
 

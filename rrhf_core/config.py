@@ -149,9 +149,16 @@ def one_or_many(v: Any) -> Any:
     return [v] if isinstance(v, str) else v
 
 
-def on_off(v: Any) -> Any:
-    """YAML (and ``--set``) read on/off as booleans: map them back to the "on"/"off" of an auto/on/off switch."""
-    return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+def refuse_bf16_switch(data: Any) -> Any:
+    """A ``bf16: auto|on|off`` setting (the spelling before every stage took ``dtype: auto|bf16|fp32``) is refused
+    with the new spelling, instead of as an unknown key."""
+    if isinstance(data, dict) and "bf16" in data:
+        old = data["bf16"]
+        new = {True: "bf16", "on": "bf16", False: "fp32", "off": "fp32"}.get(old, "auto")
+        raise ValueError(
+            f"bf16 is spelled dtype now, as in every stage (auto, bf16 or fp32): bf16: {old} is dtype: {new}"
+        )
+    return data
 
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*)(?P<password>:[^/@\s]*)?@")

@@ -35,9 +35,9 @@ def _cpu_bf16_faster(n: int = 512, reps: int = 3) -> bool:
     return best(torch.bfloat16) < best(torch.float32)
 
 
-def use_bf16(setting: str, device: torch.device) -> bool:
-    """The ``bf16`` setting (``on``, ``off``, ``auto``) decided for a device."""
-    return setting == "on" or (setting == "auto" and bf16_available(device))
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """A stage's ``dtype`` setting (``bf16``, ``fp32``, ``auto``) decided for a device: whether to compute in bf16."""
+    return precision == "bf16" or (precision == "auto" and bf16_available(device))
 
 
 def describe_machine() -> str:

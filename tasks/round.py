@@ -46,12 +46,7 @@ def resolved_precision(config: PipelineConfig) -> dict[str, str]:
     def word(setting: str) -> str:
         return "bf16" if use_bf16(setting, device) else "fp32"
 
-    dtype_to_setting = {"bf16": "on", "fp32": "off", "auto": "auto"}
-    return {
-        "sample": word(dtype_to_setting[config.sample.dtype]),
-        "train": word(config.train.bf16),
-        "evaluate": word(dtype_to_setting[config.evaluate.dtype]),
-    }
+    return {stage: word(getattr(config, stage).dtype) for stage in ("sample", "train", "evaluate")}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -160,7 +160,7 @@ def tiny_round(workdir: Path, prompts: Path, model: Path, registered_model: str)
             "grad_accum": 1,
             "max_length": 96,
             "max_response_tokens": 16,
-            "bf16": "off",
+            "dtype": "fp32",
         },
         "evaluate": {"max_new_tokens": 8},
     }

@@ -150,7 +150,7 @@ def test_config_file_and_override_order(capsys, tmp_path, tiny_model_dir, learna
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f"model: {tiny_model_dir}\ndata: {learnable_set}\noutput_dir: {tmp_path / 'o'}\n"
-        "max_steps: 5\nmax_length: 64\nmax_response_tokens: 16\nbf16: off\n"
+        "max_steps: 5\nmax_length: 64\nmax_response_tokens: 16\ndtype: fp32\n"
     )
     code, out = run(
         capsys,
@@ -339,7 +339,7 @@ def test_help_shows_types_choices_and_the_nested_keys():
     train, pipeline, retrain = (sub[n].format_help() for n in ("train", "pipeline", "retrain"))
     assert "VALUE" not in train.replace("KEY=VALUE", "")
     assert "--scheduler {cosine,linear,constant}" in train and "--learning-rate FLOAT" in train
-    assert "--bf16 {auto,on,off}" in train and "--max-steps INT" in train
+    assert "--dtype {auto,bf16,fp32}" in train and "--max-steps INT" in train
     assert "lora: enabled=BOOL (False), r=INT (16)" in train  # the section a --set reaches
     assert "sample: " in pipeline and "backend={auto,vllm,hf} (auto)" in pipeline
     assert "train.lora" not in pipeline and "lora.enabled=BOOL" in pipeline

@@ -158,7 +158,7 @@ def test_a_pipeline_killed_in_training_reruns_reusing_its_data_stages_and_resumi
     command = [sys.executable, "-m", "rrhf_cli", "pipeline", "--workdir", str(work), "--prompts", str(prompts),
                "--policy", str(tiny_model_dir), "--reward", "reward_fns:checksum", "--registered-model", "killed",
                "--set", "ingest.eval_share=0.25", "--set", "sample.backend=hf", "--set", "sample.k=3",
-               "--set", "sample.max_new_tokens=8", "--set", "sample.dtype=fp32", "--set", "train.bf16=off",
+               "--set", "sample.max_new_tokens=8", "--set", "sample.dtype=fp32", "--set", "train.dtype=fp32",
                "--set", "train.max_steps=150", "--set", "train.checkpoint_every=10", "--set", "train.max_length=96",
                "--set", "train.max_response_tokens=16", "--set", "train.micro_batch_size=2",
                "--set", "train.grad_accum=1", "--set", "evaluate.max_new_tokens=8",

@@ -22,7 +22,7 @@ def test_train_flow_returns_the_model_folder(prefect_harness, tiny_model_dir, le
         grad_accum=1,
         max_length=64,
         max_response_tokens=16,
-        bf16="off",
+        dtype="fp32",
     )
     state = train_flow(cfg, workdir=str(tmp_path / "w"), return_state=True)
     assert state.is_completed()

@@ -22,7 +22,7 @@ def _cfg(model: Path, data: Path, out: Path, **over) -> TrainConfig:
         model=str(model),
         data=str(data),
         output_dir=str(out),
-        bf16="off",
+        dtype="fp32",
         max_length=128,
         max_response_tokens=64,
         learning_rate=1e-3,

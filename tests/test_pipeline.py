@@ -37,7 +37,7 @@ def tiny_config(workdir: Path, prompts: Path, model: Path, **train) -> PipelineC
             "max_length": 96,
             "max_response_tokens": 16,
             "learning_rate": 1e-3,
-            "bf16": "off",
+            "dtype": "fp32",
             **train,
         },
         evaluate={"max_new_tokens": 8},
@@ -341,7 +341,7 @@ def test_a_round_trains_its_reward_and_a_separate_judge_and_registers_both(
         "backbone": str(tiny_model_dir),
         "batch_size": 4,
         "max_length": 48,
-        "bf16": "off",
+        "dtype": "fp32",
         "learning_rate": 1e-3,
     }
     cfg = tiny_config(tmp_path / "w", hh, tiny_model_dir).model_copy(

@@ -26,7 +26,7 @@ def _examples() -> list[ListwiseExample]:
 
 def _compare(model_dir: str, examples, cache_dir=None, atol=1e-5, blocked=True, pack=True, expect_calls=True):
     tok = load_tokenizer(model_dir, cache_dir)
-    cfg = TrainConfig(data="-", output_dir="-", max_length=256, max_response_tokens=64, bf16="off")
+    cfg = TrainConfig(data="-", output_dir="-", max_length=256, max_response_tokens=64, dtype="fp32")
     encoded, dropped, _ = encode_examples(Encoder(tok, cfg.max_length, cfg.max_response_tokens), examples)
     assert not dropped
     model = load_causal_lm(model_dir, cache_dir)

@@ -198,7 +198,7 @@ def tiny_rm_config(tmp_path: Path, prompts: Path, backbone: str, **kw) -> RMTrai
         "epochs": 3,
         "batch_size": 4,
         "max_length": 40,
-        "bf16": "off",
+        "dtype": "fp32",
         "log_every": 1,
         **kw,
     }
@@ -330,13 +330,21 @@ def test_the_embedded_encoder_trains_on_real_hh_pairs(tmp_path):
     assert (r.model_dir / "config.json").exists()
 
 
-def test_bf16_switch_reads_yaml_booleans_as_on_and_off():
+def test_precision_is_spelled_dtype_in_every_stage_and_the_old_switch_is_refused_with_the_new_spelling():
+    from pydantic import ValidationError
+
+    from rrhf_core.evaluation.config import EvalSettings
     from rrhf_core.reward_model.config import RMSettings
+    from rrhf_core.sampling.config import SampleSettings
     from rrhf_core.training.config import TrainSettings
 
-    # `--set bf16=on` arrives as True (YAML 1.1): both stages take it as the switch, not as a validation error
-    assert [RMSettings(bf16=v).bf16 for v in (True, False, "auto")] == ["on", "off", "auto"]
-    assert [TrainSettings(bf16=v).bf16 for v in (True, False, "auto")] == ["on", "off", "auto"]
+    for cls in (SampleSettings, TrainSettings, RMSettings, EvalSettings):
+        assert [cls(dtype=v).dtype for v in ("auto", "bf16", "fp32")] == ["auto", "bf16", "fp32"]
+    # `--set bf16=on` arrives as True (YAML 1.1): the message gives the new spelling either way
+    for old, new in ((True, "bf16"), ("on", "bf16"), (False, "fp32"), ("off", "fp32"), ("auto", "auto")):
+        for cls in (TrainSettings, RMSettings):
+            with pytest.raises(ValidationError, match=f"bf16 is spelled dtype now.*is dtype: {new}"):
+                cls(bf16=old)
 
 
 @pytest.mark.parametrize("backbone", ["tiny", "embedded:minilm-l6"])

@@ -33,7 +33,7 @@ def cfg(model_dir, data, out, **kw) -> TrainConfig:
         model=str(model_dir),
         data=str(data),
         output_dir=str(out),
-        bf16="off",
+        dtype="fp32",
         max_length=64,
         max_response_tokens=16,
         micro_batch_size=2,
@@ -268,7 +268,7 @@ def test_the_pairwise_baselines_train_on_the_listwise_set(tiny_model_dir, learna
 def test_per_example_ranking_agreement_matches_one_example_at_a_time(tiny_model_dir, learnable_set):
     from rrhf_core.training.listwise import ranking_agreement
 
-    c = TrainConfig(model=str(tiny_model_dir), data=str(learnable_set), output_dir="-", bf16="off", micro_batch_size=3,
+    c = TrainConfig(model=str(tiny_model_dir), data=str(learnable_set), output_dir="-", dtype="fp32", micro_batch_size=3,
                     max_length=64, max_response_tokens=16)  # fmt: skip
     tok = load_tokenizer(str(tiny_model_dir))
     examples, _ = load_listwise(learnable_set)

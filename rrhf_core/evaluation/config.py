@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rrhf_core.config import reuse
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.scoring import EMBEDDED_REWARD
-from rrhf_core.types import PromptFormat
+from rrhf_core.types import Precision, PromptFormat
 
 
 class EvalSettings(BaseModel):
@@ -69,7 +69,7 @@ class EvalSettings(BaseModel):
         0, ge=0, description="Also judge the baseline's best of k sampled answers per prompt (0: off)."
     )
     best_of_k_temperature: float = Field(1.0, gt=0.0, description="Sampling temperature for best-of-k.")
-    dtype: Literal["auto", "bf16", "fp32"] = Field(
+    dtype: Precision = Field(
         "auto",
         description="Precision of generation and scoring in evaluation (auto: bf16 where it is faster).",
     )

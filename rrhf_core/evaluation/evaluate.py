@@ -236,7 +236,7 @@ def _preference_accuracy(
         max_length=cfg.max_prompt_tokens + cfg.max_new_tokens + 1,
         max_response_tokens=cfg.max_new_tokens,
         micro_batch_size=cfg.batch_size,
-        bf16="on" if cfg.dtype == "bf16" else "off" if cfg.dtype == "fp32" else "auto",
+        dtype=cfg.dtype,
     )
     encoder = Encoder(tok, scoring.max_length, scoring.max_response_tokens, cfg.prompt_format)
     encoded, _, _ = encode_examples(encoder, pairs)

@@ -4,12 +4,11 @@ reads it)."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rrhf_core.config import LoraConfig, on_off, one_or_many, reuse
+from rrhf_core.config import LoraConfig, one_or_many, refuse_bf16_switch, reuse
 from rrhf_core.models import EMBEDDED_ENCODER
+from rrhf_core.types import Precision
 
 
 class RMSettings(BaseModel):
@@ -43,7 +42,7 @@ class RMSettings(BaseModel):
         "the random draws: 10-13 % of a MiniLM step on a 2-core CPU, ad hoc).",
     )
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    bf16: Literal["auto", "on", "off"] = Field("auto", description="bf16 autocast (auto: where faster).")
+    dtype: Precision = Field("auto", description="bf16 (autocast), fp32, or auto: bf16 where it is faster.")
     bucket: bool = Field(True, description="Length-bucketed batches (pairs of similar length together).")
     seed: int = Field(0)
     eval_share: float = Field(
@@ -77,7 +76,7 @@ class RMSettings(BaseModel):
     )
 
     _compare = field_validator("compare_with", mode="before")(one_or_many)
-    _bf16 = field_validator("bf16", mode="before")(on_off)
+    _renamed = model_validator(mode="before")(refuse_bf16_switch)
 
     @model_validator(mode="after")
     def _part_in_range(self) -> RMSettings:

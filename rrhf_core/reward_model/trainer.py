@@ -330,7 +330,7 @@ def train_reward_model(
     tok, model, max_length = _load_backbone(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
-    bf16 = use_bf16(cfg.bf16, device)
+    bf16 = use_bf16(cfg.dtype, device)
     enc = _Encoded.of(tok, data.train, max_length)
     jsonl = JsonlLogger(out / "metrics.jsonl")
     jsonl.truncate_after(-1)

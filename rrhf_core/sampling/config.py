@@ -19,7 +19,7 @@ from rrhf_core.digest import model_fingerprint
 from rrhf_core.executors import Executor, RaySettings
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.sampling import GenerationParams
-from rrhf_core.types import PromptFormat
+from rrhf_core.types import Precision, PromptFormat
 
 
 def stop_strings(stop: list[str] | None, prompt_format: str) -> tuple[str, ...]:
@@ -61,7 +61,7 @@ class SampleSettings(BaseModel):
         description="Prompts per generate call (transformers backend); a call never spans two shards, so at most "
         "shard_size.",
     )
-    dtype: Literal["auto", "bf16", "fp32"] = Field("auto")
+    dtype: Precision = Field("auto")
     vllm_memory_utilization: float = Field(0.3, gt=0.0, le=1.0, description="vLLM memory share (KV cache).")
     vllm_max_model_len: int | None = Field(
         None, ge=64, description="vLLM context length (default: the model's)."

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rrhf_core.config import LoraConfig, fields_marked, on_off, reuse
+from rrhf_core.config import LoraConfig, fields_marked, refuse_bf16_switch, reuse
 from rrhf_core.models import EMBEDDED_POLICY
-from rrhf_core.types import PromptFormat
+from rrhf_core.types import Precision, PromptFormat
 
 
 class TrainSettings(BaseModel):
@@ -131,8 +131,8 @@ class TrainSettings(BaseModel):
     )
 
     # hardware and memory
-    bf16: Literal["auto", "on", "off"] = Field(
-        "auto", description="bf16 autocast: 'auto' uses it where the hardware has fast bf16."
+    dtype: Precision = Field(
+        "auto", description="bf16 (autocast), fp32, or auto: bf16 where the hardware has fast bf16."
     )
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward to save memory."
@@ -186,7 +186,7 @@ class TrainSettings(BaseModel):
         json_schema_extra=reuse("bookkeeping"),
     )
 
-    _bf16 = field_validator("bf16", mode="before")(on_off)
+    _renamed = model_validator(mode="before")(refuse_bf16_switch)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainSettings:

@@ -160,7 +160,7 @@ def evaluate_listwise(
     model.eval()
     totals = dict.fromkeys(METRIC_KEYS, 0.0)
     scorer = PrefixSharedLM(model) if settings.prefix_sharing else model
-    bf16 = use_bf16(settings.bf16, device)
+    bf16 = use_bf16(settings.dtype, device)
     for i in range(0, len(encoded), settings.micro_batch_size):
         batch = make_batch(encoded[i : i + settings.micro_batch_size], pad_id, scorer).to(device)
         out, scores = forward_loss(scorer, batch, settings, bf16)
@@ -216,7 +216,7 @@ def ranking_agreement(
     was_training = model.training
     model.eval()
     scorer = PrefixSharedLM(model) if settings.prefix_sharing else model
-    bf16 = use_bf16(settings.bf16, device)
+    bf16 = use_bf16(settings.dtype, device)
     lengths = [len(e.prompt_ids) + sum(map(len, e.response_ids)) for e in encoded]
     out = [float("nan")] * len(encoded)
     for idx in length_batches(lengths, settings.micro_batch_size, group_by_length):

@@ -125,7 +125,7 @@ def _prepare_model(cfg: TrainConfig, env: DistEnv, frame: bool = False) -> Any:
     if cfg.prefix_sharing:
         model = PrefixSharedLM(model)
     if cfg.strategy == "fsdp":  # the module the trainer calls is the root unit
-        return shard(model, use_bf16(cfg.bf16, env.device), env.device)
+        return shard(model, use_bf16(cfg.dtype, env.device), env.device)
     if env.world_size > 1:
         model = DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None
@@ -286,7 +286,7 @@ def _reference(
     """DPO's reference: the base model's log-probabilities, computed once (from the base weights, also on resume)."""
     base = load_causal_lm(cfg.model, cfg.cache_dir).to(env.device)
     pad_id = int(tokenizer.pad_token_id)
-    out = reference_logprobs(base, encoded, pad_id, cfg.prefix_sharing, use_bf16(cfg.bf16, env.device))
+    out = reference_logprobs(base, encoded, pad_id, cfg.prefix_sharing, use_bf16(cfg.dtype, env.device))
     del base
     return out
 
@@ -319,7 +319,7 @@ def setup(cfg: TrainConfig, env: DistEnv) -> Run:
         global_batch,
         steps_per_epoch,
         total_steps,
-        use_bf16(cfg.bf16, env.device),
+        use_bf16(cfg.dtype, env.device),
         fingerprint,
         reference,
     )
