@@ -45,7 +45,7 @@ def main() -> None:
     pairs = preference_pairs(rows)[: args.pairs]
     tok, model = load_tokenizer(EMBEDDED_POLICY), load_causal_lm(EMBEDDED_POLICY)
     settings = TrainSettings(max_length=256 + 48 + 1, max_response_tokens=48, micro_batch_size=args.batch,
-                             bf16="on" if args.dtype == "bf16" else "off")  # fmt: skip
+                             dtype=args.dtype)  # fmt: skip
     encoded, _, _ = encode_examples(Encoder(tok, settings.max_length, 48, "hh"), pairs)
     seconds: dict[bool, list[float]] = {True: [], False: []}
     means = {}
