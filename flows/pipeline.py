@@ -80,7 +80,10 @@ def _round(config: PipelineConfig, work: Path, stages: str, uri: str, t0: float)
 
         resolved, results = data_stages(config, start_model, stages, pid)
         prompts, built = results["ingest"].prompts, results["build"]
-        shutil.copyfile(prompts, work / "prompts.parquet")  # a stable path for evaluation-only runs
+        # stable paths of the latest round's prompts and training set: evaluation-only and training-only runs (the
+        # `evaluate` and `train` deployments) read them
+        shutil.copyfile(prompts, work / "prompts.parquet")
+        shutil.copyfile(built.train_set, work / "train.parquet")
         train_cfg = BY_NAME["train"].wire(resolved, results, start_model)["train"]
         trained = results["train"] = train_task(train_cfg, stages, pid)
 

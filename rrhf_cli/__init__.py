@@ -346,12 +346,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return run_report(args.summaries)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from rrhf_cli.demo import run_demo
-
-    return run_demo(Path(args.workdir), steps=args.steps, seed=args.seed)
-
-
 def _set_example(cls: Any) -> str:
     """A ``--set`` example that this command's settings accept: a nested key where there is one."""
     for name, field in cls.model_fields.items():
@@ -493,14 +487,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("summaries", nargs="+", help="last_summary.json files or run workdirs")
     r.set_defaults(func=cmd_report)
 
-    d = sub.add_parser(
-        "demo",
-        help="the training stage alone: SmolLM2-135M on a built-in rule-ranked listwise set, no network",
-    )
-    d.add_argument("--workdir", default="runs/demo", help="where the run folder goes (default runs/demo)")
-    d.add_argument("--steps", type=int, default=12, help="optimizer steps (default 12)")
-    d.add_argument("--seed", type=int, default=0)
-    d.set_defaults(func=cmd_demo)
     return p
 
 

@@ -47,7 +47,7 @@ class PipelineConfig(BaseModel):
         "runs/pipeline", description="Stage outputs, the MLflow store and the run summaries."
     )
     prompts: list[str] = Field(
-        ["embedded:demo-prompts"],
+        ["embedded:instructions"],
         description="Prompt inputs (files, hf:NAME[:SPLIT], embedded:demo-prompts, embedded:instructions).",
     )
     policy: str = Field(

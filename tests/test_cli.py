@@ -199,7 +199,7 @@ def test_importing_the_core_pulls_in_no_prefect_or_mlflow():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("sub", ["train", "demo"])
+@pytest.mark.parametrize("sub", ["train", "pipeline"])
 def test_help_works(sub):
     out = subprocess.run(
         [sys.executable, "-m", "rrhf_cli", sub, "--help"], capture_output=True, text=True, cwd=ROOT

@@ -137,7 +137,7 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
                 "grad_accum": 1,
                 "max_length": 64,
                 "max_response_tokens": 16,
-                "bf16": "off",
+                "dtype": "fp32",
             },
             "workdir": str(tmp_path / "scheduled"),
         }

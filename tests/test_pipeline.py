@@ -62,6 +62,12 @@ def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
 
     summary = pipeline_flow(tiny_config(tmp_path / "w", prompts_file, tiny_model_dir))
     assert summary["evaluation"]["prompts"] >= 1
+    # the latest round's prompts and training set at stable paths (the evaluate and train deployments read them)
+    from rrhf_core.data.contracts import load_listwise
+
+    assert (
+        load_listwise(tmp_path / "w" / "train.parquet")[0] and (tmp_path / "w" / "prompts.parquet").exists()
+    )
     runs = runs_by_stage(tmp_path / "w")
     assert {"ingest", "sample", "score", "build", "train", "evaluate", "register", "rrhf-round"} <= set(runs)
     assert all(r.info.status == "FINISHED" for rs in runs.values() for r in rs)
