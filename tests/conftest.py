@@ -1,9 +1,20 @@
-"""Shared fixtures: a tiny real HF model (byte-level tokenizer with a ChatML template, 2-layer Llama)."""
+"""Shared fixtures: a tiny real HF model (byte-level tokenizer with a ChatML template, 2-layer Llama), a session-wide
+Prefect server; and the tests' own tools for real processes: free ports, waiting for a server to answer, stopping a
+process group."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +24,68 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 HH_FILE = SHARED / "data" / "hh-rlhf" / "harmless-base-test.dev.jsonl.gz"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_answers(url: str, proc: subprocess.Popen, timeout_s: float, log: Path | None = None) -> None:
+    """Until ``url`` answers (any HTTP reply); fails at once, with the log's tail, when ``proc`` ends first, and
+    after ``timeout_s`` (generous: a loaded 2-core machine starts servers slowly, and the wait ends as soon as one
+    answers)."""
+    deadline = time.monotonic() + timeout_s
+    tail: Callable[[], str] = lambda: log.read_text()[-3000:] if log and log.exists() else ""  # noqa: E731
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except urllib.error.HTTPError:
+            return  # the server is up, whatever it says to this request
+        except (urllib.error.URLError, OSError):
+            assert proc.poll() is None, (
+                f"the server ended (exit status {proc.returncode}) before {url} answered: {tail()}"
+            )
+            assert time.monotonic() < deadline, f"{url} did not answer in {timeout_s:.0f} s: {tail()}"
+            time.sleep(0.5)
+
+
+def stop_group(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM the process group of ``proc`` (started with ``start_new_session=True``), SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout_s)
+
+
+def held_rrhf(target: str, calls: int, marker: Path, args: list[str], **popen: Any) -> subprocess.Popen:
+    """``rrhf ARGS`` in a subprocess that writes ``marker`` and waits after the ``calls``-th return of ``target``
+    (``module:function``, as that module calls it): see tests/hold.py."""
+    hold = Path(__file__).with_name("hold.py")
+    cmd = [sys.executable, str(hold), target, str(calls), str(marker), "--", *args]
+    return subprocess.Popen(cmd, **popen)
+
+
+def wait_for_marker(
+    marker: Path, proc: subprocess.Popen, timeout_s: float = 600, log: Path | None = None
+) -> None:
+    """Until ``marker`` exists; fails at once when ``proc`` ends first (the held point was never reached)."""
+    deadline = time.monotonic() + timeout_s
+    while not marker.exists():
+        tail = log.read_text()[-3000:] if log and log.exists() else ""
+        assert proc.poll() is None, (
+            f"the command ended (exit status {proc.returncode}) before its held point: {tail}"
+        )
+        assert time.monotonic() < deadline, f"the held point was not reached in {timeout_s:.0f} s: {tail}"
+        time.sleep(0.05)
+
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,16 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_round
+from conftest import free_port, stop_group, tiny_round, wait_until_answers
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -33,15 +25,6 @@ def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
-
-
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
@@ -69,14 +52,7 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
     )
     worker = None
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and server.poll() is None, (tmp_path / "server.log").read_text()
-                time.sleep(1)
+        wait_until_answers(f"http://127.0.0.1:{port}/api/health", server, 300, tmp_path / "server.log")
 
         def prefect(*args: str, timeout: int = 120) -> str:
             out = subprocess.run(
@@ -159,8 +135,8 @@ def test_deploy_worker_and_deployment_run(tmp_path, tiny_model_dir):
         assert done and (tmp_path / "scheduled-train" / "model" / "config.json").exists()
     finally:
         if worker is not None:
-            stop(worker)
-        stop(server)
+            stop_group(worker)
+        stop_group(server)
 
 
 def _prompts(tmp_path: Path) -> Path:

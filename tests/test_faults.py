@@ -13,20 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from conftest import held_rrhf, wait_for_marker
 from rrhf_core.workdir import WorkdirBusyError, held_here, workdir_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def spawn(code: str, *args: str) -> subprocess.Popen[str]:
-    """A Python child running ``code`` from the project root; it prints READY <info> when it is set up."""
+def spawn(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """A Python child running ``code`` from the project root (``env`` over this process's environment); it prints
+    READY <info> when it is set up."""
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
     )
 
 
@@ -116,19 +118,15 @@ def test_the_temporary_prefect_server_does_not_outlive_a_killed_command(tmp_path
         "PREFECT_API_URL": "",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-    os.environ.update(env_home)
-    try:
-        command = spawn(
-            """
-            import time
-            from rrhf_cli.reaper import guard_temporary_server
-            print("READY", guard_temporary_server(), flush=True)
-            time.sleep(300)
-            """
-        )
-    finally:
-        for k in env_home:
-            os.environ.pop(k)
+    command = spawn(
+        """
+        import time
+        from rrhf_cli.reaper import guard_temporary_server
+        print("READY", guard_temporary_server(), flush=True)
+        time.sleep(300)
+        """,
+        env=env_home,
+    )
     server = int(ready(command))
     assert _alive(server) and _is_prefect_server(server)
     command.send_signal(signal.SIGKILL)  # no atexit, no cleanup in the command
@@ -166,12 +164,11 @@ def test_a_pipeline_killed_in_training_reruns_reusing_its_data_stages_and_resumi
     env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, "PREFECT_API_URL": "",
            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "PREFECT_HOME": str(tmp_path / "prefect-home")}  # fmt: skip
     log = (tmp_path / "killed.log").open("w")
-    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 600
-    while not list(work.glob("stages/train-*/checkpoints/step-*/trainer_state.json")):
-        assert first.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "training did not checkpoint within 10 minutes"
-        time.sleep(0.05)
+    marker = tmp_path / "held"
+    # held once training wrote its first checkpoint (step 10 of 150), then killed there
+    first = held_rrhf("rrhf_core.training.trainer:save_checkpoint", 1, marker, command[3:],
+                      cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    wait_for_marker(marker, first, log=tmp_path / "killed.log")
     first.send_signal(signal.SIGKILL)
     first.wait()
     done = {p.parent.name: p.stat().st_mtime_ns for p in work.glob("stages/*/_DONE")}

@@ -10,6 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from conftest import free_port
 from rrhf_core.errors import ConfigError
 from rrhf_core.metrics import read_metrics
 from rrhf_core.training.config import TrainConfig
@@ -156,11 +157,7 @@ def test_torchrun_command_lines(tmp_path):
 
 @pytest.mark.slow
 def test_a_machine_that_never_joins_fails_the_run_in_time(tiny_model_dir, learnable_set, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cfg = _cfg(
         tiny_model_dir,
         learnable_set,

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import free_port
 from rrhf_core.data.ingest import ingest
 from rrhf_core.errors import ConfigError
 from rrhf_core.sampling.config import SampleConfig
@@ -30,24 +30,45 @@ pytestmark = pytest.mark.integration
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Cluster(str):
+    """A Ray head's address (what the settings take), with the temp folder that tells its processes apart."""
+
+    def __new__(cls, address: str, marker: str) -> Cluster:
+        obj = super().__new__(cls, address)
+        obj.marker = marker
+        return obj
+
+
+def shard_workers(cluster: Cluster) -> list[int]:
+    """The PIDs of this cluster's worker processes running a sampling shard now: ``ray::_shard_task`` in their
+    title and this cluster's marker in their environment (no other Ray on the machine matches)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours
+            continue
+        if b"ray::_shard_task" in title and f"RRHF_TEST_RAY_CLUSTER={cluster.marker}".encode() in environ:
+            found.append(int(proc.name))
+    return found
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A Ray head on this machine with 2 CPUs (2 worker processes run shards at once); stopped afterwards."""
-    port = _free_port()
+    port = free_port()
     temp = tmp_path_factory.mktemp("ray")
     # workers import the test's reward functions (a function reward's module must be importable on every worker)
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(Path(__file__).parent)}
+    env["RRHF_TEST_RAY_CLUSTER"] = str(temp)  # inherited by this cluster's workers: how the tests find them
     start = [RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0"]
     start += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
     done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
-    yield f"127.0.0.1:{port}"
+    yield Cluster(f"127.0.0.1:{port}", str(temp))
     subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
@@ -115,11 +136,10 @@ def test_a_killed_worker_takes_only_its_shard_with_it(cluster, prompts, tmp_path
     def kill_one_running_shard() -> None:
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            found = subprocess.run(["pgrep", "-f", "ray::_shard_task"], capture_output=True, text=True).stdout
-            if found.split():
-                pid = int(found.split()[0])
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
+            running = shard_workers(cluster)
+            if running:
+                os.kill(running[0], signal.SIGKILL)
+                killed.append(running[0])
             time.sleep(0.05)
 
     killer = threading.Thread(target=kill_one_running_shard)
@@ -135,7 +155,7 @@ def test_a_killed_worker_takes_only_its_shard_with_it(cluster, prompts, tmp_path
 
 
 def test_an_address_that_does_not_answer_is_a_clear_error(prompts, tmp_path, tiny_model_dir):
-    port = _free_port()
+    port = free_port()
     cfg = _cfg(
         prompts,
         tmp_path / "x",

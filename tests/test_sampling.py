@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import held_rrhf, wait_for_marker
 from rrhf_core.data.ingest import ingest
 from rrhf_core.sampling import cut_at_stop
 from rrhf_core.sampling.config import SampleConfig
@@ -77,9 +77,7 @@ def test_hf_backend_k_samples_references_and_shards(prompts, tmp_path, tiny_mode
     assert again.shards_done_now == 0 and read(again.samples_path) == rows
 
 
-def _run_sample(
-    prompts: Path, out: Path, model: str, backend: str, log: Path | None = None, **extra
-) -> subprocess.Popen:
+def _sample_args(prompts: Path, out: Path, model: str, backend: str, **extra) -> list[str]:
     args = [
         "--prompts",
         str(prompts),
@@ -93,6 +91,13 @@ def _run_sample(
     ]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", v if isinstance(v, str) else json.dumps(v)]
+    return args
+
+
+def _run_sample(
+    prompts: Path, out: Path, model: str, backend: str, log: Path | None = None, **extra
+) -> subprocess.Popen:
+    args = _sample_args(prompts, out, model, backend, **extra)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     stdout = log.open("w") if log else subprocess.PIPE
     return subprocess.Popen(
@@ -153,12 +158,20 @@ def test_killed_sampling_resumes_with_only_the_missing_shards(prompts, tmp_path,
     assert full.wait(timeout=300) == 0, full.stdout.read()
 
     log = tmp_path / "killed.log"
-    killed = _run_sample(prompts, tmp_path / "killed", str(tiny_model_dir), "hf", log=log, **extra)
+    marker = tmp_path / "held"
     shards = tmp_path / "killed" / "shards"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(shards.glob("shard-*.parquet"))) < 2:
-        assert killed.poll() is None, "sampling ended before it could be killed: " + log.read_text()
-        time.sleep(0.02)
+    # held once its second shard is written, then killed there: on a fast machine and a slow one alike
+    args = _sample_args(prompts, tmp_path / "killed", str(tiny_model_dir), "hf", **extra)
+    killed = held_rrhf(
+        "rrhf_core.sampling.stage:atomic_write_parquet",
+        2,
+        marker,
+        ["sample", *args],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_marker(marker, killed, log=log)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     before = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.parquet")}

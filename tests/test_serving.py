@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from conftest import free_port, wait_until_answers
 from rrhf_core.serving import answer, chats, render
 
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
@@ -107,17 +106,11 @@ def test_the_version_comes_from_the_training_run_and_takes_chats_and_params(regi
     assert len(short.split()) <= 3 < len(longer.split())  # max_new_tokens is honoured
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_a_chat_over_http(registered, tmp_path: Path) -> None:
     uri, name, _ = registered
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{name}@champion",
@@ -132,15 +125,7 @@ def test_mlflow_models_serve_answers_a_chat_over_http(registered, tmp_path: Path
         stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                assert time.time() < deadline, "the model server did not come up in 300 s"
-                time.sleep(2)
+        wait_until_answers(f"http://127.0.0.1:{port}/ping", server, 600, tmp_path / "serve.log")
         body = {"dataframe_records": [{"messages": QUESTION}], "params": {"max_new_tokens": 24}}
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",

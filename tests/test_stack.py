@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,18 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_round
+from conftest import free_port, tiny_round
 from rrhf_cli import stack
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("RRHF_TEST_ARTIFACTS", ROOT / "runs" / "test-artifacts")) / "ui"
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +31,7 @@ def round_on_stack(tmp_path_factory, tiny_model_dir):
     # PostgreSQL runs as the 'postgres' user when the tests run as root: its folder must be reachable by it
     where = Path(tempfile.mkdtemp(prefix="rrhf-stack-"))
     where.chmod(0o755)
-    ports = stack.Ports(postgres=_free_port(), prefect=_free_port(), mlflow=_free_port(), worker=_free_port())
+    ports = stack.Ports(postgres=free_port(), prefect=free_port(), mlflow=free_port(), worker=free_port())
     lines: list[str] = []
     # the worker (started by `stack up`, with this environment) imports the tests' reward function
     saved = os.environ.get("PYTHONPATH")

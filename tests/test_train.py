@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import build_tiny_model
+from conftest import build_tiny_model, held_rrhf, wait_for_marker
 from rrhf_core.data.contracts import load_listwise
 from rrhf_core.encoding import Encoder
 from rrhf_core.errors import TrainingDivergedError
@@ -120,8 +119,8 @@ def _train_args(model, data, out, *extra: str) -> list[str]:
         str(data),
         "--output-dir",
         str(out),
-        "--bf16",
-        "off",
+        "--dtype",
+        "fp32",
         "--max-length",
         "128",
         "--max-response-tokens",
@@ -161,15 +160,18 @@ def test_sigkill_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path)
     assert full.wait(timeout=300) == 0, full.stdout.read()
 
     log = tmp_path / "killed.log"
-    killed = _cli(*_train_args(model, data, tmp_path / "killed", *args), log=log)
-    ckpts = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (
-        ckpts.exists() and any(p.name >= "step-00000006" for p in ckpts.glob("step-*"))
-    ):
-        assert killed.poll() is None, "the run ended before it could be killed: " + log.read_text()
-        time.sleep(0.02)
-    assert killed.poll() is None, "the run finished before it could be killed"
+    marker = tmp_path / "held"
+    # held after its second checkpoint (step 6 of 24), then killed there: on a fast machine and a slow one alike
+    killed = held_rrhf(
+        "rrhf_core.training.trainer:save_checkpoint",
+        2,
+        marker,
+        ["train", "--no-progress", *_train_args(model, data, tmp_path / "killed", *args)],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_for_marker(marker, killed, log=log)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert not (tmp_path / "killed" / "model").exists()
