@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from rrhf_core import pipeline as plan
+from rrhf_core import redaction
 from rrhf_core.config import redact_credentials, redacted
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.hardware import describe_machine
@@ -34,6 +35,7 @@ from tasks.stages import STAGE_TASKS, evaluate_task, promote_task, train_rm_task
 from tasks.tracking import start_run, tracked_workdir
 
 REWARD_REGISTRY = "rrhf-reward"
+redaction.install()  # a worker runs these flows: its logs and output carry no credentials either
 
 
 def register_reward_model(model_dir: str, name: str, alias: str | None = None) -> str:

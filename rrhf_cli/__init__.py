@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import typing
@@ -16,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from rrhf_core import redaction
 from rrhf_core.errors import ConfigError, RRHFError
 
 
@@ -184,6 +186,12 @@ def _config(args: argparse.Namespace, cls: Any, where: str) -> Any:
         while not top.parent.exists():
             top = top.parent
         args.new_output_dir = (made, top)  # a failed command takes away what it made, if it stayed empty
+    held = getattr(args, "held", None)  # set by main while a command runs
+    if held is not None and out and args.command in STAGE_COMMANDS and getattr(cfg, "nnodes", 1) == 1:
+        # one command at a time writes a stage's folder (the machines of a multi-machine training share theirs)
+        from rrhf_core.workdir import workdir_lock
+
+        held.enter_context(workdir_lock(out, f"rrhf {args.command}"))
     return cfg
 
 
@@ -495,6 +503,7 @@ def _remove_if_empty(made: tuple[Path, Path] | None) -> None:
     if made is None:
         return
     folder, top = made
+    (folder / ".rrhf.lock").unlink(missing_ok=True)  # the command's own lock, released by now
     while folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
         if folder == top:
@@ -503,13 +512,16 @@ def _remove_if_empty(made: tuple[Path, Path] | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    redaction.install()  # no credentials of a tracking URI in anything this command prints or logs
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["stack"]:  # its own parser (its --help included)
         args = argparse.Namespace(command="stack", func=cmd_stack, rest=argv[1:])
     else:
         args = build_parser().parse_args(argv)
+    args.held = contextlib.ExitStack()  # the output folder's lock, while the command runs
     try:
-        return int(args.func(args) or 0)
+        with args.held:
+            return int(args.func(args) or 0)
     except RRHFError as e:
         print(f"rrhf {args.command}: error: {e}", file=sys.stderr)
         _remove_if_empty(getattr(args, "new_output_dir", None))

@@ -2,11 +2,17 @@
 
 PostgreSQL (the system's server binaries: Debian's ``postgresql`` package), a Prefect server and an MLflow tracking
 server on it (MLflow's artifacts in a folder of the stack), and a Prefect process worker on the pool the deployments of
-``prefect.yaml`` use. Everything listens on 127.0.0.1 only; the database password is generated once and kept in
-``<dir>/credentials.env`` (mode 0600). ``docker/compose.yaml`` describes the same stack for docker users.
+``prefect.yaml`` use. Everything listens on 127.0.0.1 only, and nothing answers without credentials: the Prefect API
+takes a basic-auth string (with CSRF protection and CORS for its own UI only), MLflow runs its basic-auth app (user
+``rrhf``, the admin), and the process pool's job template has no ``command`` or ``env`` variable, so a flow run cannot
+make the worker run a command of its own (the server refuses such a run). The passwords are generated once and kept
+in ``<dir>/credentials.env`` (mode 0600); they reach the servers through their environment, never a command line,
+and the commands that use the stack read them from ``<dir>/client.env`` (mode 0600). ``docker/compose.yaml``
+describes the same stack for docker users.
 
 The stack's folder holds each component's data, pid file and log (``<dir>/logs/``); ``rrhf stack env`` prints the
-``PREFECT_API_URL`` and ``MLFLOW_TRACKING_URI`` exports that point commands at it.
+line that loads ``client.env`` (``PREFECT_API_URL``, ``PREFECT_API_AUTH_STRING``, ``MLFLOW_TRACKING_URI``,
+``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``) into a shell.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import glob
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -32,6 +39,11 @@ from rrhf_cli.reaper import _alive
 from rrhf_core.errors import ConfigError
 
 DB_USER = "rrhf"
+USER = "rrhf"  # the stack's user for the Prefect API and MLflow (MLflow's admin)
+SECRETS = ("POSTGRES_PASSWORD", "RRHF_STACK_PASSWORD", "MLFLOW_FLASK_SECRET")
+# what a flow run on the stack's process pool may set: no command, no environment (either would run code of the
+# caller's choosing as the worker's user)
+POOL_VARIABLES = ("name", "labels", "stream_output", "working_dir")
 POOL = "rrhf-process"
 COMPONENTS = ("postgres", "prefect", "mlflow", "worker")
 
@@ -70,14 +82,25 @@ class Stack:
         return self.dir / "stack.json"
 
     # -- addresses --------------------------------------------------------------------------------------------------
-    def password(self) -> str:
-        creds = self.dir / "credentials.env"
-        for line in creds.read_text().splitlines():
-            if line.startswith("POSTGRES_PASSWORD="):
+    @property
+    def credentials(self) -> Path:
+        return self.dir / "credentials.env"
+
+    @property
+    def client_file(self) -> Path:
+        return self.dir / "client.env"
+
+    def secret(self, name: str) -> str:
+        for line in _read_private(self.credentials).splitlines():
+            if line.startswith(f"{name}="):
                 return line.split("=", 1)[1]
         raise ConfigError(
-            f"{creds} has no POSTGRES_PASSWORD line; delete the stack folder {self.dir} to start over"
+            f"{self.credentials} has no {name} line: run `rrhf stack up --dir {self.dir}` (it adds what is missing), "
+            f"or delete the stack folder {self.dir} to start over"
         )
+
+    def password(self) -> str:
+        return self.secret("POSTGRES_PASSWORD")
 
     def db_url(self, db: str, driver: str = "postgresql") -> str:
         return f"{driver}://{DB_USER}:{self.password()}@127.0.0.1:{self.ports.postgres}/{db}"
@@ -91,7 +114,53 @@ class Stack:
         return f"http://127.0.0.1:{self.ports.mlflow}"
 
     def client_env(self) -> dict[str, str]:
-        return {"PREFECT_API_URL": self.prefect_api, "MLFLOW_TRACKING_URI": self.mlflow_uri}
+        """What a command needs to use the stack: its addresses and credentials."""
+        pw = self.secret("RRHF_STACK_PASSWORD")
+        return {
+            "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_API_AUTH_STRING": f"{USER}:{pw}",
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "MLFLOW_TRACKING_USERNAME": USER,
+            "MLFLOW_TRACKING_PASSWORD": pw,
+        }
+
+
+def _read_private(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read the stack's credentials {path}: {e.strerror}") from None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``path`` readable by its owner only (0600 from its creation: never readable by others, not even for a
+    moment), replacing it without following a link planted there."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _ensure_credentials(st: Stack) -> None:
+    """Generate each secret the stack needs once; an older stack's file gains the ones it lacks."""
+    have = _read_private(st.credentials) if st.credentials.exists() else ""
+    names = {line.split("=", 1)[0] for line in have.splitlines() if "=" in line}
+    missing = [n for n in SECRETS if n not in names]
+    if missing or (st.credentials.stat().st_mode & 0o077):
+        extra = "".join(f"{n}={secrets.token_urlsafe(24)}\n" for n in missing)
+        _write_private(st.credentials, have + ("" if not have or have.endswith("\n") else "\n") + extra)
+    _write_private(st.client_file, "".join(f"{k}={v}\n" for k, v in st.client_env().items()))
+
+
+def env_lines(st: Stack) -> list[str]:
+    """What `rrhf stack env` prints: a line that loads the client file into the shell (the secrets stay in the file,
+    not on the terminal)."""
+    return [
+        f"# the stack's addresses and credentials ({', '.join(st.client_env())}), kept in {st.client_file}",
+        f"set -a; . {shlex.quote(str(st.client_file))}; set +a",
+    ]
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------------
@@ -150,6 +219,32 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/PID/stat`` field 22): with the pid, it names one
+    process (a pid alone is reused once its process has gone). None where there is no ``/proc``."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _our_pid(path: Path) -> int | None:
+    """The pid in the stack's pid file ``path`` while it is still the process the stack started (same start time
+    as recorded): a pid file that names another process, by reuse of the pid or by an edit, is not signalled."""
+    pid = _read_pid(path)
+    if not _alive(pid):
+        return None
+    assert pid is not None
+    try:
+        recorded = path.read_text().split()[1:2]
+    except OSError:
+        return None
+    now = _start_time(pid)
+    if not recorded or now is None or recorded[0] != now:
+        return None
+    return pid
+
+
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
@@ -191,7 +286,7 @@ def _spawn(st: Stack, name: str, cmd: list[str], env: dict[str, str]) -> subproc
         start_new_session=True,
         cwd=Path.cwd(),
     )
-    st.pidfile(name).write_text(f"{proc.pid}\n")
+    st.pidfile(name).write_text(f"{proc.pid} {_start_time(proc.pid) or '-'}\n")
     return proc
 
 
@@ -276,7 +371,7 @@ def _pg_running(st: Stack) -> bool:
 
 def _already_up(st: Stack, name: str, health: str, port: int, where: str, say: Callable[[str], None]) -> bool:
     """True when the stack's ``name`` runs and answers ``health``; else its port must be free (or a clear error)."""
-    if _alive(_read_pid(st.pidfile(name))) and _http_ok(health):
+    if _our_pid(st.pidfile(name)) and _http_ok(health):
         say(f"{name}: already running at {where}")
         return True
     if not _port_free(port):
@@ -291,6 +386,10 @@ def _prefect_up(st: Stack, say: Callable[[str], None]) -> None:
     env["PREFECT_API_DATABASE_CONNECTION_URL"] = st.db_url("prefect", "postgresql+asyncpg")
     # the UI asks this address for its data (by default the one on port 4200, whatever port the server has)
     env["PREFECT_UI_API_URL"] = st.prefect_api
+    # nothing answers without the auth string; state changes need a CSRF token; only the stack's own UI may call it
+    env["PREFECT_SERVER_API_AUTH_STRING"] = st.client_env()["PREFECT_API_AUTH_STRING"]
+    env["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"] = "true"
+    env["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"] = f"http://127.0.0.1:{st.ports.prefect}"
     exe = str(Path(sys.executable).parent / "prefect")
     cmd = [exe, "server", "start", "--host", "127.0.0.1", "--port", str(st.ports.prefect)]
     proc = _spawn(st, "prefect", cmd, env)
@@ -307,12 +406,49 @@ def _mlflow_up(st: Stack, say: Callable[[str], None]) -> None:
     artifacts.mkdir(exist_ok=True)
     exe = str(Path(sys.executable).parent / "mlflow")
     cmd = [exe, "server", "--host", "127.0.0.1", "--port", str(st.ports.mlflow), "--workers", "1",
-           "--backend-store-uri", st.db_url("mlflow"), "--artifacts-destination", str(artifacts)]  # fmt: skip
+           "--app-name", "basic-auth", "--artifacts-destination", str(artifacts)]  # fmt: skip
     env = _child_env(st)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    # the database password through the environment, never on the command line (`ps` shows every user that)
+    env["MLFLOW_BACKEND_STORE_URI"] = st.db_url("mlflow")
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(_mlflow_auth_config(st))
+    env["MLFLOW_AUTH_ADMIN_PASSWORD"] = st.secret("RRHF_STACK_PASSWORD")
+    env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = st.secret("MLFLOW_FLASK_SECRET")
     proc = _spawn(st, "mlflow", cmd, env)
     _wait("the MLflow server", lambda: _http_ok(f"{st.mlflow_uri}/health"), st.logs / "mlflow.log", 180, proc)
     say(f"mlflow: tracking server at {st.mlflow_uri}, runs on Postgres, artifacts in {artifacts}")
+
+
+def _mlflow_auth_config(st: Stack) -> Path:
+    """MLflow's basic-auth settings: its user database in a folder of its own, outside the served artifacts (a file
+    there could be downloaded through the artifact API); no password in the file (it comes from the environment)."""
+    folder = st.dir / "mlflow-auth"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    ini = folder / "auth.ini"
+    _write_private(
+        ini,
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+        f"admin_username = {USER}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
+    return ini
+
+
+def pool_template() -> dict:
+    """The process pool's base job template without the variables that would let a flow run choose what the worker
+    runs (``command``) or how (``env``); other variables are refused by the server (``additionalProperties``)."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    template["job_configuration"] = {
+        k: v for k, v in template["job_configuration"].items() if k in POOL_VARIABLES
+    }
+    props = template["variables"]["properties"]
+    template["variables"]["properties"] = {k: v for k, v in props.items() if k in POOL_VARIABLES}
+    template["variables"]["additionalProperties"] = False
+    return template
 
 
 def _worker_up(st: Stack, say: Callable[[str], None]) -> None:
@@ -321,8 +457,20 @@ def _worker_up(st: Stack, say: Callable[[str], None]) -> None:
         return
     env = {**_child_env(st), **st.client_env()}
     exe = str(Path(sys.executable).parent / "prefect")
+    template = st.dir / "process-pool.json"
+    template.write_text(json.dumps(pool_template(), indent=2) + "\n")
     out = subprocess.run(
-        [exe, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
+        [
+            exe,
+            "work-pool",
+            "create",
+            POOL,
+            "--type",
+            "process",
+            "--overwrite",
+            "--base-job-template",
+            str(template),
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -347,10 +495,7 @@ def up(dir_: Path, ports: Ports | None = None, say: Callable[[str], None] = prin
     st = _load(dir_, ports)
     st.dir.mkdir(parents=True, exist_ok=True)
     st.logs.mkdir(exist_ok=True)
-    creds = st.dir / "credentials.env"
-    if not creds.exists():
-        creds.write_text(f"POSTGRES_PASSWORD={secrets.token_urlsafe(24)}\n")
-        creds.chmod(0o600)
+    _ensure_credentials(st)
     if os.geteuid() == 0:  # the database's owner must reach its folder
         st.dir.chmod(0o755)
     st.state_file.write_text(json.dumps({"ports": asdict(st.ports)}, indent=2) + "\n")
@@ -366,11 +511,10 @@ def up(dir_: Path, ports: Ports | None = None, say: Callable[[str], None] = prin
 
 
 def _stop_pid(st: Stack, name: str, timeout: float = 30) -> bool:
-    pid = _read_pid(st.pidfile(name))
-    if not _alive(pid):
+    pid = _our_pid(st.pidfile(name))
+    if pid is None:  # gone, or the pid now names a process the stack did not start: never signal that
         st.pidfile(name).unlink(missing_ok=True)
         return False
-    assert pid is not None
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.time() + timeout
@@ -419,7 +563,7 @@ def status(dir_: Path) -> dict[str, dict[str, object]]:
     }
     out: dict[str, dict[str, object]] = {}
     for name in COMPONENTS:
-        pid = _read_pid(st.pgdata / "postmaster.pid" if name == "postgres" else st.pidfile(name))
+        pid = _read_pid(st.pgdata / "postmaster.pid") if name == "postgres" else _our_pid(st.pidfile(name))
         out[name] = {"pid": pid if _alive(pid) else None, "healthy": bool(health[name]()), "at": where[name]}
     return out
 
@@ -449,8 +593,9 @@ def main(argv: list[str]) -> int:
         down(a.dir)
     elif a.action == "env":
         st = _load(a.dir, ports)
-        for k, v in st.client_env().items():
-            print(f"export {k}={v}")
+        if not st.client_file.exists():
+            raise ConfigError(f"no stack in {st.dir} (no {st.client_file.name}): start it with rrhf stack up")
+        print("\n".join(env_lines(st)))
     else:
         report = status(a.dir)
         for name, s in report.items():

@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
+from rrhf_core import pretrained
 from rrhf_core.errors import ConfigError, MissingPackageError
+from rrhf_core.workdir import open_lock_file
 
 EMBEDDED_PREFIX = "embedded:"
 EMBEDDED_POLICY = "embedded:smollm2-135m-instruct"
@@ -49,12 +51,12 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def _file_lock(path: Path) -> Iterator[None]:
     """Exclusive lock so concurrent processes (e.g. 2 training ranks) convert only once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    fd = open_lock_file(path, f"the cache {path.parent}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def package_dir(module: str, what: str, pip_spec: str) -> Path:
@@ -90,10 +92,10 @@ def ensure_embedded_policy(cache_dir: str | os.PathLike[str] | None = None) -> P
             return target
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = pretrained.load(AutoTokenizer, gguf.parent, gguf_file=gguf.name)
+        model = pretrained.load(AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         # The dequantised model is an ordinary LlamaForCausalLM; drop the GGUF quantizer so it can be saved.
-        model.hf_quantizer = None  # type: ignore[assignment]
+        model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
@@ -195,7 +197,7 @@ def load_tokenizer(name_or_path: str, cache_dir: str | os.PathLike[str] | None =
 
     path = resolve_model(name_or_path, cache_dir)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
+        tok = pretrained.load(AutoTokenizer, path, "tokenizer")
     except (OSError, ValueError) as e:
         raise model_load_error(path, e) from None
     if tok.pad_token_id is None:
@@ -210,7 +212,7 @@ def causal_lm_frame(name_or_path: str, cache_dir: str | os.PathLike[str] | None 
 
     path = resolve_model(name_or_path, cache_dir)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = pretrained.load(AutoConfig, path)
     except (OSError, ValueError) as e:
         raise model_load_error(path, e) from None
     with torch.device("meta"):
@@ -224,6 +226,6 @@ def load_causal_lm(
 
     path = resolve_model(name_or_path, cache_dir)
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return pretrained.load(AutoModelForCausalLM, path, dtype=dtype)
     except (OSError, ValueError) as e:
         raise model_load_error(path, e) from None

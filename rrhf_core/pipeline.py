@@ -59,7 +59,8 @@ class PipelineConfig(BaseModel):
     reward: str = Field(
         EMBEDDED_REWARD,
         description="Reward spec for scoring (an HF reward model, module:function, an embedded reward, or "
-        "trained:NAME for a reward model of `reward_models`).",
+        "trained:NAME for a reward model of `reward_models`). A module:function reward is imported and run: it is "
+        "trusted code, like a training script.",
     )
     reward_models: dict[str, RMSettings] = Field(
         default_factory=dict,

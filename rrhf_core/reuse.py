@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from rrhf_core.config import fields_marked
+from rrhf_core.data.contracts import atomic_write_text
 from rrhf_core.digest import code_digest, digest_json
 
 R = TypeVar("R", bound=BaseModel)
@@ -85,10 +86,8 @@ class StageStore:
     def save(self, key: StageKey, result: BaseModel) -> None:
         folder = self.folder(key)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "._DONE.tmp"
         record = {"key": key.as_dict(), "result": result.model_dump(mode="json")}
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, folder / "_DONE")
+        atomic_write_text(folder / "_DONE", json.dumps(record, indent=2, default=str))
 
     def previous(self, stage: str) -> list[dict[str, Any]]:
         """Keys of this stage's finished folders, oldest first (to say why a stage was not reused). Only this stage's

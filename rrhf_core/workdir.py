@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -42,6 +43,28 @@ def held_here(workdir: str | os.PathLike[str]) -> bool:
     return Path(workdir).resolve() / LOCK_NAME in _held
 
 
+def open_lock_file(path: Path, whose: str) -> int:
+    """Open (or create) the lock file ``path`` without following a link: a link planted there would have the lock's
+    record written into whatever it points at. A link, a folder or anything but a plain file there is a
+    :class:`ConfigError` saying what to remove."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not usable"
+        raise ConfigError(
+            f"the lock file of {whose}, {path}, is {kind} ({e.strerror}): a lock must be a plain file. "
+            "Remove it (nothing else uses that name) and run again"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(
+            f"the lock file of {whose}, {path}, is not a plain file: remove it (nothing else uses that name) and "
+            "run again"
+        )
+    return fd
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: str | os.PathLike[str], what: str = "rrhf") -> Iterator[Path]:
     """Hold ``workdir`` for the body; :class:`WorkdirBusyError` naming the holder when another process has it."""
@@ -55,7 +78,7 @@ def workdir_lock(workdir: str | os.PathLike[str], what: str = "rrhf") -> Iterato
         finally:
             _held[path] -= 1
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_lock_file(path, f"the workdir {work}")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

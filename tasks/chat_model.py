@@ -20,6 +20,7 @@ from typing import Any
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+from rrhf_core import pretrained
 from rrhf_core.serving import ARTIFACT, DEFAULT_PARAMS, answer, chats, render
 
 
@@ -30,8 +31,8 @@ class ChatModel(PythonModel):
 
         path = context.artifacts[ARTIFACT]
         self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.tokenizer = pretrained.load(AutoTokenizer, path, "served policy")
+        self.model = pretrained.load(AutoModelForCausalLM, path, "served policy", dtype=torch.float32).eval()
         self.prompt_format = (context.model_config or {}).get("prompt_format", "chat")
 
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]  # MLflow reads hints as a schema

@@ -22,6 +22,9 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from rrhf_core.config import redact_credentials
+from rrhf_core.errors import ConfigError
+from rrhf_core.redaction import redacted_error
 from rrhf_core.workdir import held_here, workdir_lock
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -40,6 +43,7 @@ def configure(workdir: str | Path, experiment: str, tracking_uri: str | None = N
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     uri = store_uri(workdir, tracking_uri)
+    check_answers(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(experiment) is None:
@@ -47,6 +51,31 @@ def configure(workdir: str | Path, experiment: str, tracking_uri: str | None = N
         mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment)
     return uri
+
+
+def check_answers(uri: str, timeout: float = 10.0) -> None:
+    """A tracking server that does not answer is one clear error at once (MLflow's own client retries for minutes
+    and then names the URI with its password); any HTTP answer, an error status included, counts as answering."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(uri)
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""
+    try:
+        with urllib.request.urlopen(
+            urllib.parse.urlunsplit((parts.scheme, host, "/", "", "")), timeout=timeout
+        ):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(
+            f"the MLflow tracking server at {redact_credentials(uri)} does not answer ({reason}): start it, or point "
+            "tracking_uri / MLFLOW_TRACKING_URI at one that runs (unset, a round tracks to <workdir>/mlflow.db)"
+        ) from None
 
 
 _workdir_tag: str | None = None  # "host:/abs/workdir" of the workdir this process tracks
@@ -94,7 +123,13 @@ def tracked_workdir(
                 print(
                     f"marked FAILED {len(reaped)} MLflow run(s) a stopped run left RUNNING: {', '.join(reaped)}"
                 )
-        yield uri
+        try:
+            yield uri
+        except Exception as e:  # the error the flow run ends with is stored by Prefect: no credentials in it
+            safe = redacted_error(e)
+            if safe is e:
+                raise
+            raise safe from None
 
 
 def start_run(run_name: str) -> Any:

@@ -8,6 +8,7 @@ out. The text inputs are in ``tests/bad_inputs/``; Parquet files, corrupt files 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -70,6 +71,20 @@ GENERATED: dict[str, Callable[[Path], None]] = {
     "truncated.jsonl.gz": lambda p: p.write_bytes(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03+"),
     "latin1.csv": lambda p: p.write_bytes("prompt\nCaf\u00e9 au lait?\n".encode("latin-1")),
     "empty.jsonl": lambda p: p.write_text("\n\n"),
+    # JSON escapes that decode to text no file can hold (lone surrogates) or that shows nothing (zero-width only)
+    "unicode_tricks.jsonl": lambda p: p.write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "A good prompt."}),
+                '{"prompt": "\\ud800 lone high surrogate"}',
+                '{"prompt": "\\u200b\\u200b"}',
+                '{"messages": [{"role": "user", "content": "\\ufeff\\u2060 \\u200d"}]}',
+                json.dumps({"prompt": "Another good prompt."}),
+                '{"prompt": "A question", "reference": "an answer \\udfff"}',
+            ]
+        )
+        + "\n"
+    ),
 }
 
 
@@ -119,6 +134,15 @@ INGEST_SKIPS: dict[str, tuple[int, dict[int, str]]] = {
     "bom.csv": (3, {}),
     "bom.jsonl": (3, {}),
     "blank_final_assistant.jsonl": (4, {}),
+    "unicode_tricks.jsonl": (
+        2,
+        {
+            2: "unpaired surrogate (\\ud800)",
+            3: "field 'prompt' is empty",
+            4: "a user turn is empty",
+            6: "unpaired surrogate (\\udfff)",
+        },
+    ),
 }
 
 
@@ -406,6 +430,45 @@ def test_build_skips_and_counts_blank_responses(chain, tmp_path, capsys):
     assert (
         json.loads((tmp_path / "build-out" / "build_stats.json").read_text())["blank_responses_skipped"] == 1
     )
+
+
+@pytest.mark.parametrize("stage", ["sample", "score", "build"])
+def test_a_duplicated_prompt_id_is_refused_by_every_reader(stage, chain, tmp_path, capsys):
+    """Two prompts under one id would pair one prompt's answers with the other's text: refused, naming both rows."""
+    prompts = rows_of(chain["prompts"])
+    prompts[1]["prompt_id"] = prompts[0]["prompt_id"]
+    files = {**chain, "prompts": write(tmp_path / "dup-prompts.parquet", prompts, PROMPTS_SCHEMA)}
+    code, out = rrhf(capsys, *stage_argv(stage, files, tmp_path))
+    assert_clean_error(
+        code, out, str(files["prompts"]), "duplicated prompt_id", "row 2 repeats prompt_id 'p0' of row 1"
+    )
+
+
+@pytest.mark.parametrize(
+    "rewards",
+    [(1e308, 1e300, 0.0), (1e8 + 1, 1e8, 1e8 - 1), (-1e308, 1e308, 0.0)],
+    ids=["near-float64-max", "beyond-float32-precision", "both-extremes"],
+)
+def test_extreme_rewards_build_and_keep_their_order_in_training(rewards, chain, tmp_path, capsys):
+    """Rewards that float32 would merge into ties (or overflow) build without error and reach the loss with their
+    order intact."""
+    from rrhf_core.data.contracts import load_listwise
+    from rrhf_core.training.collate import reward_ranks
+
+    scores = rows_of(chain["scores"])
+    for i, r in enumerate(scores):
+        r["reward"] = rewards[i % 3]
+    files = {**chain, "scores": write(tmp_path / "extreme.parquet", scores, SCORES_SCHEMA)}
+    code, out = rrhf(capsys, *stage_argv("build", files, tmp_path))
+    assert code == 0, out
+    assert "2 of 2 prompts kept" in out
+    stats = json.loads((tmp_path / "build-out" / "build_stats.json").read_text())
+    assert all(math.isfinite(v) for v in (stats["reward_mean"], stats["best_of_n_mean"]))
+    examples, _ = load_listwise(tmp_path / "build-out" / "train.parquet")
+    for ex in examples:
+        ranks = reward_ranks(ex.rewards)
+        assert len(set(ranks)) == 3  # three distinct rewards, three distinct ranks: no tie made
+        assert sorted(range(3), key=lambda i: ex.rewards[i]) == sorted(range(3), key=lambda i: ranks[i])
 
 
 # --- score: reward functions and the score cache --------------------------------------------------------------------

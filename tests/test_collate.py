@@ -137,3 +137,13 @@ def test_empty_negative_is_eos_alone_ranked_last(tiny_tokenizer):
     shared = collate_shared([n], tiny_tokenizer.pad_token_id)
     rows = shared.resp == 2
     assert shared.tgt[rows].tolist() == [enc.eos_id] and shared.src_pos[rows].tolist() == [p - 1]
+
+
+def test_reward_ranks_keep_order_and_ties_that_float32_would_lose():
+    from rrhf_core.training.collate import reward_ranks
+
+    # by hand: distinct levels -inf < 0.5 < 1e8 < 1e8 + 1, so ranks 0, 1, 2, 3; the two 0.5 share rank 1
+    assert reward_ranks([0.5, 1e8 + 1, 1e8, 0.5, float("-inf")]) == [1.0, 3.0, 2.0, 1.0, 0.0]
+    assert reward_ranks([1e308, 1e300]) == [1.0, 0.0]  # both are inf in float32
+    assert torch.tensor([1e8 + 1, 1e8], dtype=torch.float32).unique().numel() == 1  # what the ranks avoid
+    assert reward_ranks([2.0, 2.0]) == [0.0, 0.0]

@@ -42,7 +42,16 @@ def test_dockerfiles_pass_hadolint(dockerfile):
 def test_compose_file_is_valid():
     spec = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
     assert {"postgres", "prefect-server", "mlflow", "worker"} <= set(spec["services"])
-    assert "postgresql" in spec["services"]["mlflow"]["command"]
+    mlflow = spec["services"]["mlflow"]
+    # the database password reaches MLflow through its environment, not its command line (`ps` shows every user that)
+    assert "postgresql" not in mlflow["command"] and "PASSWORD" not in mlflow["command"]
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    # the auth database is outside every served folder (the artifact API would hand it out)
+    auth_ini = (ROOT / "docker" / "mlflow-auth.ini").read_text()
+    auth_db = next(line for line in auth_ini.splitlines() if line.startswith("database_uri"))
+    served = next(a for a in mlflow["command"].split("--artifacts-destination")[1].split())
+    assert served not in auth_db, (served, auth_db)
+    assert any(v.split(":")[1] in auth_db for v in mlflow["volumes"] if not v.startswith("mlartifacts"))
     assert spec["services"]["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     # locked down: loopback ports only, no credential in the file, the servers' own auth on
     for name, service in spec["services"].items():

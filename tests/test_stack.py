@@ -4,6 +4,7 @@ headless Chromium (what a user must see after a round). Screenshots are kept und
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -101,11 +102,20 @@ def round_on_stack(tmp_path_factory, tiny_model_dir):
         shutil.rmtree(where, ignore_errors=True)
 
 
-def test_the_pipeline_deployment_runs_on_the_postgres_backed_stack(round_on_stack):
+@pytest.fixture
+def as_stack_client(round_on_stack, monkeypatch):
+    """This process uses the stack as `rrhf stack env` would have it: with its credentials."""
+    st = round_on_stack[0]
+    for k, v in st.client_env().items():
+        monkeypatch.setenv(k, v)
+    return round_on_stack
+
+
+def test_the_pipeline_deployment_runs_on_the_postgres_backed_stack(as_stack_client):
     import psycopg2
     from mlflow.tracking import MlflowClient
 
-    st, summary, flow_run_id = round_on_stack
+    st, summary, flow_run_id = as_stack_client
     assert summary["promotion"]["version"] == "1" and summary["promotion"]["promoted"]
     # the round was tracked by the MLflow server, and its runs and the registry live in PostgreSQL
     client = MlflowClient(st.mlflow_uri, registry_uri=st.mlflow_uri)  # not a registry an earlier test set
@@ -124,14 +134,14 @@ def test_the_pipeline_deployment_runs_on_the_postgres_backed_stack(round_on_stac
     conn.close()
 
 
-def test_the_uis_show_the_round_in_a_real_browser(round_on_stack):
+def test_the_uis_show_the_round_in_a_real_browser(as_stack_client):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no Chromium on this machine (Debian: apt-get install chromium)")
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import expect, sync_playwright
 
-    st, summary, flow_run_id = round_on_stack
+    st, summary, flow_run_id = as_stack_client
     client = MlflowClient(st.mlflow_uri, registry_uri=st.mlflow_uri)  # not a registry an earlier test set
     parent = client.get_run(summary["mlflow_run_id"])
     exp = parent.info.experiment_id
@@ -144,7 +154,12 @@ def test_the_uis_show_the_round_in_a_real_browser(round_on_stack):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # both UIs take the stack's user and password (basic auth), as a person types them at the prompt
+        login = base64.b64encode(st.client_env()["PREFECT_API_AUTH_STRING"].encode()).decode()
+        context = browser.new_context(
+            viewport={"width": 1600, "height": 1000}, extra_http_headers={"Authorization": f"Basic {login}"}
+        )
+        page = context.new_page()
         page.set_default_timeout(60_000)
         expect.set_options(timeout=60_000)  # the UIs render slowly on a busy 2-core machine
         mlflow_run = f"{st.mlflow_uri}/#/experiments/{exp}/runs"
@@ -182,3 +197,123 @@ def test_the_uis_show_the_round_in_a_real_browser(round_on_stack):
         expect(page.get_by_text("Task Runs").first).to_be_visible()
         page.screenshot(path=str(SHOTS / "prefect-flow-run.png"), full_page=True)
         browser.close()
+
+
+# --- attacks on the stack that must fail -----------------------------------------------------------------------------
+
+
+def _call(
+    method: str, url: str, body: object = None, auth: str | None = None, headers: dict | None = None
+) -> tuple[int, str, dict]:
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if auth is not None:
+        req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode(errors="replace"), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace"), dict(e.headers)
+
+
+def _csrf(st: stack.Stack, auth: str) -> dict[str, str]:
+    """The CSRF headers a client of the Prefect API must send with a state change."""
+    code, text, _ = _call("GET", f"{st.prefect_api}/csrf-token?client=probe", auth=auth)
+    assert code == 200, text
+    return {"Prefect-Csrf-Token": json.loads(text)["token"], "Prefect-Csrf-Client": "probe"}
+
+
+def test_the_prefect_api_answers_nobody_without_credentials_and_refuses_a_command_of_the_callers(
+    round_on_stack, tmp_path
+):
+    st = round_on_stack[0]
+    auth = st.client_env()["PREFECT_API_AUTH_STRING"]
+    marker = tmp_path / "pwned"
+    # without credentials: nothing, not even a read
+    # (a state change is refused before the credentials are read when it lacks a CSRF token: 403)
+    assert _call("GET", f"{st.prefect_api}/deployments/name/rrhf-pipeline/pipeline")[0] == 401
+    assert _call("POST", f"{st.prefect_api}/flows/filter", {})[0] in (401, 403)
+    assert _call("POST", f"{st.prefect_api}/deployments/filter", {}, auth="rrhf:wrong")[0] in (401, 403)
+    csrf = _csrf(st, auth)
+    assert _call("POST", f"{st.prefect_api}/flows/filter", {}, auth="rrhf:wrong", headers=csrf)[0] == 401
+    # with credentials, a flow run that names its own command or environment is refused by the server
+    code, text, _ = _call("GET", f"{st.prefect_api}/deployments/name/rrhf-pipeline/pipeline", auth=auth)
+    assert code == 200, text
+    deployment = json.loads(text)["id"]
+    overrides = [
+        {"command": f"touch {marker}"},
+        {"env": {"PYTHONSTARTUP": str(marker), "LD_PRELOAD": str(marker)}},
+    ]
+    for job_variables in overrides:
+        url = f"{st.prefect_api}/deployments/{deployment}/create_flow_run"
+        body = {"job_variables": job_variables}
+        assert _call("POST", url, body)[0] in (401, 403)
+        code, text, _ = _call("POST", url, body, auth=auth, headers=_csrf(st, auth))
+        assert code == 422, (code, text)
+    # a state change without the CSRF token is refused too
+    assert _call("POST", f"{st.prefect_api}/flows/", {"name": "intruder"}, auth=auth)[0] == 403
+    # the browser may call the API from the stack's own UI only
+    _, _, headers = _call(
+        "OPTIONS",
+        f"{st.prefect_api}/flows/filter",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert "evil.example" not in {k.lower(): v for k, v in headers.items()}.get(
+        "access-control-allow-origin", ""
+    )
+    assert not marker.exists()
+
+
+def test_mlflow_refuses_unauthenticated_reads_and_writes_and_does_not_serve_its_user_database(round_on_stack):
+    st = round_on_stack[0]
+    env = st.client_env()
+    auth = f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}"
+    api = f"{st.mlflow_uri}/api/2.0/mlflow"
+    writes = [
+        ("experiments/create", {"name": "intruder"}),
+        ("registered-models/alias", {"name": "stack-policy", "alias": "champion", "version": "1"}),
+        ("registered-models/create", {"name": "intruder"}),
+    ]
+    for path, body in writes:
+        assert _call("POST", f"{api}/{path}", body)[0] == 401, path
+        assert _call("POST", f"{api}/{path}", body, auth="rrhf:wrong")[0] == 401, path
+    assert _call("GET", f"{api}/registered-models/get?name=stack-policy")[0] == 401
+    assert _call("GET", f"{api}/registered-models/get?name=stack-policy", auth=auth)[0] == 200
+    # the auth database sits outside the served artifact folder: the artifact API cannot hand it out
+    auth_db = st.dir / "mlflow-auth" / "basic_auth.db"
+    assert auth_db.exists() and not list((st.dir / "mlartifacts").rglob("basic_auth.db"))
+    for path in ("basic_auth.db", "../mlflow-auth/basic_auth.db", "..%2Fmlflow-auth%2Fbasic_auth.db"):
+        code, text, _ = _call("GET", f"{st.mlflow_uri}/api/2.0/mlflow-artifacts/artifacts/{path}", auth=auth)
+        assert code != 200 and "SQLite format" not in text, (path, code)
+
+
+def test_no_secret_of_the_stack_is_on_a_command_line_or_printed(round_on_stack):
+    st = round_on_stack[0]
+    secrets = {st.secret(name) for name in stack.SECRETS}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        assert not any(s in args for s in secrets), f"a secret on the command line of {cmdline.parent.name}"
+    for name in ("credentials.env", "client.env", "mlflow-auth/auth.ini"):
+        assert (st.dir / name).stat().st_mode & 0o077 == 0, name
+    # `rrhf stack env` prints no secret, yet a shell that evaluates it has them
+    out = subprocess.run(
+        [sys.executable, "-m", "rrhf_cli", "stack", "env", "--dir", str(st.dir)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and not any(s in out.stdout for s in secrets), out.stdout
+    shell = subprocess.run(
+        ["bash", "-c", f'eval "$({sys.executable} -m rrhf_cli stack env --dir {st.dir})"; env'],
+        capture_output=True,
+        text=True,
+    )
+    got = dict(line.split("=", 1) for line in shell.stdout.splitlines() if "=" in line)
+    assert {k: got.get(k) for k in st.client_env()} == st.client_env()

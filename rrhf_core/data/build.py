@@ -14,6 +14,7 @@ numbers are also in ``prompt_stats.parquet``.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -26,13 +27,40 @@ from rrhf_core.data.config import BuildConfig
 from rrhf_core.data.contracts import (
     ListwiseExample,
     atomic_write_parquet,
+    atomic_write_text,
     prepare_output_dir,
+    published,
     read_prompts,
     read_samples,
     read_scores,
     write_listwise,
 )
 from rrhf_core.errors import DataError
+
+
+def mean(values: list[float]) -> float:
+    """The mean of finite ``values`` at any scale: where the plain sum overflows (rewards near the float64 limit,
+    1e308), it is taken over the values scaled by their largest magnitude."""
+    try:
+        out = statistics.fmean(values)
+    except OverflowError:
+        out = math.inf
+    if math.isfinite(out):
+        return out
+    top = max(abs(v) for v in values)
+    return top * statistics.fmean(v / top for v in values)
+
+
+def spread(values: list[float]) -> float:
+    """The population standard deviation of finite ``values``, scaled as :func:`mean` is where it overflows."""
+    try:
+        out = statistics.pstdev(values)
+    except OverflowError:
+        out = math.inf
+    if math.isfinite(out):
+        return out
+    top = max(abs(v) for v in values)
+    return top * statistics.pstdev([v / top for v in values])
 
 
 @dataclass
@@ -81,8 +109,8 @@ def prompt_stat(pid: str, cands: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "prompt_id": pid,
         "k": len(cands),
-        "reward_mean": statistics.fmean(rs),
-        "reward_std": statistics.pstdev(rs),
+        "reward_mean": mean(rs),
+        "reward_std": spread(rs),
         "reward_max": max(rs),
         "reward_min": min(rs),
     }
@@ -113,12 +141,12 @@ def build_stats(
         "prompts_out": len(examples),
         "dropped": dict(dropped),
         "responses_out": sum(len(e.responses) for e in examples),
-        "reward_mean": statistics.fmean(s["reward_mean"] for s in prompt_stats),
-        "best_of_n_mean": statistics.fmean(s["reward_max"] for s in prompt_stats),
+        "reward_mean": mean([s["reward_mean"] for s in prompt_stats]),
+        "best_of_n_mean": mean([s["reward_max"] for s in prompt_stats]),
         "per_source": {
             src: {
                 "count": len(v),
-                "reward_mean": statistics.fmean(r for r, _ in v),
+                "reward_mean": mean([r for r, _ in v]),
                 "tokens_mean": statistics.fmean(t for _, t in v),
             }
             for src, v in sorted(per_source.items())
@@ -172,16 +200,16 @@ def build(cfg: BuildConfig) -> BuildResult:
         )
     if not examples:
         raise DataError(f"no prompt has a ranking signal ({dict(dropped)}); sample more responses per prompt")
-    train_path = write_listwise(examples, out / "train.parquet")
-    atomic_write_parquet(pa.Table.from_pylist(prompt_stats), out / "prompt_stats.parquet")
     stats = build_stats(by_prompt, examples, prompt_stats, dropped)
     stats["prompts_too_long_to_sample"] = too_long
     stats["blank_responses_skipped"] = blank_responses(samples)
-    stats_path = out / "build_stats.json"
-    stats_path.write_text(json.dumps(stats, indent=2))
+    with published(out, last="build_stats.json") as staging:
+        write_listwise(examples, staging / "train.parquet")
+        atomic_write_parquet(pa.Table.from_pylist(prompt_stats), staging / "prompt_stats.parquet")
+        atomic_write_text(staging / "build_stats.json", json.dumps(stats, indent=2))
     return BuildResult(
-        train_path,
-        stats_path,
+        out / "train.parquet",
+        out / "build_stats.json",
         len(by_prompt),
         len(examples),
         dict(dropped),

@@ -26,11 +26,13 @@ the file, the row (1-based), the column and the value, and says which command wr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -218,6 +220,21 @@ def _checked_rows(
 def read_prompts(path: str | os.PathLike[str], split: str | None = None) -> list[dict[str, Any]]:
     """Rows of a prompts file (optionally one split), checked against the prompts contract, row by row."""
     rows = _checked_rows(path, PROMPTS, _prompt_row_problem, "prompt_id")
+    first: dict[str, int] = {}
+    twice = []
+    for i, r in enumerate(rows, 1):
+        if r["prompt_id"] in first:
+            twice.append(f"row {i} repeats prompt_id {r['prompt_id']!r} of row {first[r['prompt_id']]}")
+        first.setdefault(r["prompt_id"], i)
+    if twice:
+        more = f"\n  ... and {len(twice) - 5} more" if len(twice) > 5 else ""
+        raise DataError(
+            f"{path} has {len(twice)} duplicated prompt_id(s) (each prompt must appear once: the stages join samples "
+            "and scores to prompts by it):\n  "
+            + "\n  ".join(twice[:5])
+            + f"{more}\nGive each prompt its own id, "
+            f"or write the file again with `{PROMPTS.writer}` (it makes the ids from the content)."
+        )
     return [r for r in rows if split is None or r.get("split") == split]
 
 
@@ -489,6 +506,63 @@ def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` through a new temporary file beside ``path`` and rename it over ``path``: a reader never sees
+    half a file, and a link planted at ``path`` (or at a temporary name) is replaced, never written through."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise not_writable(path.parent, e) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise not_writable(path.parent, e) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def published(out: Path, last: str) -> Iterator[Path]:
+    """A stage's outputs published as one set: the body writes them into a new staging folder inside ``out``; once
+    it returns, each moves into ``out`` by a rename, ``last`` (the stage's report) after the rest, so a reader never
+    finds a new file beside an old one from another run for longer than those renames. An error (or a kill) leaves
+    ``out`` as it was; a killed run's staging folder is removed by the next run in ``out``."""
+    for old in out.glob(".staging-*"):
+        pid = old.name.split("-")[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out))
+    except OSError as e:
+        raise not_writable(out, e) from None
+    try:
+        yield staging
+        names = sorted((p.name for p in staging.iterdir()), key=lambda name: name == last)
+        for name in names:
+            try:
+                os.replace(staging / name, out / name)
+            except OSError as e:
+                raise not_writable(out, e) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def examples_from_records(records: Sequence[dict[str, Any]]) -> list[ListwiseExample]:

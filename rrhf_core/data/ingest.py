@@ -40,6 +40,7 @@ import math
 import os
 import re
 import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rrhf_core.data.config import IngestConfig
-from rrhf_core.data.contracts import PROMPTS_SCHEMA, atomic_write_parquet, prepare_output_dir
+from rrhf_core.data.contracts import (
+    PROMPTS_SCHEMA,
+    atomic_write_parquet,
+    atomic_write_text,
+    prepare_output_dir,
+    published,
+)
 from rrhf_core.data.formats import split_hh
 from rrhf_core.digest import file_digest
 from rrhf_core.errors import DataError, MissingPackageError
@@ -319,9 +326,15 @@ def _text(rec: dict[str, Any], key: str) -> str:
     value = rec[key]
     if not isinstance(value, str):
         raise Reject(f"field {key!r} is {type(value).__name__}, not a string")
-    if not value.strip():
+    if blank(value):
         raise Reject(f"field {key!r} is empty")
     return value
+
+
+def blank(text: str) -> bool:
+    """Whether ``text`` shows nothing: only whitespace and invisible format characters (zero-width spaces and
+    joiners, the byte-order mark, bidirectional marks: Unicode category Cf)."""
+    return not "".join(ch for ch in text if unicodedata.category(ch) != "Cf").strip()
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
@@ -447,7 +460,7 @@ def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> Pr
         raise Reject(f"unknown format {kind!r}")
     messages, references, meta = _PARSERS[kind](rec, prompt_field, stats)
     messages = normalise_messages(messages)
-    if any(not m["content"] for m in messages if m["role"] == "user"):
+    if any(blank(m["content"]) for m in messages if m["role"] == "user"):
         raise Reject("a user turn is empty")
     if isinstance(rec.get("meta"), dict):
         meta = {**rec["meta"], **meta}
@@ -458,6 +471,13 @@ def parse_record(rec: Any, fmt: Format, prompt_field: str, stats: Counter) -> Pr
     split = rec.get("split")
     if split is not None and split not in ("train", "eval"):
         raise Reject(f"field 'split' is {split!r}; use 'train' or 'eval' (or leave it out to split by id)")
+    try:
+        json.dumps([messages, references, meta], ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start : e.end].encode("unicode_escape").decode("ascii")
+        raise Reject(
+            f"text holds an unpaired surrogate ({bad}): not valid Unicode, cannot be stored"
+        ) from None
     return PromptRecord(make_prompt_id(messages), messages, "", references, meta, split)
 
 
@@ -522,8 +542,8 @@ def run_ingest(cfg: IngestConfig) -> IngestReport:
     report.formats = {k.split(":", 1)[1]: v for k, v in stats.items() if k.startswith("format:")}
     report.hh_cut_inline_human = stats["hh_cut_inline_human"]
     report.blank_references_dropped = stats["blank_references_dropped"]
-    _write_lines(out / "rejects.jsonl", rejects)
     if not by_id:
+        _write_lines(out / "rejects.jsonl", rejects)  # the reasons are the answer to this error
         first = rejects[0]["reason"] if rejects else "the inputs hold no records"
         raise DataError(
             f"no valid prompt in {', '.join(inputs)} ({report.records} records; first reject: {first}); "
@@ -544,12 +564,12 @@ def run_ingest(cfg: IngestConfig) -> IngestReport:
             }
         )
     report.prompts = len(rows)
-    atomic_write_parquet(pa.Table.from_pylist(rows, schema=PROMPTS_SCHEMA), out / "prompts.parquet")
-    (out / "ingest_report.json").write_text(json.dumps(report.__dict__, indent=2))
+    with published(out, last="ingest_report.json") as staging:
+        _write_lines(staging / "rejects.jsonl", rejects)
+        atomic_write_parquet(pa.Table.from_pylist(rows, schema=PROMPTS_SCHEMA), staging / "prompts.parquet")
+        atomic_write_text(staging / "ingest_report.json", json.dumps(report.__dict__, indent=2))
     return report
 
 
 def _write_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from rrhf_core import pretrained
 from rrhf_core.data.contracts import atomic_write_parquet, prepare_output_dir
 from rrhf_core.evaluation.stats import bootstrap_mean_ci
 from rrhf_core.hardware import fused_adamw, use_bf16
@@ -163,8 +164,10 @@ def _load_backbone(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
 
     path = resolve_model(cfg.backbone, cfg.cache_dir)
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        tok = pretrained.load(AutoTokenizer, path, "reward-model backbone")
+        model = pretrained.load(
+            AutoModelForSequenceClassification, path, "reward-model backbone", num_labels=1
+        )
     except (OSError, ValueError) as e:
         raise model_load_error(path, e, "reward-model backbone") from None
     max_length = prepare_reward_tokenizer(tok, model, cfg.max_length)

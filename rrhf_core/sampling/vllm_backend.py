@@ -13,6 +13,7 @@ import torch
 
 from rrhf_core.errors import ConfigError, MissingPackageError
 from rrhf_core.models import resolve_model
+from rrhf_core.pretrained import refuse_custom_code
 from rrhf_core.sampling import Completion, GenerationParams, cut_at_stop
 
 
@@ -55,6 +56,7 @@ class VLLMSampler:
                 "(or use backend=hf)"
             ) from None
         path = resolve_model(model, cache_dir)  # vLLM cannot read the GGUF: give it the converted folder
+        refuse_custom_code(path, "policy")
         try:
             self.llm = LLM(
                 model=path,
@@ -64,6 +66,7 @@ class VLLMSampler:
                 max_model_len=max_model_len,
                 enforce_eager=(not cuda) if enforce_eager is None else enforce_eager,
                 tensor_parallel_size=tensor_parallel_size,
+                trust_remote_code=False,
             )
         except ValueError as e:  # vLLM reports bad engine settings as ValueError (pydantic)
             raise ConfigError(f"vLLM refused the engine settings for {model!r}: {e}") from e

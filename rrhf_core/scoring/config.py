@@ -53,7 +53,8 @@ class ScoreConfig(ScoreSettings):
     )
     reward: str = Field(
         EMBEDDED_REWARD,
-        description="embedded:minilm-helpfulness, an HF reward model id/path, or module:function.",
+        description="embedded:minilm-helpfulness, an HF reward model id/path, or module:function (that module is "
+        "imported and run: trusted code, like a training script).",
     )
     cache_dir: str | None = Field(
         None,

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 import torch
 
+from rrhf_core import pretrained
 from rrhf_core.batching import length_batches
 from rrhf_core.models import minilm_dir
 from rrhf_core.scoring import EMBEDDED_REWARD
@@ -95,8 +96,8 @@ class EmbeddedReward:
         from transformers import AutoModel, AutoTokenizer
 
         path = minilm_dir()
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
+        self.tokenizer = pretrained.load(AutoTokenizer, path, "embedded reward")
+        self.model = pretrained.load(AutoModel, path, "embedded reward").eval()
         self.batch_size, self.bucket = batch_size, bucket
         helpful = self.embed(HELPFUL_EXEMPLARS).mean(0)
         unhelpful = self.embed(UNHELPFUL_EXEMPLARS).mean(0)

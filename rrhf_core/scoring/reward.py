@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
+from rrhf_core import pretrained
 from rrhf_core.batching import length_batches
 from rrhf_core.digest import file_digest, module_file
 from rrhf_core.errors import ConfigError
@@ -141,7 +142,7 @@ class HFClassifierReward:
         from rrhf_core.hardware import bf16_available
 
         try:
-            config = AutoConfig.from_pretrained(model)
+            config = pretrained.load(AutoConfig, model, "reward model")
         except (OSError, ValueError) as e:
             raise model_load_error(model, e, "reward model") from None
         if config.num_labels != 1:
@@ -151,8 +152,8 @@ class HFClassifierReward:
                 "or `rrhf train-rm` makes"
             )
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModelForSequenceClassification.from_pretrained(model).eval()
+            self.tokenizer = pretrained.load(AutoTokenizer, model, "reward model")
+            self.model = pretrained.load(AutoModelForSequenceClassification, model, "reward model").eval()
         except OSError as e:
             raise model_load_error(model, e, "reward model") from None
         self.max_length = prepare_reward_tokenizer(self.tokenizer, self.model, max_length)

@@ -68,6 +68,16 @@ def with_empty_negative(example: EncodedExample, eos_id: int) -> EncodedExample:
     )
 
 
+def reward_ranks(rewards: Sequence[float]) -> list[float]:
+    """Each reward's dense rank among one prompt's ``rewards``, ``(k,) -> (k,)``: 0 for the lowest, equal rewards
+    sharing a rank. The losses read rewards only through their order within a prompt (Eq. 2's ``r_i < r_j``, Eq. 3's
+    best response), and float32 would merge rewards that differ beyond its 24-bit mantissa (1e8 and 1e8 + 1) or its
+    range (1e300 and 1e308 both become inf): the ranks, compared here in float64, keep every order and tie exactly.
+    Example: ``[0.5, 1e8 + 1, 1e8, 0.5, -inf] -> [1, 3, 2, 1, 0]``."""
+    levels = {r: float(i) for i, r in enumerate(sorted(set(rewards)))}
+    return [levels[r] for r in rewards]
+
+
 def collate(examples: Sequence[EncodedExample], pad_id: int) -> Batch:
     """Right-padded rows for every response of every example (unshared prompt per row)."""
     rows: list[list[int]] = []
@@ -75,7 +85,7 @@ def collate(examples: Sequence[EncodedExample], pad_id: int) -> Batch:
     rewards: list[float] = []
     group: list[int] = []
     for g, ex in enumerate(examples):
-        for resp, reward in zip(ex.response_ids, ex.rewards, strict=True):
+        for resp, reward in zip(ex.response_ids, reward_ranks(ex.rewards), strict=True):
             rows.append(ex.prompt_ids + resp)
             starts.append(len(ex.prompt_ids))
             rewards.append(reward)
@@ -180,7 +190,7 @@ def collate_shared(examples: Sequence[EncodedExample], pad_id: int, pack: bool =
         blk += [g] * p
         part += [0] * p
         prompt_spans.append((row, base, p))
-        for i, (r, reward) in enumerate(zip(ex.response_ids, ex.rewards, strict=True)):
+        for i, (r, reward) in enumerate(zip(ex.response_ids, reward_ranks(ex.rewards), strict=True)):
             start = len(ids)
             response_spans.append((g, row, start, len(r)))
             ids += r
