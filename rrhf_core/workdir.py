@@ -9,6 +9,7 @@ same workdir keeps the one lock).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -51,6 +52,15 @@ def open_lock_file(path: Path, whose: str) -> int:
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as e:
+        if (
+            not path.is_symlink()
+            and not path.exists()
+            and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+        ):
+            raise ConfigError(
+                f"cannot write to output folder {path.parent} ({e.strerror}); make it writable and check its free "
+                "space, or choose another folder"
+            ) from None
         kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else "not usable"
         raise ConfigError(
             f"the lock file of {whose}, {path}, is {kind} ({e.strerror}): a lock must be a plain file. "

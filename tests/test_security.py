@@ -151,7 +151,7 @@ def test_the_cli_refuses_a_symlinked_workdir_lock(tmp_path):
         [sys.executable, "-m", "rrhf_cli", "pipeline", "--config", str(ROOT / "configs" / "demo.yaml"),
          "--workdir", str(work)],
         capture_output=True, text=True, timeout=600,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))},
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))},
     )  # fmt: skip
     assert out.returncode == 2, out.stdout + out.stderr
     error = [line for line in out.stderr.splitlines() if line.startswith("rrhf pipeline: error: ")]
@@ -220,7 +220,7 @@ def test_mlflows_run_url_lines_logs_and_tracebacks_carry_no_password(tmp_path):
         wait_until_answers(f"http://127.0.0.1:{port}/health", server, timeout_s=180)
         out = subprocess.run(
             [sys.executable, "-c", LEAKY.replace("SECRET", SECRET).replace("PORT", str(port))], capture_output=True, text=True, timeout=300,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
     finally:
         stop_group(server)
@@ -241,7 +241,7 @@ def test_a_dead_tracking_server_is_one_clean_error_at_once_without_its_password(
         [sys.executable, "-m", "rrhf_cli", "pipeline", "--config", str(ROOT / "configs" / "demo.yaml"),
          "--workdir", str(tmp_path / "w"), "--set", f"tracking_uri=http://alice:{SECRET}@127.0.0.1:{port}"],
         capture_output=True, text=True, timeout=600,
-        env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))},
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))},
     )  # fmt: skip
     text = out.stdout + out.stderr
     assert out.returncode == 2, text
