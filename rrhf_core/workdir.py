@@ -31,6 +31,22 @@ class WorkdirBusyError(ConfigError):
     """Another run holds the workdir."""
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs on this machine (a zombie, exited and not yet reaped, does not)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
 def holder(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """What the lock file says about its last holder (None when there is no readable record)."""
     try:

@@ -17,6 +17,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,29 +39,27 @@ from rrhf_core.data.contracts import (
 from rrhf_core.errors import DataError
 
 
-def mean(values: list[float]) -> float:
-    """The mean of finite ``values`` at any scale: where the plain sum overflows (rewards near the float64 limit,
-    1e308), it is taken over the values scaled by their largest magnitude."""
+def _at_any_scale(stat: Callable[[list[float]], float], values: list[float]) -> float:
+    """``stat(values)``, or, where that overflows (rewards near the float64 limit, 1e308), ``stat`` of the values
+    scaled by their largest magnitude, scaled back."""
     try:
-        out = statistics.fmean(values)
+        out = stat(values)
     except OverflowError:
         out = math.inf
     if math.isfinite(out):
         return out
     top = max(abs(v) for v in values)
-    return top * statistics.fmean(v / top for v in values)
+    return top * stat([v / top for v in values])
+
+
+def mean(values: list[float]) -> float:
+    """The mean of finite ``values`` at any scale."""
+    return _at_any_scale(statistics.fmean, values)
 
 
 def spread(values: list[float]) -> float:
-    """The population standard deviation of finite ``values``, scaled as :func:`mean` is where it overflows."""
-    try:
-        out = statistics.pstdev(values)
-    except OverflowError:
-        out = math.inf
-    if math.isfinite(out):
-        return out
-    top = max(abs(v) for v in values)
-    return top * statistics.pstdev([v / top for v in values])
+    """The population standard deviation of finite ``values`` at any scale."""
+    return _at_any_scale(statistics.pstdev, values)
 
 
 @dataclass

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rrhf_core.errors import DataError
+from rrhf_core.workdir import pid_alive
 
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 REFERENCE_TYPE = pa.struct([("text", pa.string()), ("source", pa.string()), ("reward", pa.float64())])
@@ -486,10 +487,11 @@ def prepare_output_dir(path: str | os.PathLike[str], what: str = "output folder"
     return folder
 
 
-def atomic_write_parquet(table: pa.Table, path: Path) -> None:
-    """Write through a temporary file and rename (a reader never sees half a file); the file gets the mode any
-    other file written here gets (0666 less the umask), not mkstemp's private 0600. A file that cannot be written
-    is a DataError naming its folder."""
+def _atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """``write(tmp)`` into a new temporary file beside ``path``, then rename it over ``path``: a reader never sees
+    half a file, a link planted at ``path`` is replaced (never written through), and the file gets the mode any
+    other file written here gets (0666 less the umask), not mkstemp's private 0600. A file that cannot be written is
+    a DataError naming its folder."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -497,7 +499,7 @@ def atomic_write_parquet(table: pa.Table, path: Path) -> None:
         raise not_writable(path.parent, e) from None
     os.close(fd)
     try:
-        pq.write_table(table, tmp)
+        write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
@@ -506,27 +508,16 @@ def atomic_write_parquet(table: pa.Table, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_parquet(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` through a new temporary file beside ``path`` and rename it over ``path``: a reader never sees
-    half a file, and a link planted at ``path`` (or at a temporary name) is replaced, never written through."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise not_writable(path.parent, e) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise not_writable(path.parent, e) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`_atomic_write`)."""
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 @contextlib.contextmanager
@@ -537,7 +528,7 @@ def published(out: Path, last: str) -> Iterator[Path]:
     ``out`` as it was; a killed run's staging folder is removed by the next run in ``out``."""
     for old in out.glob(".staging-*"):
         pid = old.name.split("-")[1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out))
@@ -553,16 +544,6 @@ def published(out: Path, last: str) -> Iterator[Path]:
                 raise not_writable(out, e) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def examples_from_records(records: Sequence[dict[str, Any]]) -> list[ListwiseExample]:
