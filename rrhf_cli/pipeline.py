@@ -93,6 +93,19 @@ def print_evaluation(e: dict[str, Any]) -> None:
         f"  win rate (ties half): {e['win_rate']:.3f} (95 % CI {wlo:.3f}..{whi:.3f}; "
         f"{e['wins']} wins, {e['ties']} ties, {e['losses']} losses)"
     )
+    if "length_ratio" in e:
+        from rrhf_core.evaluation.evaluate import length_controlled_line
+
+        print(f"  length control: {length_controlled_line(e)}")
+    for j in e.get("judges") or []:
+        if j.get("held_out_accuracy") is not None:
+            alo, ahi = j["held_out_accuracy_ci"]
+            print(
+                f"  judge {j['spec']} on {j['held_out_pairs']} held-out human pairs: accuracy "
+                f"{j['held_out_accuracy']:.3f} (95 % CI {alo:.3f}..{ahi:.3f})"
+            )
+        elif not j.get("rule", True):
+            print(f"  judge {j['spec']}: a model with no held-out human pairs to prove itself on")
     b, c = e["baseline"], e["candidate"]
     print(
         f"  answers: {b['tokens_mean']:.1f} -> {c['tokens_mean']:.1f} tokens on average; empty "

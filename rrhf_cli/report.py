@@ -50,7 +50,11 @@ def row(s: dict[str, Any]) -> list[str]:
         f"{e['candidate']['reward_mean']:.3f}",
         f"{e['reward_gain']:+.3f} [{lo:+.3f}, {hi:+.3f}]",
         f"{e['win_rate']:.3f} ({e['wins']} W, {e['ties']} T, {e['losses']} L)",
-        "promoted" if s["promotion"]["promoted"] else "**not promoted**",
+        "promoted"
+        if s["promotion"]["promoted"]
+        else "**inconclusive**"
+        if (s["promotion"].get("decision") or {}).get("verdict") == "inconclusive"
+        else "**not promoted**",
         f"{s['seconds']:.0f}",
     ]
 

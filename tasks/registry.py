@@ -158,7 +158,10 @@ def record_decision(name: str, version: str, decision: Decision) -> bool:
     """Write the decision and its numbers on the model version; move `champion` when the gate passed."""
     client = MlflowClient()
     client.set_model_version_tag(
-        name, version, "rrhf.promotion", "promoted" if decision.promote else "rejected"
+        name,
+        version,
+        "rrhf.promotion",
+        {"promote": "promoted", "inconclusive": "inconclusive"}.get(decision.verdict, "rejected"),
     )
     client.set_model_version_tag(name, version, "rrhf.decision", json.dumps(decision.to_dict()))
     try:

@@ -28,7 +28,7 @@ from rrhf_core.data.ingest import run_ingest
 from rrhf_core.errors import RRHFError
 from rrhf_core.evaluation import plots
 from rrhf_core.evaluation.config import EvalConfig
-from rrhf_core.evaluation.evaluate import evaluate
+from rrhf_core.evaluation.evaluate import evaluate, length_controlled_line
 from rrhf_core.evaluation.promotion import GateConfig, decide
 from rrhf_core.metrics import FanOutLogger, read_metrics
 from rrhf_core.pipeline import Built, Ingested, RewardTrained, Sampled, Scored, StageResult, Trained
@@ -324,12 +324,10 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
             {"judge": report["judge"], "judge_is_training_reward": report["judge_is_training_reward"]}
         )
         mlflow.log_metrics(numeric(report) | interval_metrics(report))
-        if (
-            len(report["judges"]) > 1
-        ):  # an ensemble: each judge's own verdict too, as judge_0.reward_gain, ...
-            for i, j in enumerate(report["judges"]):
-                mlflow.set_tag(f"judge_{i}", j["spec"])
-                mlflow.log_metrics(numeric(j, f"judge_{i}.") | interval_metrics(j, f"judge_{i}."))
+        # each judge's own verdict and held-out pair accuracy, as judge_0.reward_gain, judge_0.held_out_accuracy, ...
+        for i, j in enumerate(report["judges"]):
+            mlflow.set_tag(f"judge_{i}", j["spec"])
+            mlflow.log_metrics(numeric(j, f"judge_{i}.") | interval_metrics(j, f"judge_{i}."))
         mlflow.log_dict(report, "eval_report.json")
         rows = pq.read_table(Path(cfg.output_dir) / "eval_samples.parquet").to_pandas()
         mlflow.log_table(rows, "eval_samples.json")
@@ -352,7 +350,13 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
         description=(
             f"judge {report['judge']}: gain {report['reward_gain']:+.4f} "
             f"(95 % CI {report['reward_gain_ci'][0]:+.4f}..{report['reward_gain_ci'][1]:+.4f}), "
-            f"win rate {report['win_rate']:.3f}"
+            f"win rate {report['win_rate']:.3f}; {length_controlled_line(report)}"
+            + "".join(
+                f"; judge {j['spec']} held-out pair accuracy {j['held_out_accuracy']:.3f} on "
+                f"{j['held_out_pairs']} pairs"
+                for j in report["judges"]
+                if j.get("held_out_accuracy") is not None
+            )
         ),
     )
     return report
@@ -380,10 +384,17 @@ def promote_task(
         mlflow.log_metrics({f"gate.{k}": v for k, v in decision.numbers.items()})
     if parent:
         MlflowClient().set_tag(parent, "rrhf.registered_model", f"{name} v{version}")
-        MlflowClient().set_tag(parent, "rrhf.promotion", "promoted" if promoted else "rejected")
+        MlflowClient().set_tag(parent, "rrhf.promotion", decision.outcome)
     create_table_artifact(
         key="promotion",
-        table=[{"version": version, "promoted": promoted, "reasons": "; ".join(decision.reasons)}],
+        table=[
+            {
+                "version": version,
+                "promoted": promoted,
+                "verdict": decision.verdict,
+                "reasons": "; ".join(decision.reasons),
+            }
+        ],
     )
     return {"version": version, "promoted": promoted, "decision": decision.to_dict()}
 

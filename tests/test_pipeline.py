@@ -79,7 +79,10 @@ def test_pipeline_round_tracks_every_stage_and_registers_a_challenger(
     client = MlflowClient()
     mv = client.get_model_version_by_alias("tiny-policy", "challenger")
     assert str(mv.version) == summary["promotion"]["version"]
-    assert mv.tags["rrhf.promotion"] in ("promoted", "rejected") and "judge gain" in mv.description
+    assert (
+        mv.tags["rrhf.promotion"] in ("promoted", "rejected", "inconclusive")
+        and "judge gain" in mv.description
+    )
     assert mv.run_id == runs["train"][0].info.run_id  # the version's source is the run that trained it
     train_run = client.get_run(mv.run_id).info  # logging the model there kept the training's own end time
     assert train_run.end_time < runs["register"][0].info.start_time
@@ -192,6 +195,10 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
         first = promote_task.fn(trained(model_copy("first")), report(0.2, 1.0, 0.1), gate, "gate-test", rid)
         better = promote_task.fn(trained(model_copy("better")), report(1.0, 0.5, 0.8), gate, "gate-test", rid)
         worse = promote_task.fn(trained(model_copy("worse")), report(0.2, 1.0, 0.1), gate, "gate-test", rid)
+        # better numbers from a judge no better than a coin on held-out human pairs: inconclusive, not promoted
+        coin = {"spec": "trained:judge", "rule": False, "held_out_pairs": 76, "held_out_accuracy": 0.5}
+        unproven = {**report(2.0, 0.5, 0.9), "judges": [{**coin, "held_out_accuracy_ci": [0.39, 0.61]}]}
+        inconclusive = promote_task.fn(trained(model_copy("coin")), unproven, gate, "gate-test", rid)
         failed = promote_task.fn(trained(model_copy("failed")), None, gate, "gate-test", rid)
         retried = promote_task.fn(trained(str(tmp_path / "model-failed")), None, gate, "gate-test", rid)
     assert retried["version"] == failed["version"]  # a retried registration registers nothing twice
@@ -206,6 +213,10 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
     assert better["promoted"] and not worse["promoted"] and not failed["promoted"]
     assert str(client.get_model_version_by_alias("gate-test", "champion").version) == better["version"]
     assert str(client.get_model_version_by_alias("gate-test", "challenger").version) == failed["version"]
+    assert not inconclusive["promoted"] and inconclusive["decision"]["verdict"] == "inconclusive"
+    coin_version = client.get_model_version("gate-test", inconclusive["version"])
+    assert coin_version.tags["rrhf.promotion"] == "inconclusive"
+    assert coin_version.description.startswith("inconclusive, keep the current champion")
     tags = client.get_model_version("gate-test", worse["version"]).tags
     assert (
         tags["rrhf.promotion"] == "rejected" and "reward_gain" in json.loads(tags["rrhf.decision"])["numbers"]

@@ -41,11 +41,15 @@ from rrhf_core.evaluation.stats import (
     bootstrap_mean_ci,
     gain_ci,
     judge_scales,
+    length_controlled_gain,
+    length_matched,
     mean_standardised,
+    paired_differences,
     standardised_mean,
     win_rate_ci,
     win_scores,
 )
+from rrhf_core.reward_model.loss import pair_outcomes
 from rrhf_core.sampling.config import SampleSettings, generation_params
 from rrhf_core.sampling.hf_backend import HFSampler
 from rrhf_core.sampling.shard import render_prompts
@@ -86,11 +90,49 @@ class JudgeEval:
     ties: int
     losses: int
     is_training_reward: bool
+    # a model judge proves itself on the held-out human pairs (chosen above rejected, ties half); a rule needs not
+    rule: bool = False
+    held_out_pairs: int = 0
+    held_out_accuracy: float | None = None
+    held_out_accuracy_ci: CI | None = None
 
 
-def judge_eval(spec: str, cand: list[float], base: list[float], cfg: EvalConfig) -> JudgeEval:
+@dataclass
+class JudgeValidity:
+    """A judge's held-out pair accuracy (:func:`judge_validity`)."""
+
+    rule: bool
+    pairs: int = 0
+    accuracy: float | None = None
+    accuracy_ci: CI | None = None
+
+
+def judge_validity(judge: RewardBackend, pairs: list[ListwiseExample], seed: int) -> JudgeValidity:
+    """How often ``judge`` scores the human-chosen answer of a held-out pair above the rejected one (ties half),
+    with a 95 % bootstrap CI over pairs. A rule (``judge.rule``) is not asked; a model without pairs gets none."""
+    if getattr(judge, "rule", False):
+        return JudgeValidity(True)
+    if not pairs:
+        return JudgeValidity(False)
+    msgs = [p.messages for p in pairs]
+    chosen = judge.score(msgs, [p.responses[0] for p in pairs])
+    rejected = judge.score(msgs, [p.responses[1] for p in pairs])
+    outcomes = pair_outcomes(chosen, rejected)
+    return JudgeValidity(
+        False, len(pairs), statistics.fmean(outcomes), bootstrap_mean_ci(outcomes, seed=seed)
+    )
+
+
+def judge_eval(
+    spec: str,
+    cand: list[float],
+    base: list[float],
+    cfg: EvalConfig,
+    validity: JudgeValidity | None = None,
+) -> JudgeEval:
     scores = win_scores(cand, base, cfg.tie_margin)
     wins, losses = scores.count(1.0), scores.count(0.0)
+    v = validity or JudgeValidity(False)
     return JudgeEval(
         spec,
         statistics.fmean(base),
@@ -102,6 +144,10 @@ def judge_eval(spec: str, cand: list[float], base: list[float], cfg: EvalConfig)
         len(scores) - wins - losses,
         losses,
         spec == cfg.reward,
+        v.rule,
+        v.pairs,
+        v.accuracy,
+        v.accuracy_ci,
     )
 
 
@@ -129,6 +175,15 @@ class EvalReport:
     preference_pairs: int = 0
     judges: list[JudgeEval] = field(default_factory=list)  # each judge's own verdict
     judge_scale: str = "judge score"  # or "pooled s.d." (an ensemble's standardised mean)
+    # length control (rrhf_core.evaluation.stats): candidate / baseline mean answer tokens; the gain at equal length
+    # (per-prompt score difference regressed on token difference, the intercept); the win rate over the prompts
+    # whose two answers are about as long (None: no such prompt, or length and model cannot be told apart)
+    length_ratio: float = 1.0
+    reward_gain_lc: float | None = None
+    reward_gain_lc_ci: CI | None = None
+    length_matched_prompts: int = 0
+    win_rate_lc: float | None = None
+    win_rate_lc_ci: CI | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -300,6 +355,11 @@ def evaluate(
     messages = [r["messages"] for r in rows]
     pair_rows = rows if cfg.preference_limit is None else held_out[: cfg.preference_limit]
     pairs = preference_pairs(pair_rows) if cfg.preference_accuracy else []
+    # every held-out human pair tests the judges (scoring is cheap next to answering)
+    judge_pairs = preference_pairs(held_out)
+    if any(not getattr(j, "rule", False) for j in judges):
+        log(f"evaluate: the model judges rank {len(judge_pairs)} held-out human preference pairs")
+    validity = [judge_validity(j, judge_pairs, cfg.seed) for j in judges]
     sides: dict[str, Side] = {}
     best_of_k: list[list[list[float]]] | None = None
     for role, model in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):
@@ -328,7 +388,7 @@ def evaluate(
     log(f"evaluate: judging with {', '.join(specs)}")
     scales = combine_judges(sides["candidate"], sides["baseline"])
     best = best_per_prompt(best_of_k, scales) if best_of_k else None
-    report = compare(sides["candidate"], sides["baseline"], cfg, len(pairs), best)
+    report = compare(sides["candidate"], sides["baseline"], cfg, len(pairs), best, validity)
     write_outputs(Path(cfg.output_dir), rows, sides, report)
     return report
 
@@ -344,13 +404,20 @@ def combine_judges(cand: Side, base: Side) -> list[tuple[float, float]] | None:
 
 
 def compare(
-    cand: Side, base: Side, cfg: EvalConfig, n_pairs: int, best_of_k: list[float] | None
+    cand: Side,
+    base: Side,
+    cfg: EvalConfig,
+    n_pairs: int,
+    best_of_k: list[float] | None,
+    validity: list[JudgeValidity] | None = None,
 ) -> EvalReport:
-    """The report's numbers from both sides' verdict scores, each judge's own scores and the baseline's best-of-k
-    scores per prompt (a pure function)."""
+    """The report's numbers from both sides' verdict scores, each judge's own scores and held-out accuracy, and the
+    baseline's best-of-k scores per prompt (a pure function)."""
     specs = cfg.judge_specs()
+    validity = validity or [JudgeValidity(False)] * len(specs)
     judges = [
-        judge_eval(spec, c, b, cfg) for spec, c, b in zip(specs, cand.by_judge, base.by_judge, strict=True)
+        judge_eval(spec, c, b, cfg, v)
+        for spec, c, b, v in zip(specs, cand.by_judge, base.by_judge, validity, strict=True)
     ]
     label = specs[0] if len(specs) == 1 else f"mean of {len(specs)} standardised judges: {', '.join(specs)}"
     verdict = judge_eval(label, cand.judged, base.judged, cfg)
@@ -377,11 +444,51 @@ def compare(
         judges=judges,
         judge_scale="judge score" if len(specs) == 1 else "pooled s.d.",
     )
+    length_control(report, cand, base, cfg)
     if cfg.best_of_n_ceiling is not None:
         report.best_of_n_ceiling = cfg.best_of_n_ceiling
         gap = cfg.best_of_n_ceiling - base_eval.training_reward_mean
         report.gap_recovered = report.training_reward_gain / gap if gap > 0 else None
     return report
+
+
+def length_control(report: EvalReport, cand: Side, base: Side, cfg: EvalConfig) -> None:
+    """Fill the report's length-controlled figures: the gain at equal length (regression; it uses every prompt and
+    keeps the judge's score scale) and the win rate over length-matched prompts (a win indicator carries no size to
+    regress: a judge that pays for brevity and a policy that is always shorter win every prompt, so only pairs of
+    about equal length say what the judge prefers apart from length)."""
+    ct, bt = cand.answers.tokens, base.answers.tokens
+    report.length_ratio = statistics.fmean(ct) / max(statistics.fmean(bt), 1e-9)
+    report.reward_gain_lc, report.reward_gain_lc_ci = length_controlled_gain(
+        paired_differences(cand.judged, base.judged),
+        [c - b for c, b in zip(ct, bt, strict=True)],
+        seed=cfg.seed,
+    )
+    matched = length_matched(ct, bt)
+    report.length_matched_prompts = len(matched)
+    if matched:
+        wins = win_scores(
+            [cand.judged[i] for i in matched], [base.judged[i] for i in matched], cfg.tie_margin
+        )
+        report.win_rate_lc = statistics.fmean(wins)
+        report.win_rate_lc_ci = bootstrap_mean_ci(wins, seed=cfg.seed)
+
+
+def length_controlled_line(report: dict[str, Any]) -> str:
+    """The length-controlled figures in words, for the evaluation artifact."""
+    lc, ci = report.get("reward_gain_lc"), report.get("reward_gain_lc_ci")
+    gain = (
+        f"gain at equal length {lc:+.4f} (95 % CI {ci[0]:+.4f}..{ci[1]:+.4f})"
+        if lc is not None and ci
+        else "gain at equal length not measurable"
+    )
+    win = report.get("win_rate_lc")
+    matched = (
+        f"win rate {win:.3f} on {report['length_matched_prompts']} length-matched prompts"
+        if win is not None
+        else "no length-matched prompts"
+    )
+    return f"length ratio {report.get('length_ratio', 1.0):.2f}, {gain}, {matched}"
 
 
 def write_outputs(out: Path, rows: list[dict[str, Any]], sides: dict[str, Side], report: EvalReport) -> None:

@@ -8,7 +8,15 @@ Rules (all must hold; each is configurable):
    that pays for length is the classic way a policy games its reward);
 4. collapse guard: the candidate's share of empty answers exceeds the baseline's by at most ``max_empty_increase``
    (a reward that never saw an empty answer may score it high: saying nothing must not win);
-5. the evaluation itself succeeded (a failed evaluation never promotes).
+5. the evaluation itself succeeded (a failed evaluation never promotes);
+6. every judge that is a model (not a rule: the instruction checkers, a user's function) has proved itself: its
+   held-out pair accuracy's 95 % CI lower bound is above ``min_judge_accuracy``. Otherwise the verdict is
+   *inconclusive* (a judge that may be a coin cannot say the candidate is better) and nothing is promoted; a model
+   judge with no held-out pairs to measure it on is refused as a gate input, with that reason.
+
+``decide_on: ci_lower_lc`` decides on the length-controlled gain's CI lower bound (the judge's gain at equal answer
+length, :func:`~rrhf_core.evaluation.stats.length_controlled_gain`): a candidate that wins by being shorter or longer
+alone does not pass.
 """
 
 from __future__ import annotations
@@ -35,9 +43,17 @@ class GateConfig(BaseModel):
         le=1.0,
         description="Candidate share of empty answers minus the champion's at most this.",
     )
-    decide_on: Literal["ci_lower", "mean"] = Field(
+    decide_on: Literal["ci_lower", "mean", "ci_lower_lc"] = Field(
         "ci_lower",
-        description="Compare the gain's CI lower bound (default) or its mean with min_reward_gain.",
+        description="Compare with min_reward_gain the gain's CI lower bound (default), its mean, or the "
+        "length-controlled gain's CI lower bound (ci_lower_lc: the gain at equal answer length).",
+    )
+    min_judge_accuracy: float | None = Field(
+        0.55,
+        ge=0.0,
+        le=1.0,
+        description="A model judge's held-out pair accuracy must have its 95 % CI lower bound above this, or the "
+        "verdict is inconclusive (null: model judges are trusted untested; rules never need it).",
     )
 
 
@@ -46,14 +62,28 @@ class Decision:
     promote: bool
     reasons: list[str]
     numbers: dict[str, float] = field(default_factory=dict)
+    # "promote", "reject" (the numbers say no) or "inconclusive" (a judge did not prove itself: nothing is known)
+    verdict: str = ""
+
+    def __post_init__(self) -> None:
+        self.verdict = self.verdict or ("promote" if self.promote else "reject")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def outcome(self) -> str:
+        """The tag a round and a model version carry: promoted, rejected or inconclusive."""
+        return {"promote": "promoted", "inconclusive": "inconclusive"}.get(self.verdict, "rejected")
 
     def summary(self, has_champion: bool = True) -> str:
         """One line for the model version's description; ``has_champion``: whether the registry has one to keep."""
         if self.promote:
             verdict = "PROMOTE to champion"
+        elif self.verdict == "inconclusive":
+            verdict = "inconclusive, " + (
+                "keep the current champion" if has_champion else "not promoted (there is no champion yet)"
+            )
         else:
             verdict = (
                 "keep the current champion" if has_champion else "not promoted (there is no champion yet)"
@@ -68,7 +98,7 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
     cand, base = report["candidate"], report["baseline"]
     gain = cand["reward_mean"] - base["reward_mean"]
     lo, hi = report.get("reward_gain_ci") or (gain, gain)
-    tested = lo if gate.decide_on == "ci_lower" else gain
+    gain_check = _gain_check(report, gain, (lo, hi), gate)
     ratio = cand["tokens_mean"] / max(base["tokens_mean"], 1e-9)
     empty = cand.get("empty_share", 0.0) - base.get("empty_share", 0.0)
     numbers = {
@@ -81,13 +111,11 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
         "candidate_reward_mean": cand["reward_mean"],
         "champion_reward_mean": base["reward_mean"],
     }
+    if report.get("reward_gain_lc") is not None:
+        numbers["reward_gain_lc"] = report["reward_gain_lc"]
+        numbers["reward_gain_lc_ci_lo"], numbers["reward_gain_lc_ci_hi"] = report["reward_gain_lc_ci"]
     checks = [
-        (
-            tested > gate.min_reward_gain,
-            f"judge gain {gain:+.4f} (95 % CI {lo:+.4f}..{hi:+.4f}): "
-            f"{'CI lower bound' if gate.decide_on == 'ci_lower' else 'mean'} "
-            f"{'>' if tested > gate.min_reward_gain else '<='} {gate.min_reward_gain}",
-        ),
+        gain_check,
         (
             report["win_rate"] > gate.min_win_rate,
             f"win rate {report['win_rate']:.3f} {'>' if report['win_rate'] > gate.min_win_rate else '<='} {gate.min_win_rate}",
@@ -102,4 +130,65 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
             f"{empty:+.2f} {'<=' if empty <= gate.max_empty_increase else '>'} {gate.max_empty_increase}",
         ),
     ]
-    return Decision(all(ok for ok, _ in checks), [text for _, text in checks], numbers)
+    judged = judge_checks(report, gate)
+    reasons = [text for _, text in checks] + [text for _, text in judged]
+    if not all(ok for ok, _ in judged):
+        return Decision(False, reasons, numbers, "inconclusive")
+    return Decision(all(ok for ok, _ in checks), reasons, numbers)
+
+
+def _gain_check(
+    report: dict[str, Any], gain: float, ci: tuple[float, float], gate: GateConfig
+) -> tuple[bool, str]:
+    lo, hi = ci
+    if gate.decide_on == "ci_lower_lc":
+        lc, lc_ci = report.get("reward_gain_lc"), report.get("reward_gain_lc_ci")
+        if lc is None or lc_ci is None:
+            return False, (
+                f"judge gain {gain:+.4f}: the length-controlled gain cannot be measured (every candidate answer "
+                "differs from the baseline's by the same length, so length and model cannot be told apart)"
+            )
+        ok = lc_ci[0] > gate.min_reward_gain
+        return ok, (
+            f"length-controlled judge gain {lc:+.4f} (95 % CI {lc_ci[0]:+.4f}..{lc_ci[1]:+.4f}; plain gain "
+            f"{gain:+.4f}): CI lower bound {'>' if ok else '<='} {gate.min_reward_gain}"
+        )
+    tested = lo if gate.decide_on == "ci_lower" else gain
+    ok = tested > gate.min_reward_gain
+    return ok, (
+        f"judge gain {gain:+.4f} (95 % CI {lo:+.4f}..{hi:+.4f}): "
+        f"{'CI lower bound' if gate.decide_on == 'ci_lower' else 'mean'} "
+        f"{'>' if ok else '<='} {gate.min_reward_gain}"
+    )
+
+
+def judge_checks(report: dict[str, Any], gate: GateConfig) -> list[tuple[bool, str]]:
+    """Rule 6: one check per model judge of the report (a rule judge, or ``min_judge_accuracy: null``, none)."""
+    if gate.min_judge_accuracy is None:
+        return []
+    out = []
+    for j in report.get("judges") or []:
+        if j.get("rule", True):
+            continue
+        spec, n, acc = j["spec"], j.get("held_out_pairs", 0), j.get("held_out_accuracy")
+        if not n or acc is None:
+            out.append(
+                (
+                    False,
+                    f"judge {spec} is a model whose accuracy cannot be measured: the held-out prompts carry no "
+                    "human preference pairs (dataset:chosen / dataset:rejected references); give the eval split "
+                    "such pairs, judge with a rule, or set gate.min_judge_accuracy: null to trust it untested",
+                )
+            )
+            continue
+        lo, hi = j["held_out_accuracy_ci"]
+        ok = lo > gate.min_judge_accuracy
+        out.append(
+            (
+                ok,
+                f"judge {spec}: held-out pair accuracy {acc:.3f} (95 % CI {lo:.3f}..{hi:.3f}) on {n} pairs: CI "
+                f"lower bound {'>' if ok else '<='} {gate.min_judge_accuracy}"
+                + ("" if ok else ": it may be a coin, so the verdict is inconclusive"),
+            )
+        )
+    return out

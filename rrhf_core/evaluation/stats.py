@@ -6,11 +6,13 @@ for a prompt are resampled together), which is what makes a small gain on the sa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
 DEFAULT_RESAMPLES = 2000
+CIOrNone = tuple[float, float] | None
 
 
 def bootstrap_mean_ci(
@@ -106,3 +108,62 @@ def standardised_mean(
     return mean_standardised([c for c, _ in scores], scales), mean_standardised(
         [b for _, b in scores], scales
     )
+
+
+def length_controlled_gain(
+    diffs: Sequence[float],
+    length_diffs: Sequence[float],
+    level: float = 0.95,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float | None, CIOrNone]:
+    """The judge's gain at equal answer length, with a paired bootstrap CI over prompts.
+
+    ``diffs``: ``(n,)`` per prompt, candidate score minus baseline score; ``length_diffs``: ``(n,)`` candidate
+    answer length minus baseline answer length (tokens). Fits ``diff_i = gamma + beta * length_diff_i`` by least
+    squares and returns ``gamma``, the gain the judge would give two answers of the same length (the idea of
+    AlpacaEval's length-controlled win rate, Dubois et al. 2024, with a linear model for a score difference): a
+    candidate that wins only by being shorter (or longer) gets ``gamma`` near 0.
+
+    Where the length difference does not vary (``var(length_diffs) == 0``): with every difference 0 there is no
+    length to control and ``gamma`` is the plain mean gain; with a constant non-zero difference length and model
+    cannot be told apart and the result is ``(None, None)``. Resamples that fall in that case are left out of the CI.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    x = np.asarray(length_diffs, dtype=np.float64)
+    if d.shape != x.shape or d.ndim != 1 or d.size == 0:
+        raise ValueError(f"paired score and length differences differ in shape: {d.shape} vs {x.shape}")
+    point = _intercepts(d[None, :], x[None, :])[0]
+    if math.isnan(point):
+        return None, None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, d.size, size=(resamples, d.size))
+    gammas = _intercepts(d[idx], x[idx])
+    gammas = gammas[~np.isnan(gammas)]
+    alpha = (1.0 - level) / 2
+    lo, hi = np.quantile(gammas, [alpha, 1.0 - alpha])
+    return float(point), (float(lo), float(hi))
+
+
+def _intercepts(d: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Row-wise least-squares intercepts of ``d ~ gamma + beta x``; ``d``, ``x``: ``(r, n)``. Returns ``(r,)``, NaN
+    where ``x`` is constant and non-zero (intercept and slope not identifiable)."""
+    xm, dm = x.mean(axis=1), d.mean(axis=1)
+    var = ((x - xm[:, None]) ** 2).mean(axis=1)
+    cov = ((x - xm[:, None]) * (d - dm[:, None])).mean(axis=1)
+    flat = var <= 1e-12 * np.maximum(1.0, xm**2)
+    beta = np.where(flat, 0.0, cov / np.where(flat, 1.0, var))
+    gamma = dm - beta * xm
+    return np.where(flat & (np.abs(xm) > 1e-12), np.nan, gamma)
+
+
+def length_matched(
+    lengths_a: Sequence[int], lengths_b: Sequence[int], tolerance: float = 0.1, slack: int = 2
+) -> list[int]:
+    """Indices of the prompts whose two answers have about the same length: ``|a - b| <= max(slack, tolerance *
+    max(a, b))`` tokens. A win rate over these pairs cannot be bought by length."""
+    return [
+        i
+        for i, (a, b) in enumerate(zip(lengths_a, lengths_b, strict=True))
+        if abs(a - b) <= max(slack, tolerance * max(a, b))
+    ]

@@ -40,6 +40,9 @@ def passes(prompt: str, answer: str) -> bool:
 class InstructionReward:
     """One of the three rewards above; the MiniLM encoder is loaded only by those that need relevance."""
 
+    # a program decides: as a judge it needs no held-out pair accuracy to be trusted (RewardBackend.rule)
+    rule = True
+
     def __init__(self, spec: str, batch_size: int = 64) -> None:
         self.spec = spec
         self.reward_id = f"{spec}@v1"

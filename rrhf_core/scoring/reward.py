@@ -29,6 +29,10 @@ Messages = list[dict[str, str]]
 
 
 class RewardBackend(Protocol):
+    """``reward_id``: what the score cache keys on. A backend may also set ``rule = True`` (a program decides: the
+    instruction checkers, a user's function); any other, a model, must prove itself as a judge by its held-out pair
+    accuracy (``gate.min_judge_accuracy``)."""
+
     reward_id: str
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]: ...
@@ -38,7 +42,11 @@ class FunctionReward:
     """A Python reward function given as ``module:function``; it takes ``(messages, response)`` and returns a number.
 
     Anything else it returns (text, even ``"1.5"``; None; a list) is refused with an error naming the function, the
-    value and the response: a reward is never guessed from text."""
+    value and the response: a reward is never guessed from text.
+
+    As a judge it counts as a rule its author vouches for (``rule``): the gate asks it for no held-out accuracy."""
+
+    rule = True
 
     def __init__(self, spec: str) -> None:
         module_name, _, func_name = spec.partition(":")
