@@ -30,7 +30,13 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
         print(
             f"  reward model {name!r}: held-out pair accuracy {acc:.3f}" if acc is not None else f"  {name}"
         )
-    verdict = "promoted to champion" if p["promoted"] else "not promoted"
+    verdict = (
+        "promoted to champion"
+        if p["promoted"]
+        else "not promoted: the verdict is inconclusive (a judge did not prove itself)"
+        if p["decision"].get("verdict") == "inconclusive"
+        else "not promoted"
+    )
     print(f"  model version {p['version']} of '{cfg.registered_model}': challenger, {verdict}")
     print(f"    gate: {'; '.join(p['decision']['reasons'])}")
     print()
