@@ -114,10 +114,10 @@ def judge_validity(judge: RewardBackend, pairs: list[ListwiseExample], seed: int
         return JudgeValidity(True)
     if not pairs:
         return JudgeValidity(False)
-    msgs = [p.messages for p in pairs]
-    chosen = judge.score(msgs, [p.responses[0] for p in pairs])
-    rejected = judge.score(msgs, [p.responses[1] for p in pairs])
-    outcomes = pair_outcomes(chosen, rejected)
+    scores = judge.score(  # one call: chosen answers, then rejected ones
+        [p.messages for p in pairs] * 2, [p.responses[0] for p in pairs] + [p.responses[1] for p in pairs]
+    )
+    outcomes = pair_outcomes(scores[: len(pairs)], scores[len(pairs) :])
     return JudgeValidity(
         False, len(pairs), statistics.fmean(outcomes), bootstrap_mean_ci(outcomes, seed=seed)
     )

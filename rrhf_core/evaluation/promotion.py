@@ -80,14 +80,12 @@ class Decision:
         """One line for the model version's description; ``has_champion``: whether the registry has one to keep."""
         if self.promote:
             verdict = "PROMOTE to champion"
-        elif self.verdict == "inconclusive":
-            verdict = "inconclusive, " + (
-                "keep the current champion" if has_champion else "not promoted (there is no champion yet)"
-            )
         else:
             verdict = (
                 "keep the current champion" if has_champion else "not promoted (there is no champion yet)"
             )
+            if self.verdict == "inconclusive":
+                verdict = "inconclusive, " + verdict
         return f"{verdict}: " + "; ".join(self.reasons)
 
 
