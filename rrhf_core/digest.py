@@ -51,9 +51,9 @@ def file_digest(path: str | os.PathLike[str]) -> str:
 
 
 def _distribution_version(module: str) -> str:
-    for dist, mods in importlib.metadata.packages_distributions().items():
-        if module in mods:
-            return f"{dist}=={importlib.metadata.version(dist)}"
+    """``dist==version`` of the installed distribution that provides the top-level ``module``."""
+    for dist in importlib.metadata.packages_distributions().get(module, []):
+        return f"{dist}=={importlib.metadata.version(dist)}"
     return "unknown"
 
 

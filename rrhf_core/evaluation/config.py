@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rrhf_core.config import reuse
+from rrhf_core.evaluation.benchmarks import Benchmark, parse_benchmarks
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.scoring import EMBEDDED_REWARD
 from rrhf_core.types import Precision, PromptFormat
@@ -73,6 +74,16 @@ class EvalSettings(BaseModel):
         "auto",
         description="Precision of generation and scoring in evaluation (auto: bf16 where it is faster).",
     )
+    benchmarks: list[Benchmark] = Field(
+        default_factory=list,
+        description="lm-eval tasks run on both models (e.g. [ifeval] or [{task: ifeval, data: held-out}]): each "
+        "metric with a paired CI over the task's items; gate.no_regression can guard them.",
+    )
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _benchmarks(cls, v: object) -> object:
+        return parse_benchmarks(v)
 
 
 class EvalConfig(EvalSettings):

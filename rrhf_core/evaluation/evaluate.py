@@ -36,6 +36,7 @@ import torch
 from rrhf_core.data.contracts import ListwiseExample, atomic_write_parquet, read_prompts
 from rrhf_core.encoding import Encoder
 from rrhf_core.errors import ConfigError
+from rrhf_core.evaluation import benchmarks
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.evaluation.stats import (
     bootstrap_mean_ci,
@@ -53,6 +54,7 @@ from rrhf_core.reward_model.loss import pair_outcomes
 from rrhf_core.sampling.config import SampleSettings, generation_params
 from rrhf_core.sampling.hf_backend import HFSampler
 from rrhf_core.sampling.shard import render_prompts
+from rrhf_core.scoring.embedded import last_user_turn
 from rrhf_core.scoring.reward import RewardBackend, make_reward
 from rrhf_core.training.config import TrainSettings
 from rrhf_core.training.listwise import encode_examples, ranking_agreement
@@ -184,6 +186,8 @@ class EvalReport:
     length_matched_prompts: int = 0
     win_rate_lc: float | None = None
     win_rate_lc_ci: CI | None = None
+    # lm-eval benchmarks (rrhf_core.evaluation.benchmarks.BenchmarkResult.to_dict()), in evaluate.benchmarks order
+    benchmarks: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -360,6 +364,13 @@ def evaluate(
     if any(not getattr(j, "rule", False) for j in judges):
         log(f"evaluate: the model judges rank {len(judge_pairs)} held-out human preference pairs")
     validity = [judge_validity(j, judge_pairs, cfg.seed) for j in judges]
+    bench_dir = Path(cfg.output_dir) / "benchmarks"
+    prepared = (
+        benchmarks.prepare(cfg.benchmarks, [last_user_turn(m) for m in messages], bench_dir)
+        if cfg.benchmarks
+        else []
+    )
+    bench_runs: dict[str, list[Any]] = {}
     sides: dict[str, Side] = {}
     best_of_k: list[list[list[float]]] | None = None
     for role, model in (("candidate", cfg.candidate), ("baseline", cfg.baseline)):
@@ -375,6 +386,12 @@ def evaluate(
         if role == "baseline" and cfg.best_of_k:
             log(f"evaluate: baseline best-of-{cfg.best_of_k} on {len(rows)} prompts")
             best_of_k = _best_of_k(sampler, texts, messages, judges, cfg)
+        for p in prepared:
+            log(f"evaluate: {role} runs lm-eval's {p.bench.task} ({p.data})")
+        bench_runs[role] = [
+            benchmarks.run(p, sampler.model, sampler.tokenizer, cfg.prompt_format == "chat", cfg.seed)
+            for p in prepared
+        ]
         sampler.close()
         log(
             f"evaluate: scoring the {role}'s answers ({len(judges)} judge(s), training reward, {len(extra)} more)"
@@ -389,6 +406,10 @@ def evaluate(
     scales = combine_judges(sides["candidate"], sides["baseline"])
     best = best_per_prompt(best_of_k, scales) if best_of_k else None
     report = compare(sides["candidate"], sides["baseline"], cfg, len(pairs), best, validity)
+    report.benchmarks = [
+        benchmarks.compare_runs(p, c, b, cfg.seed, bench_dir).to_dict()
+        for p, c, b in zip(prepared, bench_runs["candidate"], bench_runs["baseline"], strict=True)
+    ]
     write_outputs(Path(cfg.output_dir), rows, sides, report)
     return report
 

@@ -55,6 +55,16 @@ class GateConfig(BaseModel):
         description="A model judge's held-out pair accuracy must have its 95 % CI lower bound above this, or the "
         "verdict is inconclusive (null: model judges are trusted untested; rules never need it).",
     )
+    no_regression: list[str] = Field(
+        default_factory=list,
+        description="lm-eval benchmarks (evaluate.benchmarks) that must not regress: 'task' (its first metric) or "
+        "'task:metric'. Refused when the whole 95 % CI of candidate minus baseline lies below -regression_margin.",
+    )
+    regression_margin: float = Field(
+        0.0,
+        ge=0.0,
+        description="How far below zero a guarded benchmark's CI may reach before it is a regression.",
+    )
 
 
 @dataclass
@@ -128,6 +138,7 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
             f"{empty:+.2f} {'<=' if empty <= gate.max_empty_increase else '>'} {gate.max_empty_increase}",
         ),
     ]
+    checks += regression_checks(report, gate)
     judged = judge_checks(report, gate)
     reasons = [text for _, text in checks] + [text for _, text in judged]
     if not all(ok for ok, _ in judged):
@@ -158,6 +169,55 @@ def _gain_check(
         f"{'CI lower bound' if gate.decide_on == 'ci_lower' else 'mean'} "
         f"{'>' if ok else '<='} {gate.min_reward_gain}"
     )
+
+
+def regression_checks(report: dict[str, Any], gate: GateConfig) -> list[tuple[bool, str]]:
+    """Rule 7: one check per ``gate.no_regression`` entry: the benchmark's difference (candidate minus baseline, in
+    the metric's better direction) must not have its whole CI below ``-regression_margin``; a benchmark that did
+    not run, or a metric without a per-item CI, cannot guard and refuses."""
+    out = []
+    results = {b["task"]: b for b in report.get("benchmarks") or []}
+    for guard in gate.no_regression:
+        task, _, metric = guard.partition(":")
+        res = results.get(task)
+        if res is None:
+            out.append(
+                (
+                    False,
+                    f"benchmark {task} is a regression guard but did not run: add it to evaluate.benchmarks",
+                )
+            )
+            continue
+        name = metric or res["primary"]
+        m = next((x for x in res["metrics"] if x["name"] == name), None)
+        if m is None:
+            known = ", ".join(x["name"] for x in res["metrics"])
+            out.append((False, f"benchmark {task} has no metric {name!r} (it reports {known})"))
+            continue
+        if not m.get("difference_ci"):
+            out.append(
+                (
+                    False,
+                    f"benchmark {task}:{name} has no per-item CI, so it cannot guard against a regression",
+                )
+            )
+            continue
+        sign = 1.0 if m.get("higher_is_better", True) else -1.0
+        hi = max(sign * v for v in m["difference_ci"])  # the better end, in the better direction
+        ok = not hi < -gate.regression_margin
+        out.append(
+            (
+                ok,
+                f"benchmark {task}:{name} {m['baseline']:.3f} -> {m['candidate']:.3f} ({m['difference']:+.3f}, "
+                f"95 % CI {m['difference_ci'][0]:+.3f}..{m['difference_ci'][1]:+.3f}): "
+                + (
+                    "no regression"
+                    if ok
+                    else f"a regression (the whole CI is below {-gate.regression_margin:+.3f})"
+                ),
+            )
+        )
+    return out
 
 
 def judge_checks(report: dict[str, Any], gate: GateConfig) -> list[tuple[bool, str]]:

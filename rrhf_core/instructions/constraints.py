@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from rrhf_core.errors import ConfigError
 
-_WORD = re.compile(r"[A-Za-z0-9']+")
+# words as IFEval counts them (nltk's RegexpTokenizer(r"\w+"): "don't" is two words), so that the word-count kinds
+# agree with lm-eval's checkers (tests/test_ifeval_parity.py)
+_WORD = re.compile(r"\w+")
 
 
 def words(text: str) -> list[str]:
@@ -37,15 +39,37 @@ def _sentences(text: str) -> list[str]:
 
 
 def _json_object(text: str) -> dict | None:
+    # markdown fences stripped as IFEval's json_format checker strips them
     body = text.strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, re.S)
-    if fenced:
-        body = fenced.group(1)
+    for prefix in ("```json", "```Json", "```JSON", "```"):
+        body = body.removeprefix(prefix)
+    body = body.removesuffix("```").strip()
     try:
         value = json.loads(body)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _bullet_count(text: str) -> int:
+    """Bullet lines as IFEval's number_bullet_lists checker counts them: lines starting with ``*`` (not ``**``) or
+    ``-``, leading white space allowed (the same two expressions, so the counts agree exactly)."""
+    stars = re.findall(r"^\s*\*[^\*].*$", text, flags=re.MULTILINE)
+    dashes = re.findall(r"^\s*-.*$", text, flags=re.MULTILINE)
+    return len(stars) + len(dashes)
+
+
+def _ends_with(text: str, phrase: str) -> bool:
+    """IFEval's end_checker: the answer, stripped of white space and double quotes, ends with the phrase, ignoring
+    case."""
+    return text.strip().strip('"').lower().endswith(phrase.strip().lower())
+
+
+def _starts_with_title(text: str) -> bool:
+    """A title in double angular brackets (IFEval's rule: ``<<...>>`` on one line, not blank inside) that opens the
+    answer (IFEval accepts one anywhere: ours is the stricter "start with a title")."""
+    m = re.match(r"<<[^\n]+>>", text.strip())
+    return bool(m) and bool(m.group(0).lstrip("<").rstrip(">").strip())
 
 
 def _has_keys(obj: dict | None, keys: list[str]) -> bool:
@@ -94,13 +118,13 @@ KINDS: dict[str, Kind] = {
         Kind(
             "lowercase",
             "Write your whole answer in lowercase letters only.",
-            lambda t, a: any(c.isalpha() for c in t) and t == t.lower(),
+            lambda t, a: t.islower(),
         ),
         Kind("end_question", "End your answer with a question.", lambda t, a: t.rstrip().endswith("?")),
         Kind(
             "bullets",
             "Answer with exactly {arg} bullet points, each on its own line starting with '- '.",
-            lambda t, a: sum(line.startswith("- ") for line in _lines(t)) == int(a),
+            lambda t, a: _bullet_count(t) == int(a),
             r"\d+",
         ),
         Kind(
@@ -131,12 +155,12 @@ KINDS: dict[str, Kind] = {
         Kind(
             "title",
             "Start with a title wrapped in double angular brackets, like <<a title>>.",
-            lambda t, a: bool(re.match(r"<<[^<>\n]*\w[^<>\n]*>>", t.strip())),
+            lambda t, a: _starts_with_title(t),
         ),
         Kind(
             "end_phrase",
             "Finish your answer with the exact phrase '{arg}'.",
-            lambda t, a: t.rstrip().endswith(a),
+            lambda t, a: _ends_with(t, a),
             r"[^']+",
         ),
         Kind(

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
 from rrhf_core.instructions.constraints import parse_constraints, strip_instructions
@@ -37,6 +38,16 @@ def passes(prompt: str, answer: str) -> bool:
     return all(c.check(answer) for c in parse_constraints(prompt))
 
 
+@cache
+def instruction_reward_id(spec: str) -> str:
+    """The score cache's key for ``spec``: the digest of the code that computes it (this module, the constraint
+    checkers and the embedded reward's penalties: every rrhf_core module it imports) and the MiniLM weights' version,
+    so an edited checker is never answered with cached scores."""
+    from rrhf_core.digest import code_digest, model_fingerprint
+
+    return f"{spec}@{code_digest(__name__)[:12]}+{model_fingerprint('embedded:minilm-l6')}"
+
+
 class InstructionReward:
     """One of the three rewards above; the MiniLM encoder is loaded only by those that need relevance."""
 
@@ -45,7 +56,7 @@ class InstructionReward:
 
     def __init__(self, spec: str, batch_size: int = 64) -> None:
         self.spec = spec
-        self.reward_id = f"{spec}@v1"
+        self.reward_id = instruction_reward_id(spec)
         self._embedder: Any = None
         self.batch_size = batch_size
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import cache
 
 import torch
 
@@ -87,10 +88,22 @@ def penalties(prompt: str, response: str) -> float:
     return p
 
 
+@cache
+def embedded_reward_id() -> str:
+    """The score cache's key for this reward: the digest of the code that computes it (this module and what it
+    imports from rrhf_core) and the MiniLM weights' package version, so an edit of :func:`penalties` or an upgrade of
+    the weights is never answered with scores cached before it."""
+    from rrhf_core.digest import code_digest, model_fingerprint
+
+    return f"{EMBEDDED_REWARD}@{code_digest(__name__)[:12]}+{model_fingerprint('embedded:minilm-l6')}"
+
+
 class EmbeddedReward:
     """The embedded CPU reward described in the module docstring."""
 
-    reward_id = f"{EMBEDDED_REWARD}@v1"
+    @property
+    def reward_id(self) -> str:
+        return embedded_reward_id()
 
     def __init__(self, batch_size: int = 64, bucket: bool = True) -> None:
         from transformers import AutoModel, AutoTokenizer

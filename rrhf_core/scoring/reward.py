@@ -20,10 +20,11 @@ from rrhf_core import pretrained
 from rrhf_core.batching import length_batches
 from rrhf_core.digest import file_digest, module_file
 from rrhf_core.errors import ConfigError
-from rrhf_core.instructions.reward import InstructionReward
+from rrhf_core.instructions.ifeval import IFEVAL_JUDGE, IFEvalJudge
+from rrhf_core.instructions.reward import InstructionReward, instruction_reward_id
 from rrhf_core.models import model_load_error
 from rrhf_core.scoring import EMBEDDED_REWARD, INSTRUCTION_REWARDS
-from rrhf_core.scoring.embedded import EmbeddedReward
+from rrhf_core.scoring.embedded import EmbeddedReward, embedded_reward_id
 
 Messages = list[dict[str, str]]
 
@@ -194,13 +195,19 @@ def is_hf_reward_spec(spec: str) -> bool:
 
 
 def reward_fingerprint(spec: str) -> str:
-    """What identifies a reward's behaviour, found without loading it: the embedded reward's version, a function's
+    """What identifies a reward's behaviour, found without loading it: the embedded rewards' code (the source digest
+    of the modules that compute them) and weights (the MiniLM package's version), lm-eval's version for its IFEval
+    checkers, a function's
     module source (the whole file: helpers it calls change the reward too), a local reward model's weights
     (content digest); for a hub id, the id (the loaded model's revision is in its ``reward_id``)."""
     if spec == EMBEDDED_REWARD:
-        return EmbeddedReward.reward_id
+        return embedded_reward_id()
     if spec in INSTRUCTION_REWARDS:
-        return f"{spec}@v1"
+        return instruction_reward_id(spec)
+    if spec == IFEVAL_JUDGE:
+        from importlib.metadata import version
+
+        return f"{IFEVAL_JUDGE}@lm-eval-{version('lm_eval')}"
     if _is_function_spec(spec):
         fn_spec = spec.removeprefix("fn:")
         path = module_file(fn_spec.partition(":")[0])
@@ -219,6 +226,8 @@ def make_reward(spec: str, batch_size: int = 16, max_length: int = 1024, bucket:
         return EmbeddedReward(bucket=bucket)
     if spec in INSTRUCTION_REWARDS:
         return InstructionReward(spec)
+    if spec == IFEVAL_JUDGE:
+        return IFEvalJudge()
     if spec.startswith("embedded:"):
         known = ", ".join(repr(s) for s in (EMBEDDED_REWARD, *INSTRUCTION_REWARDS))
         raise ConfigError(f"unknown embedded reward {spec!r}; available: {known}")
