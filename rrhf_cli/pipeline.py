@@ -112,6 +112,11 @@ def print_evaluation(e: dict[str, Any]) -> None:
             )
         elif not j.get("rule", True):
             print(f"  judge {j['spec']}: a model with no held-out human pairs to prove itself on")
+    if e.get("benchmarks"):
+        from rrhf_core.evaluation.benchmarks import summary_line
+
+        for bench in e["benchmarks"]:
+            print(f"  lm-eval {summary_line(bench)}")
     b, c = e["baseline"], e["candidate"]
     print(
         f"  answers: {b['tokens_mean']:.1f} -> {c['tokens_mean']:.1f} tokens on average; empty "

@@ -27,6 +27,7 @@ from rrhf_core.data.contracts import read_samples, read_scores
 from rrhf_core.data.ingest import run_ingest
 from rrhf_core.errors import RRHFError
 from rrhf_core.evaluation import plots
+from rrhf_core.evaluation.benchmarks import summary_line as benchmark_line
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.evaluation.evaluate import evaluate, length_controlled_line
 from rrhf_core.evaluation.promotion import GateConfig, decide
@@ -328,6 +329,26 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
         for i, j in enumerate(report["judges"]):
             mlflow.set_tag(f"judge_{i}", j["spec"])
             mlflow.log_metrics(numeric(j, f"judge_{i}.") | interval_metrics(j, f"judge_{i}."))
+        # each benchmark's metrics (bench.ifeval.prompt_level_strict_acc.candidate, ...) and its per-item table
+        for b in report["benchmarks"]:
+            for m in b["metrics"]:
+                key = f"bench.{b['task']}.{m['name']}"
+                mlflow.log_metrics(
+                    {
+                        f"{key}.candidate": m["candidate"],
+                        f"{key}.baseline": m["baseline"],
+                        f"{key}.difference": m["difference"],
+                    }
+                    | (
+                        {
+                            f"{key}.difference_ci_lo": m["difference_ci"][0],
+                            f"{key}.difference_ci_hi": m["difference_ci"][1],
+                        }
+                        if m["difference_ci"]
+                        else {}
+                    )
+                )
+            mlflow.log_table(pq.read_table(b["items_file"]).to_pandas(), f"benchmarks/{b['task']}_items.json")
         mlflow.log_dict(report, "eval_report.json")
         rows = pq.read_table(Path(cfg.output_dir) / "eval_samples.parquet").to_pandas()
         mlflow.log_table(rows, "eval_samples.json")
@@ -357,6 +378,7 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
                 for j in report["judges"]
                 if j.get("held_out_accuracy") is not None
             )
+            + "".join(f"; benchmark {benchmark_line(b)}" for b in report["benchmarks"])
         ),
     )
     return report

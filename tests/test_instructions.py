@@ -20,14 +20,18 @@ EXAMPLES: dict[str, tuple[list[str], list[str]]] = {
     "start_yes_no": (["Yes, boil it.", "no. never", "  Yes"], ["Maybe yes.", "Yesterday I ate."]),
     "lowercase": (["boil it, then cool it."], ["Boil it.", "123 !"]),
     "end_question": (["Boil it. Want more?", "Why? "], ["Boil it.", "Is it? No."]),
-    "bullets:2": (["- one\n- two", "Intro:\n  - one\n  - two"], ["- one", "- one\n- two\n- three", "* a\n* b"]),
+    # bullets as IFEval counts them: '-' or '*' (not '**') lines
+    "bullets:2": (["- one\n- two", "Intro:\n  - one\n  - two", "* a\n* b"], ["- one", "- one\n- two\n- three",
+                                                                       "** a\n** b"]),
     "numbered:2": (["1. one\n2. two", "1) a\n2) b"], ["1. one", "one\ntwo"]),
     "no_letter:e": (["Boil this a bit, now cool it.", "A B C"], ["Boil the egg.", "E"]),
     "include_word:water": (["Use cold water.", "WATER it"], ["Use waterproof gloves.", "watering"]),
     "no_comma": (["Boil it then cool it."], ["Boil it, then cool it."]),
     "sentences:2": (["Boil it. Cool it.", "Is it hot? Yes!"], ["Boil it.", "One. Two. Three."]),
     "title": (["<<Eggs>>\nBoil them.", "<<How to boil>> text"], ["Eggs\nBoil them.", "<<>> text", "x <<Eggs>>"]),
-    "end_phrase:Hope this helps!": (["Boil it. Hope this helps!"], ["Hope this helps! Boil it.", "hope this helps!"]),
+    # as IFEval's end_checker: case and closing double quotes ignored
+    "end_phrase:Hope this helps!": (["Boil it. Hope this helps!", "hope this helps!", '"Hope this helps!"'],
+                                    ["Hope this helps! Boil it.", "Hope this helps"]),
     "json_keys:name and steps": (['{"name": "egg", "steps": []}', '```json\n{"name":1,"steps":2}\n```'],
                                  ['{"name": "egg"}', "[1, 2]", "name: egg, steps: 2"]),
 }  # fmt: skip
@@ -108,7 +112,7 @@ def test_the_pass_judge_and_the_training_reward():
     # the on-topic answer that follows the instruction beats the one that does not, and the bare "Yes." that
     # satisfies the constraint but says nothing (under three words, off-topic) beats neither
     assert reward[0] > reward[1] and reward[0] > reward[2]
-    assert reward_fingerprint("embedded:constraint-reward") == "embedded:constraint-reward@v1"
+    assert reward_fingerprint("embedded:constraint-reward").startswith("embedded:constraint-reward@")
     rel = make_reward("embedded:relevance").score(msgs, answers)
     assert rel[0] > rel[2]
 

@@ -273,3 +273,44 @@ def test_killed_scoring_keeps_what_it_scored_and_the_rerun_scores_only_the_rest(
     fresh = score(cfg.model_copy(update={"cache_path": str(tmp_path / "fresh.sqlite"),
                                          "output_dir": str(tmp_path / "fresh")}), progress=False)  # fmt: skip
     assert pq.read_table(again.scores_path).to_pylist() == pq.read_table(fresh.scores_path).to_pylist()
+
+
+def test_an_edited_checker_or_penalty_changes_the_reward_ids_the_score_cache_keys_on(tmp_path):
+    """The score cache is global and keyed on reward ids: an id derived from the code that computes the reward
+    (not a hand-written version) cannot serve scores computed before an edit. Checked on a copy of the library with
+    one constraint checker, then the embedded penalties, edited."""
+    import shutil
+    import subprocess
+    import sys
+
+    import rrhf_core
+
+    specs = ["embedded:constraint-reward", "embedded:constraint-pass", "embedded:minilm-helpfulness"]
+
+    def ids(root: Path) -> list[str]:
+        code = f"from rrhf_core.scoring.reward import reward_fingerprint as f; print('\\n'.join(f(s) for s in {specs}))"
+        env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+        out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    copy = tmp_path / "lib"
+    shutil.copytree(
+        Path(rrhf_core.__file__).parent, copy / "rrhf_core", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    before = ids(copy)
+    assert before == ids(copy)  # stable while nothing changes
+    checkers = copy / "rrhf_core" / "instructions" / "constraints.py"
+    text = checkers.read_text()
+    edited = text.replace("len(words(t)) < int(a)", "len(words(t)) <= int(a)")
+    assert edited != text
+    checkers.write_text(edited)
+    after = ids(copy)
+    assert after[0] != before[0] and after[1] != before[1]  # both instruction rewards use the checkers
+    assert after[2] == before[2]  # the helpfulness reward does not
+    embedded = copy / "rrhf_core" / "scoring" / "embedded.py"
+    embedded.write_text(
+        embedded.read_text().replace("p += 0.5 if n_words < 3 else 0.0", "p += 0.6 if n_words < 3 else 0.0")
+    )
+    last = ids(copy)
+    assert last[2] != after[2] and last[0] != after[0]  # the constraint reward adds the penalties too

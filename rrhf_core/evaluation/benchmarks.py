@@ -68,6 +68,8 @@ def parse_benchmarks(v: Any) -> Any:
         return []
     if isinstance(v, str):
         v = [v]
+    if not isinstance(v, (list, tuple)):
+        return v  # pydantic reports the wrong type
     return [{"task": b} if isinstance(b, str) else b for b in v]
 
 
@@ -102,7 +104,9 @@ class BenchmarkResult:
 @cache
 def task_manager() -> Any:
     """lm-eval's task index (built once: it reads every task YAML lm-eval ships, about 10 s)."""
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    # lm-eval warns on every run that it was handed a loaded model and that max_gen_toks overrides the task's
+    # (both intended here); its errors still show
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     try:
         from lm_eval.tasks import TaskManager
     except ImportError as e:
@@ -364,8 +368,8 @@ def compare_runs(
         pb = [_num_den(s.get(name)) for s in b_items]
         ci = None
         if pc and all(p is not None for p in pc + pb):
-            cn, cd = zip(*pc, strict=True)  # type: ignore[misc]
-            bn, bd = zip(*pb, strict=True)  # type: ignore[misc]
+            cn, cd = zip(*pc, strict=True)
+            bn, bd = zip(*pb, strict=True)
             # a CI only where lm-eval's aggregate is the ratio of the items' sums (a mean, or a pooled share)
             if math.isclose(sum(cn) / sum(cd), c_agg[name], abs_tol=1e-9) and math.isclose(
                 sum(bn) / sum(bd), b_agg[name], abs_tol=1e-9

@@ -69,7 +69,7 @@ def _starts_with_title(text: str) -> bool:
     """A title in double angular brackets (IFEval's rule: ``<<...>>`` on one line, not blank inside) that opens the
     answer (IFEval accepts one anywhere: ours is the stricter "start with a title")."""
     m = re.match(r"<<[^\n]+>>", text.strip())
-    return bool(m) and bool(m.group(0).lstrip("<").rstrip(">").strip())
+    return m is not None and bool(m.group(0).lstrip("<").rstrip(">").strip())
 
 
 def _has_keys(obj: dict | None, keys: list[str]) -> bool:

@@ -46,7 +46,14 @@ Messages = list[dict[str, str]]
 
 
 def ifeval_instructions(c: Constraint) -> list[tuple[str, dict[str, Any]]]:
-    """The IFEval instructions (id, kwargs) that state ``c``; empty when its kind has no IFEval type."""
+    """The IFEval instructions (id, kwargs) that state ``c``; empty when its kind has no IFEval type, or when an
+    argument is 0: lm-eval drops falsy kwargs and draws a random count in their place (``bullets:0`` would be checked
+    against a random number of bullets), so such a constraint is left to the project's checker."""
+    found = _instructions(c)
+    return [] if any(v == 0 for _, kw in found for v in kw.values()) else found
+
+
+def _instructions(c: Constraint) -> list[tuple[str, dict[str, Any]]]:
     a = c.arg
     match c.kind:
         case "max_words":
