@@ -120,6 +120,13 @@ class PipelineConfig(BaseModel):
                     "(one and the same model); give one of them another seed, data_part or backbone"
                 )
             seen[key] = name
+        ran = {b.task for b in self.evaluate.benchmarks}
+        for guard in self.gate.no_regression:
+            if guard.partition(":")[0] not in ran:
+                raise ValueError(
+                    f"gate.no_regression names {guard!r} but evaluate.benchmarks does not run "
+                    f"{guard.partition(':')[0]!r} (it runs: {', '.join(sorted(ran)) or 'none'}); add it there"
+                )
         return self
 
     @model_validator(mode="before")
@@ -184,7 +191,9 @@ def preflight(cfg: PipelineConfig) -> None:
     """Check, before any stage runs, what can be checked cheaply, so a round that cannot start fails in a second
     with one message instead of inside a stage: every prompt input can be read (a file exists and has a supported
     type, an embedded set is known, an HF dataset can be found), and the policy and the HF reward models are a folder
-    that exists or a hub id that can be fetched (in the local cache while offline). Records and weights are not
+    that exists or a hub id that can be fetched (in the local cache while offline), every lm-eval benchmark is a task
+    lm-eval knows with data in its format, and lm-eval's NLTK data is installed where IFEval's checkers are used.
+    Records and weights are not
     read here; their errors come from the stage that reads them."""
     from rrhf_core.data.ingest import check_input
     from rrhf_core.models import check_model_available
@@ -197,6 +206,16 @@ def preflight(cfg: PipelineConfig) -> None:
     for where, spec in cfg.reward_specs().items():
         if not spec.startswith(TRAINED_PREFIX) and is_hf_reward_spec(spec):
             check_model_available(spec, f"reward model ({where})")
+    if cfg.evaluate.benchmarks:  # task names, data files and NLTK data, before hours of sampling and training
+        from rrhf_core.evaluation.benchmarks import check_benchmarks
+
+        check_benchmarks(cfg.evaluate.benchmarks)
+    from rrhf_core.instructions.ifeval import IFEVAL_JUDGE
+
+    if IFEVAL_JUDGE in cfg.reward_specs().values():
+        from rrhf_core.evaluation import nltk_data
+
+        nltk_data.require()
 
 
 # --- the wiring: stage configurations from the pipeline's -------------------------------------------------------

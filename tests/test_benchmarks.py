@@ -229,3 +229,36 @@ def test_punkt_tab_is_installed_only_from_checked_files_and_a_missing_one_says_h
         nltk_data.require()
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "t2")])
     nltk_data.require()
+
+
+def test_a_regression_guard_must_name_a_benchmark_the_round_runs():
+    from rrhf_core.pipeline import PipelineConfig
+
+    with pytest.raises(
+        ValueError, match=r"gate.no_regression names 'ifeval' but evaluate.benchmarks does not run"
+    ):
+        PipelineConfig.model_validate({"gate": {"no_regression": ["ifeval"]}})
+    PipelineConfig.model_validate({"gate": {"no_regression": ["ifeval:inst_level_strict_acc"]},
+                                   "evaluate": {"benchmarks": ["ifeval"]}})  # fmt: skip
+
+
+@pytest.mark.integration
+def test_the_preflight_refuses_an_unknown_benchmark_or_a_bad_file_before_any_stage(tmp_path):
+    from rrhf_core.pipeline import PipelineConfig, preflight
+
+    with pytest.raises(ConfigError, match="no task 'ifevall'"):
+        preflight(PipelineConfig.model_validate({"evaluate": {"benchmarks": ["ifevall"]}}))
+    with pytest.raises(ConfigError, match="data: held-out is for ifeval"):
+        preflight(
+            PipelineConfig.model_validate(
+                {"evaluate": {"benchmarks": [{"task": "arc_easy", "data": "held-out"}]}}
+            )
+        )
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": 1, "prompt": "x"}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1: field 'instruction_id_list' is missing"):
+        preflight(
+            PipelineConfig.model_validate(
+                {"evaluate": {"benchmarks": [{"task": "ifeval", "data": str(bad)}]}}
+            )
+        )

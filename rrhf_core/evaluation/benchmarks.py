@@ -248,18 +248,36 @@ class PreparedBenchmark:
     items: int  # -1: not counted (hub, or a non-JSONL file)
 
 
+def check_benchmarks(benches: list[Benchmark]) -> None:
+    """What can be checked before a round starts: every task is known to lm-eval, ``held-out`` is asked only of
+    ifeval, every local file is in its task's format, and IFEval's NLTK data is installed."""
+    for b in benches:
+        task_entry(b.task)
+        _check_held_out(b)
+        if b.data not in (None, HELD_OUT):
+            check_task_file(b.task, Path(b.data).expanduser())
+        elif b.task == "ifeval":
+            from rrhf_core.evaluation import nltk_data
+
+            nltk_data.require()
+
+
+def _check_held_out(b: Benchmark) -> None:
+    if b.data == HELD_OUT and b.task != "ifeval":
+        raise ConfigError(
+            f"evaluate.benchmarks: data: {HELD_OUT} is for ifeval (the held-out prompts' constraints written in "
+            f"IFEval's format); give {b.task} a file in its format, or no data for the hub's"
+        )
+
+
 def prepare(benches: list[Benchmark], prompt_texts: list[str], folder: Path) -> list[PreparedBenchmark]:
     """Check every benchmark (name, data file, format) before any model runs; write the held-out IFEval file."""
     out = []
     for b in benches:
         entry = task_entry(b.task)
+        _check_held_out(b)
         data: Path | None = None
         if b.data == HELD_OUT:
-            if b.task != "ifeval":
-                raise ConfigError(
-                    f"evaluate.benchmarks: data: {HELD_OUT} is for ifeval (the held-out prompts' constraints "
-                    f"written in IFEval's format); give {b.task} a file in its format, or no data for the hub's"
-                )
             from rrhf_core.instructions.ifeval import write_ifeval_file
 
             data = folder / "ifeval_held_out.jsonl"
