@@ -147,9 +147,9 @@ def check_task_file(task: str, path: Path) -> int:
         return -1
     known: set[str] | None = None
     if task == "ifeval":
-        from rrhf_core.instructions.ifeval import _lm_eval_ifeval
+        from rrhf_core.instructions.ifeval import lm_eval_ifeval
 
-        _lm_eval_ifeval()  # punkt_tab checked before lm-eval's IFEval modules are imported
+        lm_eval_ifeval()  # punkt_tab checked before lm-eval's IFEval modules are imported
         from lm_eval.tasks.ifeval import instructions_registry
 
         known = set(instructions_registry.INSTRUCTION_DICT)
@@ -300,9 +300,9 @@ def run(
     from lm_eval.models.huggingface import HFLM
 
     if prepared.bench.task == "ifeval":
-        from rrhf_core.instructions.ifeval import _lm_eval_ifeval
+        from rrhf_core.instructions.ifeval import lm_eval_ifeval
 
-        _lm_eval_ifeval()  # punkt_tab checked, langdetect seeded
+        lm_eval_ifeval()  # punkt_tab checked, langdetect seeded
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=prepared.bench.batch_size)
     gen = {"max_gen_toks": prepared.bench.max_gen_toks} if prepared.bench.max_gen_toks else None
     try:

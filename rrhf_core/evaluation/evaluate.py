@@ -386,12 +386,11 @@ def evaluate(
         if role == "baseline" and cfg.best_of_k:
             log(f"evaluate: baseline best-of-{cfg.best_of_k} on {len(rows)} prompts")
             best_of_k = _best_of_k(sampler, texts, messages, judges, cfg)
+        bench_runs[role] = []
         for p in prepared:
             log(f"evaluate: {role} runs lm-eval's {p.bench.task} ({p.data})")
-        bench_runs[role] = [
-            benchmarks.run(p, sampler.model, sampler.tokenizer, cfg.prompt_format == "chat", cfg.seed)
-            for p in prepared
-        ]
+            chat = cfg.prompt_format == "chat"
+            bench_runs[role].append(benchmarks.run(p, sampler.model, sampler.tokenizer, chat, cfg.seed))
         sampler.close()
         log(
             f"evaluate: scoring the {role}'s answers ({len(judges)} judge(s), training reward, {len(extra)} more)"

@@ -139,7 +139,7 @@ def write_ifeval_file(prompts: Sequence[str], path: str | Path) -> int:
 
 
 @cache
-def _lm_eval_ifeval() -> Any:
+def lm_eval_ifeval() -> Any:
     """lm-eval's IFEval module, imported once punkt_tab is known to be there (it would download it otherwise);
     langdetect seeded, since its language guesses are random otherwise."""
     from rrhf_core.evaluation import nltk_data
@@ -161,7 +161,7 @@ def ifeval_follows(prompt: str, answer: str, instructions: list[tuple[str, dict[
     """lm-eval's strict IFEval check of ``answer`` against each instruction (its own code path)."""
     if not instructions:
         return []
-    utils = _lm_eval_ifeval()
+    utils = lm_eval_ifeval()
     inp = utils.InputExample(
         key=0,
         instruction_id_list=[i for i, _ in instructions],
@@ -192,7 +192,7 @@ class IFEvalJudge:
     def __init__(self) -> None:
         from importlib.metadata import version
 
-        _lm_eval_ifeval()
+        lm_eval_ifeval()
         self.reward_id = f"{IFEVAL_JUDGE}@lm-eval-{version('lm_eval')}"
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str]) -> list[float]:
