@@ -738,3 +738,58 @@ def test_a_read_only_training_folder_is_named_before_training(learnable_set, tin
         "--no-progress",
     )
     assert_clean_error(code, out, f"cannot write to output folder {read_only}")
+
+
+# --- a full disk: writes past a file-size limit fail as they would on a full disk ----------------------------------
+
+
+def run_cli_limited(max_file_bytes: int, *argv: Any) -> tuple[int, str]:
+    """The CLI in a process that may write no file past ``max_file_bytes`` (``RLIMIT_FSIZE``: the write fails with
+    EFBIG, as one on a full disk fails with ENOSPC), any machine, any user."""
+    import resource
+    import signal
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the failed write returns an error instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "rrhf_cli", *map(str, argv)],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, preexec_fn=limit,
+    )  # fmt: skip
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", ["ingest", "sample", "score", "build", "train"])
+def test_a_full_disk_is_named_and_leaves_no_partial_outputs(
+    stage, chain, tiny_model_dir, learnable_set, tmp_path
+):
+    if stage == "ingest":
+        argv: list[Any] = ["ingest", "--inputs", BAD / "bom.jsonl", "--output-dir", tmp_path / "ingest-out"]
+    elif stage == "train":
+        argv = ["train", "--model", tiny_model_dir, "--data", learnable_set, "--max-steps", "1"]
+        argv += ["--output-dir", tmp_path / "train-out", "--no-progress"]
+    else:
+        argv = stage_argv(stage, chain, tmp_path)
+        if stage == "sample":
+            argv[argv.index("--model") + 1] = tiny_model_dir
+            argv += ["--backend", "hf", "--k", "2", "--max-new-tokens", "4", "--no-progress"]
+    out = Path(argv[argv.index("--output-dir") + 1])
+    code, text = run_cli_limited(1024, *argv)
+    if stage == "score":  # the score cache is the first file past the limit
+        assert_clean_error(code, text, "cache.sqlite")
+    else:
+        assert_clean_error(code, text, "cannot write to", str(out), "free space")
+    left = (
+        {p.name for p in out.iterdir()} if out.exists() else set()
+    )  # a folder the command made goes with it
+    reports = {"ingest_report.json", "sample_report.json", "build_stats.json", "train_summary.json"}
+    assert not reports & left, left  # no stage reported done
+    assert not [name for name in left if name.startswith((".staging-", ".tmp-")) or ".tmp" in name], left

@@ -546,6 +546,40 @@ def published(out: Path, last: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def failed_write(err: BaseException) -> OSError | None:
+    """The OS error behind a failed write, where ``err`` is one: an :class:`OSError`, or the errors safetensors
+    (``SafetensorError: ... I/O error: ...``) and ``torch.save`` (``RuntimeError: ... file write failed``) raise for a
+    full or read-only disk, which carry only text."""
+    if isinstance(err, OSError):
+        return err
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" and "I/O error" in text:
+        return OSError(text.split("I/O error: ", 1)[-1])
+    if isinstance(err, RuntimeError) and "file write failed" in text:
+        return OSError("file write failed (the disk may be full)")
+    return None
+
+
+@contextlib.contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A folder written as one unit (a saved model, say): the body writes into a temporary folder beside
+    ``target``, which replaces ``target`` by a rename when the body returns. An error leaves ``target`` as it was;
+    a disk that is full or read-only is a :class:`DataError` naming the folder."""
+    tmp = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    except Exception as e:
+        os_error = failed_write(e)
+        if os_error is None:
+            raise
+        raise not_writable(target.parent, os_error) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def examples_from_records(records: Sequence[dict[str, Any]]) -> list[ListwiseExample]:
     """Build examples from already-valid dict records (raises DataError naming the first bad one)."""
     out = []

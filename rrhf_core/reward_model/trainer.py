@@ -29,7 +29,12 @@ import pyarrow as pa
 import torch
 
 from rrhf_core import pretrained
-from rrhf_core.data.contracts import atomic_write_parquet, prepare_output_dir
+from rrhf_core.data.contracts import (
+    atomic_folder,
+    atomic_write_parquet,
+    atomic_write_text,
+    prepare_output_dir,
+)
 from rrhf_core.evaluation.stats import bootstrap_mean_ci
 from rrhf_core.hardware import fused_adamw, use_bf16
 from rrhf_core.metrics import JsonlLogger, MetricsLogger, NullLogger
@@ -314,9 +319,10 @@ def _save(cfg: RMTrainConfig, model: Any, tok: Any, out: Path, max_length: int) 
     if cfg.lora.enabled:
         model = model.merge_and_unload()
     model.eval().to("cpu")
-    model.save_pretrained(model_dir)
     tok.model_max_length = max_length  # scoring truncates where training did
-    tok.save_pretrained(model_dir)
+    with atomic_folder(model_dir) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return model_dir
 
 
@@ -355,7 +361,7 @@ def train_reward_model(
             "seconds": time.perf_counter() - t0,
         }
     )
-    (out / "rm_report.json").write_text(json.dumps(report, indent=2, default=float))
+    atomic_write_text(out / "rm_report.json", json.dumps(report, indent=2, default=float))
     return RMResult(out, model_dir, report, time.perf_counter() - t0)
 
 

@@ -22,7 +22,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rrhf_core.data.contracts import SAMPLES_SCHEMA, atomic_write_parquet, prepare_output_dir, read_prompts
+from rrhf_core.data.contracts import (
+    SAMPLES_SCHEMA,
+    atomic_write_parquet,
+    atomic_write_text,
+    prepare_output_dir,
+    published,
+    read_prompts,
+)
 from rrhf_core.errors import ConfigError
 from rrhf_core.sampling import Sampler
 from rrhf_core.sampling.config import SampleConfig
@@ -103,7 +110,6 @@ def sample(
     seconds = time.perf_counter() - t0
     table = pa.concat_tables([pq.read_table(p) for p in shard_paths])
     samples_path = out / "samples.parquet"
-    atomic_write_parquet(table, samples_path)
     sampled = set(table.column("prompt_id").to_pylist())
     dropped = [
         r["prompt_id"] for r in rows if r["prompt_id"] not in sampled
@@ -123,5 +129,7 @@ def sample(
         },
         "config": cfg.model_dump(),
     }
-    (out / "sample_report.json").write_text(json.dumps(report, indent=2))
+    with published(out, last="sample_report.json") as staging:  # samples and report appear as one set
+        atomic_write_parquet(table, staging / samples_path.name)
+        atomic_write_text(staging / "sample_report.json", json.dumps(report, indent=2))
     return SampleResult(samples_path, len(rows), n_shards, len(todo), tokens, seconds, dropped)

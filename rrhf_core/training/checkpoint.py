@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from rrhf_core.data.contracts import failed_write, not_writable
 from rrhf_core.errors import ConfigError
 from rrhf_core.training.distributed import DistEnv, barrier
 from rrhf_core.training.prefix import PrefixSharedLM
@@ -83,14 +84,21 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(env)
-    save_rng(tmp, env.rank)
-    if is_sharded(model):  # FSDP: every process writes its shards of weights and optimizer state
-        save_sharded(tmp / SHARDED, model, optimizer)
-    if env.is_main:
-        if not is_sharded(model):
-            torch.save(trainable_state(model), tmp / "trainable.pt")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    try:
+        save_rng(tmp, env.rank)
+        if is_sharded(model):  # FSDP: every process writes its shards of weights and optimizer state
+            save_sharded(tmp / SHARDED, model, optimizer)
+        if env.is_main:
+            if not is_sharded(model):
+                torch.save(trainable_state(model), tmp / "trainable.pt")
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    except Exception as e:
+        os_error = failed_write(e)
+        if os_error is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise not_writable(root, os_error, "checkpoint folder") from None
     barrier(env)
     if env.is_main:
         state = {"step": step, "world_size": env.world_size, "fingerprint": fingerprint}

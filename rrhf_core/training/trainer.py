@@ -22,7 +22,6 @@ import functools
 import json
 import math
 import random
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,13 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from rrhf_core.data.contracts import LoadReport, load_listwise, prepare_output_dir
+from rrhf_core.data.contracts import (
+    LoadReport,
+    atomic_folder,
+    atomic_write_text,
+    load_listwise,
+    prepare_output_dir,
+)
 from rrhf_core.digest import file_digest
 from rrhf_core.encoding import Dropped, EncodedExample, Encoder
 from rrhf_core.errors import ConfigError, DataError, TrainingDivergedError
@@ -179,12 +184,9 @@ def _save_model(model: Any, tokenizer: Any, cfg: TrainConfig, output_dir: Path) 
     if cfg.lora.enabled and cfg.lora.merge_on_save:
         model = model.merge_and_unload()
     target = output_dir / "model"
-    tmp = output_dir / ".tmp-model"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    with atomic_folder(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return target
 
 
@@ -503,5 +505,5 @@ def _train(cfg: TrainConfig, env: DistEnv, logger: MetricsLogger, progress: bool
     barrier(env)
     summary = summarize(run, step, start, history, model_dir, time.perf_counter() - started)
     if env.is_main:
-        (run.output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(run.output_dir / "train_summary.json", json.dumps(summary, indent=2))
     return TrainResult(run.output_dir, model_dir, step, start, history, summary)
