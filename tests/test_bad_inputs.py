@@ -24,6 +24,7 @@ import pytest
 
 from rrhf_cli import main
 from rrhf_core.data.contracts import PROMPTS_SCHEMA, SAMPLES_SCHEMA, SCORES_SCHEMA, read_prompts
+from rrhf_core.errors import DataError
 from rrhf_core.sampling.shard import response_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +209,99 @@ def test_ingest_fails_cleanly_on_an_unusable_input(name, tmp_path, capsys):
     code, out = rrhf(capsys, "ingest", "--inputs", src, "--output-dir", tmp_path / "out")
     shown = name.split(":", 1)[-1] if ":" in name else str(src)
     assert_clean_error(code, out, shown, *INGEST_ERRORS[name])
+
+
+# --- ingest: inputs that expand past the memory bound ---------------------------------------------------------------
+
+
+def gz_bomb(path: Path) -> Path:
+    """About 850 KB of gzip that holds 400 MB of JSON lines (400,000 copies of one record)."""
+    import gzip
+
+    line = (json.dumps({"prompt": "x" * 1000}) + "\n").encode()
+    path.write_bytes(gzip.compress(line * 400_000, 9))
+    return path
+
+
+def parquet_bomb(path: Path) -> Path:
+    """Under 1 KB of Parquet whose 400 rows each hold the same 1 MB string (dictionary-encoded, compressed)."""
+    pq.write_table(pa.table({"prompt": ["a" * (1 << 20)] * 400}), path, compression="zstd")
+    return path
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_all_in_memory(tmp_path, capsys):
+    import tracemalloc
+
+    from rrhf_core.data.bounded import InputLimits, read_bytes
+
+    bomb = gz_bomb(tmp_path / "bomb.jsonl.gz")
+    code, out = rrhf(capsys, "ingest", "--inputs", bomb, "--output-dir", tmp_path / "out")
+    assert_clean_error(code, out, str(bomb), "more than 100x", "decompression bomb", "max_expansion")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="decompression bomb"):
+            read_bytes(bomb, InputLimits())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 250 << 20, peak  # stopped near 100x the file (85 MB), not at its 400 MB
+
+
+def test_a_parquet_bomb_is_refused(tmp_path, capsys):
+    bomb = parquet_bomb(tmp_path / "bomb.parquet")
+    assert bomb.stat().st_size < 1024
+    code, out = rrhf(capsys, "ingest", "--inputs", bomb, "--output-dir", tmp_path / "out")
+    assert_clean_error(code, out, str(bomb), "decompression bomb", "max_expansion")
+
+
+def test_a_parquet_bomb_given_to_build_is_refused(chain, tmp_path, capsys):
+    argv = stage_argv("build", chain, tmp_path)
+    bomb = parquet_bomb(tmp_path / "samples.parquet")
+    argv[argv.index("--samples") + 1] = bomb
+    code, out = rrhf(capsys, *argv)
+    assert_clean_error(code, out, str(bomb), "decompression bomb")
+
+
+def test_an_input_past_max_input_mb_is_refused_and_the_bound_can_be_raised(tmp_path, capsys):
+    big = tmp_path / "big.jsonl"
+    big.write_text(
+        "".join(json.dumps({"prompt": f"Prompt number {i}: " + "x" * 100}) + "\n" for i in range(12_000))
+    )
+    argv = ["ingest", "--inputs", big, "--output-dir", tmp_path / "out"]
+    code, out = rrhf(capsys, *argv, "--set", "max_input_mb=1")
+    assert_clean_error(code, out, str(big), "past 1 MB", "ingest setting max_input_mb")
+    code, out = rrhf(capsys, *argv, "--set", "max_input_mb=2")
+    assert code == 0 and "12000 valid" in out, out
+
+
+def test_a_gzipped_parquet_input_is_read(tmp_path, capsys):
+    import gzip
+
+    plain = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["Say hi.", "Say bye."]}), plain)
+    packed = tmp_path / "p.parquet.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    code, out = rrhf(capsys, "ingest", "--inputs", packed, "--output-dir", tmp_path / "out")
+    assert code == 0, out
+    assert sorted(
+        r["messages"][0]["content"] for r in read_prompts(tmp_path / "out" / "prompts.parquet")
+    ) == [
+        "Say bye.",
+        "Say hi.",
+    ]
+
+
+def test_a_csv_cell_past_the_csv_modules_limit_rejects_its_row_not_the_file(tmp_path, capsys):
+    import csv
+
+    path = tmp_path / "long.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerows([["prompt"], ["Say hi."], ["y" * 200_000], ["Say bye."]])
+    limit = csv.field_size_limit()
+    code, out = rrhf(capsys, "ingest", "--inputs", path, "--output-dir", tmp_path / "out")
+    assert code == 0 and "2 valid, 1 rejected" in out and "prompt too long" in out, out
+    assert csv.field_size_limit() == limit  # the module's limit is as it was
 
 
 # --- sample, score and build: the tables they read ---------------------------------------------------------------

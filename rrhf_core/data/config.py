@@ -22,6 +22,17 @@ class IngestSettings(BaseModel):
         0.1, ge=0.0, le=1.0, description="Share of prompts in the eval split (by id hash)."
     )
     max_prompt_chars: int = Field(16000, ge=1, description="Longer prompts are rejected with that reason.")
+    max_input_mb: int = Field(
+        1024,
+        ge=1,
+        description="Refuse an input that expands past this many MB in memory (decompressed text, Parquet rows).",
+    )
+    max_expansion: int = Field(
+        100,
+        ge=1,
+        description="Refuse an input that expands past this multiple of its size on disk (a decompression bomb); "
+        "judged once it passes 64 MB.",
+    )
 
 
 class IngestConfig(IngestSettings):

@@ -40,8 +40,12 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rrhf_core.data.bounded import InputLimits, read_parquet
 from rrhf_core.errors import DataError
 from rrhf_core.workdir import pid_alive
+
+# the stages' own files (prompts, samples, scores, training sets) may be large; only a bomb is refused
+FILE_LIMITS = InputLimits(max_input_mb=1 << 20, max_expansion=200)
 
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 REFERENCE_TYPE = pa.struct([("text", pa.string()), ("source", pa.string()), ("reward", pa.float64())])
@@ -127,7 +131,7 @@ def read_checked(path: str | os.PathLike[str], contract: Contract) -> pa.Table:
     if not path.exists():
         raise DataError(f"{contract.name} file {path} does not exist; run `{contract.writer}` first")
     try:
-        table = pq.read_table(path)
+        table = read_parquet(path, FILE_LIMITS, f"{contract.name} file")
     except (OSError, pa.ArrowException) as e:
         reason = " ".join(str(e).split())
         fix = (
@@ -365,7 +369,7 @@ def read_rows(path: Path, what: str = "training set") -> tuple[list[dict[str, An
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            table = pq.read_table(path)
+            table = read_parquet(path, FILE_LIMITS, what)
             return table.to_pylist(), table.column_names
         if suffix in (".jsonl", ".json"):
             rows: list[dict[str, Any]] = []

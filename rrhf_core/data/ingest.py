@@ -48,8 +48,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from rrhf_core.data import bounded
+from rrhf_core.data.bounded import InputLimits
 from rrhf_core.data.config import IngestConfig
 from rrhf_core.data.contracts import (
     PROMPTS_SCHEMA,
@@ -147,11 +148,12 @@ def split_for(prompt_id: str, eval_share: float) -> str:
 # --- reading inputs -------------------------------------------------------------------------------------------
 
 
-def _open_bytes(path: Path) -> bytes:
-    """The file's bytes (decompressed for ``.gz``), without a leading UTF-8 byte order mark."""
-    raw = path.read_bytes()
-    data = gzip.decompress(raw) if path.suffix == ".gz" else raw
-    return data.removeprefix(codecs.BOM_UTF8)
+DEFAULT_LIMITS = InputLimits(setting="ingest")
+
+
+def _open_bytes(path: Path, limits: InputLimits) -> bytes:
+    """The file's bytes (decompressed for ``.gz``, within ``limits``), without a leading UTF-8 byte order mark."""
+    return bounded.read_bytes(path, limits).removeprefix(codecs.BOM_UTF8)
 
 
 def _json(text: str) -> Any:
@@ -176,8 +178,9 @@ def _kind(path: Path) -> str:
     return suffixes[-1].lstrip(".") if suffixes else ""
 
 
-def iter_records(source: str) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line or row number, record or Reject)`` from one input; unreadable inputs raise DataError."""
+def iter_records(source: str, limits: InputLimits = DEFAULT_LIMITS) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line or row number, record or Reject)`` from one input; unreadable inputs, and inputs that expand
+    past ``limits``, raise DataError."""
     if source.startswith("hf:"):
         yield from _iter_hf(source[3:])
         return
@@ -187,7 +190,7 @@ def iter_records(source: str) -> Iterator[tuple[int, Any]]:
     kind = _kind(path)
     try:
         if kind == "jsonl":
-            data = _open_bytes(path)
+            data = _open_bytes(path, limits)
             for lineno, line in enumerate(data.split(b"\n"), 1):
                 if not line.strip():
                     continue
@@ -204,7 +207,7 @@ def iter_records(source: str) -> Iterator[tuple[int, Any]]:
                     yield lineno, Reject(str(e))
         elif kind == "json":
             try:
-                obj = _json(_open_bytes(path).decode("utf-8"))
+                obj = _json(_open_bytes(path, limits).decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
                 raise DataError(
                     f"input {path} is not valid JSON ({e}); JSON lines belong in a .jsonl file"
@@ -214,9 +217,9 @@ def iter_records(source: str) -> Iterator[tuple[int, Any]]:
                 raise DataError(f"input {path}: expected a JSON list of records (or {{'data': [...]}})")
             yield from enumerate(rows, 1)
         elif kind == "parquet":
-            yield from enumerate(pq.read_table(path).to_pylist(), 1)
+            yield from enumerate(bounded.read_parquet(path, limits).to_pylist(), 1)
         elif kind == "csv":
-            yield from _csv_rows(_open_bytes(path).decode("utf-8", errors="strict"))
+            yield from _csv_rows(_open_bytes(path, limits).decode("utf-8", errors="strict"))
         else:
             raise DataError(
                 f"input {path}: unsupported file type {kind!r}; use .jsonl, .json, .parquet or .csv (optionally .gz)"
@@ -231,6 +234,16 @@ def _csv_rows(text: str) -> Iterator[tuple[int, Any]]:
     """``(row number, record or Reject)``; the header is row 1. A row with more cells than the header (most often
     a comma in an unquoted cell) is rejected: its cells cannot be matched to columns."""
     reader = csv.DictReader(io.StringIO(text))
+    limit = csv.field_size_limit(
+        max(csv.field_size_limit(), len(text) + 1)
+    )  # a long cell is the row's problem
+    try:
+        yield from _csv_records(reader)
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _csv_records(reader: csv.DictReader) -> Iterator[tuple[int, Any]]:
     for rowno, row in enumerate(reader, 2):
         extra = row.pop(None, None)
         if extra is not None:
@@ -516,7 +529,8 @@ def run_ingest(cfg: IngestConfig) -> IngestReport:
     by_id: dict[str, PromptRecord] = {}
     rejects: list[dict[str, Any]] = []
     for source in inputs:
-        for lineno, rec in iter_records(resolve_input(source)):
+        limits = InputLimits(cfg.max_input_mb, cfg.max_expansion, setting="ingest")
+        for lineno, rec in iter_records(resolve_input(source), limits):
             report.records += 1
             try:
                 if isinstance(rec, Reject):
