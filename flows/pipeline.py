@@ -54,6 +54,8 @@ def data_stages(
     for stage in DATA_STAGES:
         for instance, stage_cfg in stage.wire(config, results, model).items():
             results[instance] = STAGE_TASKS[stage.name](stage_cfg, stages, parent)
+            if instance == "ingest":
+                plan.check_splits(config, results[instance].prompts)
             if stage.per_reward_model:
                 register_reward_model(
                     results[instance].model_dir, REWARD_REGISTRY, alias=instance.split(":", 1)[1]

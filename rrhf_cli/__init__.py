@@ -512,6 +512,19 @@ def _remove_if_empty(made: tuple[Path, Path] | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``rrhf`` command: exit status 0, 2 for a user error (one line, no traceback), 130 when interrupted, 141
+    when its reader went away (``rrhf report ... | head``: quiet, as a process ended by SIGPIPE)."""
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # whatever is still buffered cannot be written either: standard output goes to /dev/null so that the
+        # interpreter's own flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
+def _main(argv: Sequence[str] | None) -> int:
     redaction.install()  # no credentials of a tracking URI in anything this command prints or logs
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["stack"]:  # its own parser (its --help included)

@@ -16,7 +16,9 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "true")
     from flows.pipeline import pipeline_flow, retrain_flow
     from rrhf_cli.reaper import guard_temporary_server
+    from tasks.tracking import check_prefect_api
 
+    check_prefect_api()
     guard_temporary_server()  # stopped with this command, even after kill -9
     t0 = time.perf_counter()
     summary = (retrain_flow if retrain else pipeline_flow)(cfg)
@@ -57,7 +59,9 @@ def run_compare(cfg: PipelineConfig, losses: list[str]) -> int:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     from flows.pipeline import compare_flow
     from rrhf_cli.reaper import guard_temporary_server
+    from tasks.tracking import check_prefect_api
 
+    check_prefect_api()
     guard_temporary_server()
     t0 = time.perf_counter()
     rows = compare_flow(cfg, losses)

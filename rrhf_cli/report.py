@@ -22,9 +22,14 @@ def load_summary(path: str | Path) -> tuple[Path, dict[str, Any]]:
     if not p.exists():
         raise DataError(f"{p} does not exist; give a run's last_summary.json or its workdir")
     try:
-        summary = json.loads(p.read_text())
-    except ValueError as e:
-        raise DataError(f"{p} is not a run summary (invalid JSON: {e})") from None
+        summary = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p} is not a run summary (cannot read it as JSON: {e})") from None
+    if not isinstance(summary, dict):
+        raise DataError(
+            f"{p} is not a run summary: it holds a JSON {type(summary).__name__}, a summary is an object; give a "
+            "run's last_summary.json or its workdir"
+        )
     missing = [k for k in ("evaluation", "promotion", "config") if not summary.get(k)]
     if missing:
         raise DataError(f"{p} lacks {missing}: was it written by `rrhf pipeline` of this version?")

@@ -11,10 +11,10 @@ import re
 import textwrap
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from rrhf_core.errors import ConfigError
 
@@ -142,6 +142,16 @@ def fields_marked(model: type[BaseModel], mark: str, values: tuple[Any, ...]) ->
     """The fields of ``model`` whose mark ``mark`` has one of ``values`` (an unmarked field: reuse "output")."""
     default = "output" if mark == "reuse" else None
     return {n for n in model.model_fields if field_marks(model, n).get(mark, default) in values}
+
+
+def _a_folder(v: str) -> str:
+    if not v.strip():
+        raise ValueError("is empty: give a folder (an empty path would mean the current folder)")
+    return v
+
+
+Folder = Annotated[str, AfterValidator(_a_folder)]
+"""A folder a stage or round writes: a non-blank path."""
 
 
 def one_or_many(v: Any) -> Any:

@@ -17,8 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rrhf_core.config import load_yaml, one_or_many
+from rrhf_core.config import Folder, load_yaml, one_or_many
 from rrhf_core.data.config import BuildConfig, BuildSettings, IngestConfig, IngestSettings
+from rrhf_core.errors import DataError
 from rrhf_core.evaluation.config import EvalConfig, EvalSettings
 from rrhf_core.evaluation.promotion import GateConfig
 from rrhf_core.models import EMBEDDED_POLICY
@@ -43,7 +44,7 @@ class PipelineConfig(BaseModel):
         None,
         description="A YAML preset (e.g. configs/demo.yaml) whose settings apply under the ones given here.",
     )
-    workdir: str = Field(
+    workdir: Folder = Field(
         "runs/pipeline", description="Stage outputs, the MLflow store and the run summaries."
     )
     prompts: list[str] = Field(
@@ -98,6 +99,19 @@ class PipelineConfig(BaseModel):
             specs.update({f"evaluate.judge[{i}]": s for i, s in enumerate(judge)})
         specs.update({f"evaluate.also_report[{i}]": s for i, s in enumerate(self.evaluate.also_report)})
         return specs
+
+    @model_validator(mode="after")
+    def _both_splits(self) -> PipelineConfig:
+        share = self.ingest.eval_share
+        if share in (0.0, 1.0):
+            empty = "eval" if share == 0.0 else "train"
+            raise ValueError(
+                f"ingest.eval_share {share:g} leaves the {empty} split to the records that carry their own split: a "
+                "round samples and trains on train prompts and judges on eval prompts, so it needs both. Set "
+                "ingest.eval_share strictly between 0 and 1 (0.1, say); records with a split field keep theirs "
+                "whatever it is"
+            )
+        return self
 
     @model_validator(mode="after")
     def _trained_rewards_exist(self) -> PipelineConfig:
@@ -216,6 +230,23 @@ def preflight(cfg: PipelineConfig) -> None:
         from rrhf_core.evaluation import nltk_data
 
         nltk_data.require()
+
+
+def check_splits(cfg: PipelineConfig, prompts: str) -> None:
+    """After ingest: the round's prompts hold train prompts to sample from and prompts of the split it judges on
+    (records that carry their own split can leave one empty whatever ``eval_share`` says); a clear error before
+    sampling, not one after training."""
+    import pyarrow.parquet as pq
+
+    splits = pq.read_table(prompts, columns=["split"]).column("split").to_pylist()
+    for split, role in (("train", "sampled and trained on"), (cfg.evaluate.split, "judged on")):
+        if split not in splits:
+            counts = ", ".join(f"{s} {splits.count(s)}" for s in sorted(set(splits))) or "no prompts"
+            raise DataError(
+                f"the round's prompts ({prompts}: {counts}) hold no {split} prompts to be {role}: the inputs' "
+                f"records carry their own split (a split field), or ingest.eval_share ({cfg.ingest.eval_share:g}) "
+                "leaves none; give inputs with both splits or records without a split field"
+            )
 
 
 # --- the wiring: stage configurations from the pipeline's -------------------------------------------------------

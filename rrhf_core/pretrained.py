@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,55 @@ def refuse_custom_code(path: str | os.PathLike[str], what: str = "model") -> Non
             )
 
 
-def load(cls: Any, path: str | os.PathLike[str], what: str = "model", **kwargs: Any) -> Any:
-    """``cls.from_pretrained(path, trust_remote_code=False, **kwargs)`` after :func:`refuse_custom_code`."""
+def _unreadable_weights(err: Exception) -> str | None:
+    """Why a weights file could not be read, where ``err`` says so: a ``model.safetensors`` that is not one (a
+    pickle under that name, say) or a PyTorch ``.bin`` that holds more than plain tensors (``torch.load`` with
+    ``weights_only=True`` refuses it and runs nothing)."""
+    text = " ".join(str(err).split())
+    if type(err).__name__ == "SafetensorError":
+        return f"a .safetensors file in it is not safetensors ({text}); it may be a pickle under that name"
+    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return (
+            "its PyTorch .bin weights hold more than plain tensors (a pickle with other objects, refused unread: "
+            "nothing in it ran)"
+        )
+    return None
+
+
+def load(
+    cls: Any, path: str | os.PathLike[str], what: str = "model", *, new_head: bool = False, **kwargs: Any
+) -> Any:
+    """``cls.from_pretrained(path, trust_remote_code=False, **kwargs)`` after :func:`refuse_custom_code`.
+
+    A model (an ``AutoModel*`` class) must find every weight in the folder: transformers would fill missing ones
+    with random values and only log it (weights saved for another architecture, a truncated file). ``new_head``
+    allows missing weights outside the base model (the fresh score head of a reward model made from a causal LM).
+    A weights file that cannot be read is a :class:`ConfigError` naming the folder."""
     if kwargs.get("trust_remote_code"):
         raise ConfigError("trust_remote_code=True is never passed: rrhf does not run code from model folders")
     kwargs["trust_remote_code"] = False
     refuse_custom_code(path, what)
-    return cls.from_pretrained(path, **kwargs)
+    is_model = getattr(cls, "__name__", "").startswith("AutoModel")
+    try:
+        if not is_model:
+            return cls.from_pretrained(path, **kwargs)
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    except Exception as e:
+        why = _unreadable_weights(e)
+        if why is None:
+            raise
+        raise ConfigError(
+            f"cannot load {what} from {path}: {why}. rrhf reads weights as safetensors (or .bin files of plain "
+            "tensors): save the model again with save_pretrained(..., safe_serialization=True)"
+        ) from None
+    missing = sorted(info.get("missing_keys") or [])
+    if new_head:
+        base = f"{getattr(model, 'base_model_prefix', '')}."
+        missing = [k for k in missing if k.startswith(base)]
+    if missing:
+        raise ConfigError(
+            f"cannot load {what} from {path}: its weights lack {len(missing)} of the model's tensors (e.g. "
+            f"{', '.join(missing[:3])}), which transformers would fill with random values; the weights file belongs "
+            "to another architecture or is incomplete: save the model again with save_pretrained"
+        )
+    return model

@@ -15,6 +15,7 @@ from mlflow.types.schema import Array, ColSpec, Object, ParamSchema, ParamSpec, 
 
 import rrhf_core
 from rrhf_core.digest import file_digest
+from rrhf_core.errors import ConfigError
 from rrhf_core.evaluation.promotion import Decision
 from rrhf_core.serving import ARTIFACT, DEFAULT_PARAMS
 
@@ -81,6 +82,14 @@ def champion(name: str, trusted_root: str | Path | None = None) -> dict[str, Any
         local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}@champion"))
         # a policy's HF folder is the pyfunc artifact `hf_model`; a transformers-flavour model's is its `model` folder
         found = sorted(local.rglob("config.json"), key=lambda p: ARTIFACT not in p.parts)
+        if not found:
+            raise ConfigError(
+                f"the champion of registered model {name!r} (version {mv.version}) holds no model folder (no "
+                f"config.json among its artifacts, downloaded to {local}): it was not registered by rrhf or its "
+                f"files were removed. Point the alias at a version that holds a model (MlflowClient()."
+                f"set_registered_model_alias({name!r}, 'champion', VERSION)), or remove it: "
+                f"MlflowClient().delete_registered_model_alias({name!r}, 'champion')"
+            )
         model_dir = str(found[0].parent)
     return {"version": mv.version, "model_dir": model_dir}
 

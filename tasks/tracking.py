@@ -53,29 +53,53 @@ def configure(workdir: str | Path, experiment: str, tracking_uri: str | None = N
     return uri
 
 
-def check_answers(uri: str, timeout: float = 10.0) -> None:
-    """A tracking server that does not answer is one clear error at once (MLflow's own client retries for minutes
-    and then names the URI with its password); any HTTP answer, an error status included, counts as answering."""
-    if not uri.startswith(("http://", "https://")):
-        return
+def _no_answer(url: str, timeout: float) -> str | None:
+    """Why the HTTP server of ``url`` does not answer, or None when it does (any HTTP answer, an error status
+    included, counts as answering)."""
     import urllib.error
     import urllib.request
 
-    parts = urllib.parse.urlsplit(uri)
+    parts = urllib.parse.urlsplit(url)
     host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or ""
     try:
         with urllib.request.urlopen(
             urllib.parse.urlunsplit((parts.scheme, host, "/", "", "")), timeout=timeout
         ):
-            return
+            return None
     except urllib.error.HTTPError:
-        return  # it answered
+        return None  # it answered
     except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
+        return str(getattr(e, "reason", e))
+
+
+def check_answers(uri: str, timeout: float = 10.0) -> None:
+    """A tracking server that does not answer is one clear error at once (MLflow's own client retries for minutes
+    and then names the URI with its password)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    reason = _no_answer(uri, timeout)
+    if reason is not None:
         raise ConfigError(
             f"the MLflow tracking server at {redact_credentials(uri)} does not answer ({reason}): start it, or point "
             "tracking_uri / MLFLOW_TRACKING_URI at one that runs (unset, a round tracks to <workdir>/mlflow.db)"
-        ) from None
+        )
+
+
+def check_prefect_api(timeout: float = 10.0) -> None:
+    """A Prefect API (``PREFECT_API_URL``) that does not answer is one clear error before the flow starts (Prefect's
+    client fails later with a traceback); unset, the round starts a temporary server of its own."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url or not str(url).startswith(("http://", "https://")):
+        return
+    reason = _no_answer(str(url), timeout)
+    if reason is not None:
+        raise ConfigError(
+            f"the Prefect API at {redact_credentials(str(url))} (PREFECT_API_URL) does not answer ({reason}): start "
+            "the server (`rrhf stack up`, or `prefect server start`), or unset PREFECT_API_URL so that the round "
+            "runs on a temporary server of its own"
+        )
 
 
 _workdir_tag: str | None = None  # "host:/abs/workdir" of the workdir this process tracks

@@ -887,3 +887,141 @@ def test_a_full_disk_is_named_and_leaves_no_partial_outputs(
     reports = {"ingest_report.json", "sample_report.json", "build_stats.json", "train_summary.json"}
     assert not reports & left, left  # no stage reported done
     assert not [name for name in left if name.startswith((".staging-", ".tmp-")) or ".tmp" in name], left
+
+
+# --- models whose files are not what they say -----------------------------------------------------------------------
+
+
+def weights_swapped(tiny_model_dir: Path, tmp_path: Path, how: str) -> Path:
+    """A copy of the tiny model whose weights are: a pickle named model.safetensors; a .bin pickle that would run a
+    command; a .bin of tensors for another model."""
+    import pickle
+
+    import torch
+
+    folder = Path(shutil.copytree(tiny_model_dir, tmp_path / how))
+    if how == "pickle-named-safetensors":
+        (folder / "model.safetensors").write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+        return folder
+    (folder / "model.safetensors").unlink()
+    if how == "bin-pickle-with-code":
+
+        class Planted:
+            def __reduce__(self) -> tuple[Any, ...]:
+                return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Planted()))
+    else:
+        torch.save({"other.weight": torch.zeros(2)}, folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("how", "needle"),
+    [
+        ("pickle-named-safetensors", "is not safetensors"),
+        ("bin-pickle-with-code", "nothing in it ran"),
+        ("bin-of-other-weights", "lack 21 of the model's tensors"),
+    ],
+)
+def test_weights_that_are_not_what_they_say_are_one_clean_error(
+    how, needle, tiny_model_dir, chain, tmp_path, capsys
+):
+    folder = weights_swapped(tiny_model_dir, tmp_path, how)
+    argv = ["sample", "--prompts", chain["prompts"], "--model", folder, "--backend", "hf", "--output-dir"]
+    code, out = rrhf(capsys, *argv, tmp_path / "s", "--no-progress")
+    assert_clean_error(code, out, str(folder), needle)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_champion_without_a_model_folder_is_a_clean_error(tmp_path):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from rrhf_core.errors import ConfigError
+    from tasks import registry
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        notes = tmp_path / "not-a-model"
+        notes.mkdir()
+        (notes / "README.txt").write_text("no weights here\n")
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(notes), "model")
+            source = mlflow.get_artifact_uri("model")
+        client = MlflowClient()
+        client.create_registered_model("empty-champion")
+        version = client.create_model_version("empty-champion", source, run_id=run.info.run_id).version
+        client.set_registered_model_alias("empty-champion", "champion", version)
+        with pytest.raises(
+            ConfigError, match=f"version {version}.*holds no model folder.*delete_registered_model"
+        ):
+            registry.champion("empty-champion")
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+# --- the command line and the round's settings ----------------------------------------------------------------------
+
+
+def test_a_dead_prefect_api_is_one_clean_error_before_the_round(tmp_path, capsys, monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setenv("PREFECT_API_URL", f"http://user:secret@127.0.0.1:{free_port()}/api")
+    code, out = rrhf(capsys, "pipeline", "--workdir", tmp_path / "work")
+    assert_clean_error(code, out, "(PREFECT_API_URL) does not answer", "unset PREFECT_API_URL")
+    assert "secret" not in out and not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '"a string"', "7"])
+def test_rrhf_report_on_json_that_is_not_an_object(content, tmp_path, capsys):
+    path = tmp_path / "last_summary.json"
+    path.write_text(content)
+    code, out = rrhf(capsys, "report", path)
+    assert_clean_error(code, out, str(path), "is not a run summary", "a summary is an object")
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """``rrhf pipeline --plan | head -1``: the reader leaves after one line; no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = f"{sys.executable} -m rrhf_cli pipeline --plan --workdir /nonexistent/w | head -1"
+    proc = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert proc.stdout.startswith("Plan of a round"), proc.stdout
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 141), proc  # 141 where the pipe closed before the plan was all written
+
+
+@pytest.mark.parametrize("share", ["0", "1"])
+def test_an_eval_share_that_empties_a_split_is_refused_by_the_plan(share, tmp_path, capsys):
+    code, out = rrhf(
+        capsys, "pipeline", "--plan", "--workdir", tmp_path / "w", "--set", f"ingest.eval_share={share}"
+    )
+    assert_clean_error(code, out, f"ingest.eval_share {share}", "strictly between 0 and 1")
+
+
+def test_records_whose_own_split_leaves_no_eval_prompts_stop_the_round_before_sampling(tmp_path):
+    from rrhf_core.pipeline import PipelineConfig, check_splits
+
+    src = tmp_path / "train-only.jsonl"
+    src.write_text("".join(json.dumps({"prompt": f"Say {w}.", "split": "train"}) + "\n" for w in "abc"))
+    assert main(["ingest", "--inputs", str(src), "--output-dir", str(tmp_path / "in")]) == 0
+    cfg = PipelineConfig(workdir=str(tmp_path / "w"), prompts=[str(src)])
+    with pytest.raises(DataError, match=r"train 3\) hold no eval prompts to be judged on"):
+        check_splits(cfg, str(tmp_path / "in" / "prompts.parquet"))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pipeline", "--plan", "--set", "workdir="],
+        ["pipeline", "--plan", "--workdir", "  "],
+        ["ingest", "--inputs", BAD / "bom.jsonl", "--set", "output_dir="],
+    ],
+    ids=["workdir-set-empty", "workdir-blank", "output-dir-empty"],
+)
+def test_an_empty_folder_setting_is_refused_not_read_as_the_current_folder(argv, capsys):
+    code, out = rrhf(capsys, *argv)
+    assert_clean_error(code, out, "is empty: give a folder")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rrhf_core.config import one_or_many, reuse
+from rrhf_core.config import Folder, one_or_many, reuse
 
 
 class IngestSettings(BaseModel):
@@ -43,7 +43,7 @@ class IngestConfig(IngestSettings):
         description="Files (.jsonl/.json/.parquet/.csv, optionally .gz), hf:NAME[:SPLIT], embedded:demo-prompts or embedded:instructions.",
         json_schema_extra=reuse("input"),
     )
-    output_dir: str = Field(
+    output_dir: Folder = Field(
         ...,
         description="Where prompts.parquet, rejects.jsonl and ingest_report.json go.",
         json_schema_extra=reuse("location"),
@@ -70,7 +70,7 @@ class BuildConfig(BuildSettings):
     prompts: str = Field(..., description="prompts.parquet", json_schema_extra=reuse("input"))
     samples: list[str] = Field(..., description="samples.parquet file(s)", json_schema_extra=reuse("input"))
     scores: list[str] = Field(..., description="scores.parquet file(s)", json_schema_extra=reuse("input"))
-    output_dir: str = Field(
+    output_dir: Folder = Field(
         ..., description="Where train.parquet and its statistics go.", json_schema_extra=reuse("location")
     )
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rrhf_core.config import reuse
+from rrhf_core.config import Folder, reuse
 from rrhf_core.evaluation.benchmarks import Benchmark, parse_benchmarks
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.scoring import EMBEDDED_REWARD
@@ -92,7 +92,7 @@ class EvalConfig(EvalSettings):
     prompts: str = Field(
         ..., description="prompts.parquet with an eval split.", json_schema_extra=reuse("input")
     )
-    output_dir: str = Field(
+    output_dir: Folder = Field(
         ...,
         description="Where eval_samples.parquet and eval_report.json go.",
         json_schema_extra=reuse("location"),

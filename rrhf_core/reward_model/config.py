@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rrhf_core.config import LoraConfig, one_or_many, refuse_bf16_switch, reuse
+from rrhf_core.config import Folder, LoraConfig, one_or_many, refuse_bf16_switch, reuse
 from rrhf_core.models import EMBEDDED_ENCODER
 from rrhf_core.types import Precision
 
@@ -94,7 +94,7 @@ class RMTrainConfig(RMSettings):
         "{prompt|messages, chosen, rejected} rows (JSONL/Parquet), or listwise train.parquet (every ordered pair "
         "with distinct rewards).",
     )
-    output_dir: str = Field(
+    output_dir: Folder = Field(
         ...,
         description="Where model/, rm_report.json and eval_pairs.parquet go.",
         json_schema_extra=reuse("location"),

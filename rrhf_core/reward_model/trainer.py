@@ -171,7 +171,7 @@ def _load_backbone(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
     try:
         tok = pretrained.load(AutoTokenizer, path, "reward-model backbone")
         model = pretrained.load(
-            AutoModelForSequenceClassification, path, "reward-model backbone", num_labels=1
+            AutoModelForSequenceClassification, path, "reward-model backbone", new_head=True, num_labels=1
         )
     except (OSError, ValueError) as e:
         raise model_load_error(path, e, "reward-model backbone") from None

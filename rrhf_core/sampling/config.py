@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rrhf_core.config import reuse
+from rrhf_core.config import Folder, reuse
 from rrhf_core.digest import model_fingerprint
 from rrhf_core.executors import Executor, RaySettings
 from rrhf_core.models import EMBEDDED_POLICY
@@ -117,7 +117,7 @@ class SampleConfig(SampleSettings):
     prompts: str = Field(
         ..., description="prompts.parquet from the ingest stage.", json_schema_extra=reuse("input")
     )
-    output_dir: str = Field(
+    output_dir: Folder = Field(
         ..., description="Where shards/ and samples.parquet go.", json_schema_extra=reuse("location")
     )
     split: Literal["train", "eval", "all"] = Field("train", description="Which prompts to sample for.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rrhf_core.config import one_or_many, reuse
+from rrhf_core.config import Folder, one_or_many, reuse
 from rrhf_core.executors import Executor, RaySettings
 from rrhf_core.scoring import EMBEDDED_REWARD
 
@@ -48,7 +48,7 @@ class ScoreConfig(ScoreSettings):
         description="prompts.parquet (for the prompt each response answers).",
         json_schema_extra=reuse("input"),
     )
-    output_dir: str = Field(
+    output_dir: Folder = Field(
         ..., description="Where scores.parquet goes.", json_schema_extra=reuse("location")
     )
     reward: str = Field(

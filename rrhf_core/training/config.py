@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rrhf_core.config import LoraConfig, fields_marked, refuse_bf16_switch, reuse
+from rrhf_core.config import Folder, LoraConfig, fields_marked, refuse_bf16_switch, reuse
 from rrhf_core.models import EMBEDDED_POLICY
 from rrhf_core.types import Precision, PromptFormat
 
@@ -224,7 +224,7 @@ class TrainConfig(TrainSettings):
         description="Listwise training set (.parquet or .jsonl): prompt_id, messages, responses, rewards, sources.",
         json_schema_extra=reuse("input"),
     )
-    output_dir: str = Field(
+    output_dir: Folder = Field(
         ...,
         description="Run folder: checkpoints/, model/, metrics.jsonl, train_summary.json.",
         json_schema_extra=reuse("location"),
