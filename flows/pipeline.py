@@ -28,7 +28,6 @@ from tasks.round import (
     finish_round,
     log_round_start,
     publish_comparison,
-    resolved_precision,
     start_and_baseline,
 )
 from tasks.stages import STAGE_TASKS, evaluate_task, promote_task, train_rm_task, train_task
@@ -69,18 +68,23 @@ def pipeline_flow(config: PipelineConfig) -> dict[str, Any]:
     """Ingest -> sample -> score -> build -> train -> evaluate -> register (challenger) -> gate (champion)."""
     t0 = time.perf_counter()
     plan.preflight(config)  # inputs and models checked before the workdir is taken or any stage runs
+    config, precision = plan.with_precision(config)  # decided once: every stage, its key and the record agree
     work = Path(config.workdir).resolve()
     stages = str(work / "stages")
     with tracked_workdir(work, config.experiment, config.tracking_uri, "rrhf-pipeline") as uri:
-        return _round(config, work, stages, uri, t0)
+        return _round(config, precision, work, stages, uri, t0)
 
 
-def _round(config: PipelineConfig, work: Path, stages: str, uri: str, t0: float) -> dict[str, Any]:
+def _round(
+    config: PipelineConfig, precision: dict[str, Any], work: Path, stages: str, uri: str, t0: float
+) -> dict[str, Any]:
     start_model, baseline = start_and_baseline(config)
-    get_run_logger().info(f"start model: {start_model}; baseline for evaluation: {baseline}")
+    log = get_run_logger()
+    log.info(f"start model: {start_model}; baseline for evaluation: {baseline}")
+    log.info(f"precision: {precision['round']} ({precision['decided_by']})")
     with start_run("rrhf-round") as parent:
         pid = parent.info.run_id
-        log_round_start(config, start_model, baseline)
+        log_round_start(config, start_model, baseline, precision)
 
         resolved, results = data_stages(config, start_model, stages, pid)
         prompts, built = results["ingest"].prompts, results["build"]
@@ -123,7 +127,7 @@ def _round(config: PipelineConfig, work: Path, stages: str, uri: str, t0: float)
             "mlflow_run_id": pid,
             "tracking_uri": redact_credentials(uri),
             "seconds": time.perf_counter() - t0,
-            "precision": resolved_precision(config),
+            "precision": precision,
             "machine": describe_machine(),
             "config": redacted(config.model_dump(mode="json")),
         }
@@ -191,6 +195,7 @@ def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> lis
     comparison table and plot in MLflow and as a Prefect artifact."""
     losses = losses or ["rrhf", "sft_best", "dpo", "simpo"]
     plan.preflight(config)
+    config, _ = plan.with_precision(config)
     work = Path(config.workdir).resolve()
     stages = str(work / "stages")
     with (

@@ -151,13 +151,16 @@ def print_evaluation(e: dict[str, Any]) -> None:
 def print_plan(cfg: PipelineConfig) -> int:
     """``rrhf pipeline --plan``: the round's stages, reused or run and why, in this workdir; nothing runs and no stage
     folder or tracking store is made (a champion is looked up only in a store that exists)."""
+    from rrhf_core.pipeline import with_precision
     from rrhf_core.plan import plan_round
 
+    cfg, precision = with_precision(cfg)  # as the round decides it: the stage keys depend on it
     work = Path(cfg.workdir).resolve()
     start = cfg.policy
     if cfg.from_champion:
         start = _champion_dir(cfg, work) or cfg.policy
     print(f"Plan of a round in {work} (nothing runs), sampling from and training {start}:")
+    print(f"  precision: {precision['round']} ({precision['decided_by']})")
     planned = plan_round(cfg, start, work / "stages")
     stage_w = max(len(p.stage) for p in planned)
     action_w = max(len(p.action) for p in planned)

@@ -37,7 +37,7 @@ def load_summary(path: str | Path) -> tuple[Path, dict[str, Any]]:
 
 
 def _precision(s: dict[str, Any]) -> str:
-    p = s.get("precision") or {}
+    p = {k: v for k, v in (s.get("precision") or {}).items() if k not in ("round", "decided_by")}
     kinds = set(p.values())
     return next(iter(kinds)) if len(kinds) == 1 else ", ".join(f"{k} {v}" for k, v in p.items())
 

@@ -28,7 +28,7 @@ from rrhf_core.sampling.config import SampleConfig, SampleSettings
 from rrhf_core.scoring import EMBEDDED_REWARD
 from rrhf_core.scoring.config import ScoreConfig, ScoreSettings
 from rrhf_core.training.config import TrainConfig, TrainSettings
-from rrhf_core.types import PromptFormat
+from rrhf_core.types import Precision, PromptFormat
 
 # `reward: trained:NAME` names a reward model that the round trains (PipelineConfig.reward_models)
 TRAINED_PREFIX = "trained:"
@@ -76,6 +76,11 @@ class PipelineConfig(BaseModel):
         512, ge=8, description="Longer prompts are left-truncated at a turn boundary (sampling, evaluation)."
     )
     cache_dir: str | None = Field(None, description="Cache for converted models and scores.")
+    dtype: Precision = Field(
+        "auto",
+        description="The round's precision: every stage whose own dtype is auto computes in it. auto is decided "
+        "once, from the hardware: bf16 on CUDA with bf16 support and on CPUs with AMX-BF16, else fp32.",
+    )
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     sample: SampleSettings = Field(default_factory=SampleSettings)
     score: ScoreSettings = Field(default_factory=ScoreSettings)
@@ -213,6 +218,7 @@ def preflight(cfg: PipelineConfig) -> None:
     from rrhf_core.models import check_model_available
     from rrhf_core.scoring.reward import is_hf_reward_spec
 
+    with_precision(cfg)  # a bf16 the hardware cannot compute, before anything else
     for source in cfg.prompts:
         check_input(source)
     if not cfg.from_champion:  # sampled from the champion, the policy may never be loaded
@@ -230,6 +236,57 @@ def preflight(cfg: PipelineConfig) -> None:
         from rrhf_core.evaluation import nltk_data
 
         nltk_data.require()
+
+
+def precision_settings(cfg: PipelineConfig) -> dict[str, str]:
+    """Every dtype setting of the round by where it is set (``dtype``, ``sample.dtype``, ...,
+    ``reward_models.NAME.dtype``)."""
+    found = {"dtype": cfg.dtype}
+    found |= {f"{stage}.dtype": getattr(cfg, stage).dtype for stage in ("sample", "train", "evaluate")}
+    found |= {f"reward_models.{name}.dtype": rm.dtype for name, rm in cfg.reward_models.items()}
+    return found
+
+
+def round_device() -> Any:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def with_precision(cfg: PipelineConfig) -> tuple[PipelineConfig, dict[str, Any]]:
+    """``cfg`` with its precision decided once for this machine: every ``auto`` dtype replaced by the round's
+    (``dtype``, itself decided from the hardware's capabilities where it is auto), so that the stages, their reuse
+    keys and the round's record all name what was computed in. Returns the record too: each stage's precision and
+    why. A ``bf16`` the hardware cannot compute is a :class:`ConfigError` naming the setting."""
+    from rrhf_core.hardware import decide_precision, precision_reason
+
+    device = round_device()
+    decided = {
+        where: decide_precision(value, device, where) for where, value in precision_settings(cfg).items()
+    }
+    own = decided.pop("dtype")
+
+    def pick(where: str, value: str) -> str:
+        return own if value == "auto" else decided[where]
+
+    update: dict[str, Any] = {
+        stage: getattr(cfg, stage).model_copy(
+            update={"dtype": pick(f"{stage}.dtype", getattr(cfg, stage).dtype)}
+        )
+        for stage in ("sample", "train", "evaluate")
+    }
+    update["reward_models"] = {
+        name: rm.model_copy(update={"dtype": pick(f"reward_models.{name}.dtype", rm.dtype)})
+        for name, rm in cfg.reward_models.items()
+    }
+    resolved = cfg.model_copy(update={"dtype": own, **update})
+    record = {
+        "round": own,
+        **{stage: getattr(resolved, stage).dtype for stage in ("sample", "train", "evaluate")},
+        **{f"reward_model:{name}": rm.dtype for name, rm in resolved.reward_models.items()},
+        "decided_by": f"{'setting' if cfg.dtype != 'auto' else 'hardware'}: {precision_reason(device)}",
+    }
+    return resolved, record
 
 
 def check_splits(cfg: PipelineConfig, prompts: str) -> None:

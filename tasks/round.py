@@ -23,30 +23,19 @@ def start_and_baseline(config: PipelineConfig) -> tuple[str, str]:
     return start, baseline
 
 
-def log_round_start(config: PipelineConfig, start_model: str, baseline: str) -> None:
+def log_round_start(
+    config: PipelineConfig, start_model: str, baseline: str, precision: dict[str, str] | None = None
+) -> None:
     mlflow.log_params(
         {
             "start_model": start_model,
             "baseline": baseline,
             "reward": config.reward,
             "registered_model": config.registered_model,
+            **{f"precision.{k}": v for k, v in (precision or {}).items()},
         }
     )
     mlflow.log_dict(redacted(config.model_dump(mode="json")), "pipeline_config.json")
-
-
-def resolved_precision(config: PipelineConfig) -> dict[str, str]:
-    """What each stage computes in, with ``auto`` decided for this machine."""
-    import torch
-
-    from rrhf_core.hardware import use_bf16
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-    def word(setting: str) -> str:
-        return "bf16" if use_bf16(setting, device) else "fp32"
-
-    return {stage: word(getattr(config, stage).dtype) for stage in ("sample", "train", "evaluate")}
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:
