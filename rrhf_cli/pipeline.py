@@ -11,7 +11,7 @@ from rrhf_core.pipeline import PipelineConfig
 
 
 def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     from flows.pipeline import pipeline_flow, retrain_flow
@@ -56,7 +56,7 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
 
 
 def run_compare(cfg: PipelineConfig, losses: list[str]) -> int:
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     from flows.pipeline import compare_flow
     from rrhf_cli.reaper import guard_temporary_server
     from tasks.tracking import check_prefect_api

@@ -167,7 +167,7 @@ def prefect_harness(tmp_path_factory: pytest.TempPathFactory):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=300):  # a loaded 2-core machine starts it slowly
         yield
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-import time
 from pathlib import Path
 
 import pytest
@@ -166,10 +165,11 @@ def test_a_machine_that_never_joins_fails_the_run_in_time(tiny_model_dir, learna
         rdzv_endpoint=f"127.0.0.1:{port}",
         rdzv_timeout_s=5,
     )
-    t0 = time.monotonic()
-    with pytest.raises(LaunchError, match="torchrun exit status"):
+    # it ends because the rendezvous timed out (rdzv_timeout_s), not after any wall-clock bound of the test's own:
+    # a slow machine takes longer to start torchrun, never longer to give up on the missing machine
+    with pytest.raises(LaunchError, match="torchrun exit status") as failed:
         train(cfg, progress=False)
-    assert time.monotonic() - t0 < 60  # measured: about 8 s
+    assert "RendezvousTimeoutError" in str(failed.value), str(failed.value)[-2000:]
 
 
 def test_the_launcher_forwards_each_complete_metrics_line_once(tmp_path):

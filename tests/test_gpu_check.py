@@ -48,6 +48,7 @@ def test_the_prefix_sharing_check_finds_the_two_steps_equal_in_bf16():
     assert r["grad_rel_diff"] < 0.05
 
 
+@pytest.mark.integration  # minutes of real training steps in subprocesses: not in `make test-fast`
 def test_the_quick_check_runs_on_this_cpu_and_writes_every_section(tmp_path):
     import json
     import os
@@ -76,6 +77,7 @@ def test_the_quick_check_runs_on_this_cpu_and_writes_every_section(tmp_path):
     assert report["not_covered"]
 
 
+@pytest.mark.integration
 def test_a_check_out_of_time_keeps_what_it_finished_and_lists_the_rest(tmp_path):
     """``--budget-s 0``: every correctness section still runs and is saved; no benchmark case starts, each k is
     listed as not run, and the report is complete (``finished`` set)."""
