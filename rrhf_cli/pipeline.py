@@ -161,6 +161,13 @@ def print_plan(cfg: PipelineConfig) -> int:
         start = _champion_dir(cfg, work) or cfg.policy
     print(f"Plan of a round in {work} (nothing runs), sampling from and training {start}:")
     print(f"  precision: {precision['round']} ({precision['decided_by']})")
+    share = cfg.ingest.eval_share
+    if share in (0.0, 1.0):  # allowed where the records carry their own split (the demo's suite does)
+        empty = "eval" if share == 0.0 else "train"
+        print(
+            f"  note: ingest.eval_share {share:g} puts no prompt in the {empty} split by id; only records with their "
+            f"own split field can be {empty} prompts, and the round stops after ingest if there are none"
+        )
     planned = plan_round(cfg, start, work / "stages")
     stage_w = max(len(p.stage) for p in planned)
     action_w = max(len(p.action) for p in planned)

@@ -106,19 +106,6 @@ class PipelineConfig(BaseModel):
         return specs
 
     @model_validator(mode="after")
-    def _both_splits(self) -> PipelineConfig:
-        share = self.ingest.eval_share
-        if share in (0.0, 1.0):
-            empty = "eval" if share == 0.0 else "train"
-            raise ValueError(
-                f"ingest.eval_share {share:g} leaves the {empty} split to the records that carry their own split: a "
-                "round samples and trains on train prompts and judges on eval prompts, so it needs both. Set "
-                "ingest.eval_share strictly between 0 and 1 (0.1, say); records with a split field keep theirs "
-                "whatever it is"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _trained_rewards_exist(self) -> PipelineConfig:
         for where, spec in self.reward_specs().items():
             name = spec.removeprefix(TRAINED_PREFIX)

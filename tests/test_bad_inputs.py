@@ -995,11 +995,13 @@ def test_output_into_a_closed_pipe_ends_quietly():
 
 
 @pytest.mark.parametrize("share", ["0", "1"])
-def test_an_eval_share_that_empties_a_split_is_refused_by_the_plan(share, tmp_path, capsys):
+def test_an_eval_share_that_empties_a_split_is_named_by_the_plan(share, tmp_path, capsys):
+    """Records may carry their own split (the demo's suite does), so 0 and 1 are valid; the plan says what they mean
+    and the round stops after ingest when a split is empty (below)."""
     code, out = rrhf(
         capsys, "pipeline", "--plan", "--workdir", tmp_path / "w", "--set", f"ingest.eval_share={share}"
     )
-    assert_clean_error(code, out, f"ingest.eval_share {share}", "strictly between 0 and 1")
+    assert code == 0 and f"note: ingest.eval_share {share} puts no prompt in the" in out, out
 
 
 def test_records_whose_own_split_leaves_no_eval_prompts_stop_the_round_before_sampling(tmp_path):
