@@ -126,7 +126,9 @@ def test_the_plan_of_a_round_in_a_new_workdir_runs_nothing_and_makes_nothing(cap
         capsys, command, "--config", str(ROOT / "configs" / "demo.yaml"), "--workdir", str(work), "--plan"
     )
     assert code == 0, out
+    assert out.splitlines()[1].startswith("  precision: ")  # decided as the round would decide it
     lines = [ln.split() for ln in out.splitlines()[1:] if ln.startswith("  ") and ln.split()[0][0].isalpha()]
+    lines = [ln for ln in lines if not ln[0].endswith(":")]  # the precision line and notes
     assert [(ln[0], " ".join(ln[1:3])) for ln in lines if not ln[0].startswith("/")][:6] == [
         ("ingest", "run first"),
         ("sample", "after ingest"),

@@ -111,9 +111,7 @@ def sample(
     table = pa.concat_tables([pq.read_table(p) for p in shard_paths])
     samples_path = out / "samples.parquet"
     sampled = set(table.column("prompt_id").to_pylist())
-    dropped = [
-        r["prompt_id"] for r in rows if r["prompt_id"] not in sampled
-    ]  # found again on a resumed run too
+    dropped = [r["prompt_id"] for r in rows if r["prompt_id"] not in sampled]  # found again on a resume too
     report = {
         "prompts": len(rows),
         "shards": n_shards,
