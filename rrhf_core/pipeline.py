@@ -228,7 +228,7 @@ def preflight(cfg: PipelineConfig) -> None:
 def precision_settings(cfg: PipelineConfig) -> dict[str, str]:
     """Every dtype setting of the round by where it is set (``dtype``, ``sample.dtype``, ...,
     ``reward_models.NAME.dtype``)."""
-    found = {"dtype": cfg.dtype}
+    found: dict[str, str] = {"dtype": cfg.dtype}
     found |= {f"{stage}.dtype": getattr(cfg, stage).dtype for stage in ("sample", "train", "evaluate")}
     found |= {f"reward_models.{name}.dtype": rm.dtype for name, rm in cfg.reward_models.items()}
     return found
