@@ -174,7 +174,7 @@ TINY='{"config": {"workdir": "runs/docker-tiny", "prompts": ["embedded:demo-prom
 run_round() {
     compose exec -T worker prefect deployment run 'rrhf-pipeline/pipeline' --params "$TINY" --watch \
         > "$OUT/round.log" 2>&1
-    grep -q "Completed" "$OUT/round.log"
+    grep -qE "finished (successfully )?in (state )?'Completed'" "$OUT/round.log"
 }
 timed "tiny round through the pipeline deployment" run_round || {
     tail -40 "$OUT/round.log"
