@@ -965,11 +965,20 @@ def test_a_champion_without_a_model_folder_is_a_clean_error(tmp_path):
 # --- the command line and the round's settings ----------------------------------------------------------------------
 
 
-def test_a_dead_prefect_api_is_one_clean_error_before_the_round(tmp_path, capsys, monkeypatch):
+def test_a_dead_prefect_api_is_one_clean_error_before_the_round(tmp_path):
+    """In a subprocess: importing Prefect under pytest's captured streams would bind its log handlers to them."""
     from conftest import free_port
 
-    monkeypatch.setenv("PREFECT_API_URL", f"http://user:secret@127.0.0.1:{free_port()}/api")
-    code, out = rrhf(capsys, "pipeline", "--workdir", tmp_path / "work")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "PREFECT_API_URL": f"http://user:secret@127.0.0.1:{free_port()}/api",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "rrhf_cli", "pipeline", "--workdir", str(tmp_path / "work")],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    code, out = proc.returncode, proc.stdout + proc.stderr
     assert_clean_error(code, out, "(PREFECT_API_URL) does not answer", "unset PREFECT_API_URL")
     assert "secret" not in out and not (tmp_path / "work").exists()
 
