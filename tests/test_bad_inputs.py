@@ -934,15 +934,18 @@ def test_weights_that_are_not_what_they_say_are_one_clean_error(
     assert not (tmp_path / "ran").exists()
 
 
-def test_a_champion_without_a_model_folder_is_a_clean_error(tmp_path):
+def test_a_champion_without_a_model_folder_is_a_clean_error(tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     from rrhf_core.errors import ConfigError
     from tasks import registry
 
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # through the environment and monkeypatch, both restored afterwards (set_tracking_uri would outlive the test)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     try:
         notes = tmp_path / "not-a-model"
         notes.mkdir()
@@ -959,7 +962,7 @@ def test_a_champion_without_a_model_folder_is_a_clean_error(tmp_path):
         ):
             registry.champion("empty-champion")
     finally:
-        mlflow.set_tracking_uri(before)
+        pass
 
 
 # --- the command line and the round's settings ----------------------------------------------------------------------
