@@ -10,9 +10,8 @@
 #   docker/local-stack.sh --keep     # leave the stack running afterwards
 #
 # Needs: a docker engine (Debian: apt-get install docker.io; dockerd &), docker compose or docker-compose, debootstrap,
-# a Debian mirror (DEBIAN_MIRROR, default http://deb.debian.org/debian) and a Python package index the engine's
-# builds reach (the host network is used; PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS and RRHF_WHEELS, a folder of wheels
-# served to the build, pass local mirrors). Secrets are generated into $OUT/stack.env (mode 0600), never on a command
+# a Debian mirror (DEBIAN_MIRROR, default http://deb.debian.org/debian) and PyPI reachable from the builds (they use
+# the host network; RRHF_WHEELS, default /opt/wheels, is a folder of torch wheels served to the build). Secrets are generated into $OUT/stack.env (mode 0600), never on a command
 # line. Every step's duration is in $OUT/log.txt (OUT defaults to runs/docker-local).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -94,9 +93,6 @@ if [[ -d "$WHEELS" ]]; then  # served to the build on a free local port
     torch_args="--find-links http://127.0.0.1:$port/"
 fi
 build_args=(--network host --build-arg "BASE=$BASE" --build-arg "TORCH_PIP_ARGS=$torch_args")
-for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS; do
-    [[ -n "${!var:-}" ]] && build_args+=(--build-arg "$var=${!var}")
-done
 build_cpu() {
     docker build "${build_args[@]}" -f docker/Dockerfile.cpu -t rrhf-pipeline:cpu . > "$OUT/build-cpu.log" 2>&1 ||
         { tail -30 "$OUT/build-cpu.log"; fail "docker build of docker/Dockerfile.cpu (see $OUT/build-cpu.log)"; }

@@ -946,23 +946,20 @@ def test_a_champion_without_a_model_folder_is_a_clean_error(tmp_path, monkeypatc
     monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    try:
-        notes = tmp_path / "not-a-model"
-        notes.mkdir()
-        (notes / "README.txt").write_text("no weights here\n")
-        with mlflow.start_run() as run:
-            mlflow.log_artifacts(str(notes), "model")
-            source = mlflow.get_artifact_uri("model")
-        client = MlflowClient()
-        client.create_registered_model("empty-champion")
-        version = client.create_model_version("empty-champion", source, run_id=run.info.run_id).version
-        client.set_registered_model_alias("empty-champion", "champion", version)
-        with pytest.raises(
-            ConfigError, match=f"version {version}.*holds no model folder.*delete_registered_model"
-        ):
-            registry.champion("empty-champion")
-    finally:
-        pass
+    notes = tmp_path / "not-a-model"
+    notes.mkdir()
+    (notes / "README.txt").write_text("no weights here\n")
+    with mlflow.start_run() as run:
+        mlflow.log_artifacts(str(notes), "model")
+        source = mlflow.get_artifact_uri("model")
+    client = MlflowClient()
+    client.create_registered_model("empty-champion")
+    version = client.create_model_version("empty-champion", source, run_id=run.info.run_id).version
+    client.set_registered_model_alias("empty-champion", "champion", version)
+    with pytest.raises(
+        ConfigError, match=f"version {version}.*holds no model folder.*delete_registered_model"
+    ):
+        registry.champion("empty-champion")
 
 
 # --- the command line and the round's settings ----------------------------------------------------------------------
