@@ -188,12 +188,22 @@ def train_rm_flow(
     return {"model_dir": trained.model_dir, "version": version, "report": report}
 
 
+# the paper's Table 7 rows and the pairwise baselines: name -> the training settings that make it
+COMPARE_LOSSES: dict[str, dict[str, Any]] = {
+    "rrhf": {"loss": "rrhf"},
+    "ranking": {"loss": "rrhf", "sft_weight": 0.0},  # the ranking term alone (Table 7, "w/o L_ft")
+    "sft_best": {"loss": "sft_best"},
+    "dpo": {"loss": "dpo"},
+    "simpo": {"loss": "simpo"},
+}
+
+
 @flow(name="rrhf-compare", log_prints=True)
 def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> list[dict[str, Any]]:
-    """RRHF beside its baselines: one built dataset (the round's data stages, reused when done), then each loss
+    """RRHF beside its ablation and baselines (``COMPARE_LOSSES``): one built dataset (the round's data stages, reused when done), then each loss
     trained with the same settings and steps and evaluated by the same judge against the same base policy; one
     comparison table and plot in MLflow and as a Prefect artifact."""
-    losses = losses or ["rrhf", "sft_best", "dpo", "simpo"]
+    losses = losses or list(COMPARE_LOSSES)
     plan.preflight(config)
     config, _ = plan.with_precision(config)
     work = Path(config.workdir).resolve()
@@ -208,7 +218,9 @@ def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> lis
         prompts, built = data["ingest"].prompts, data["build"]
         rows = []
         for loss in losses:
-            variant = config.model_copy(update={"train": config.train.model_copy(update={"loss": loss})})
+            variant = config.model_copy(
+                update={"train": config.train.model_copy(update=COMPARE_LOSSES[loss])}
+            )
             trained = train_task(plan.train_config(variant, built.train_set, config.policy), stages, pid)
             out = str(work / "eval" / pid / loss)
             cfg = plan.eval_config(

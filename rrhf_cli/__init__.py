@@ -454,11 +454,12 @@ def _add_round_commands(sub: Any) -> None:
             action="store_true",
             help="say which stages this round would reuse or run in its workdir, and why; run nothing",
         )
-    losses = ["rrhf", "sft_best", "dpo", "simpo"]
+    losses = ["rrhf", "ranking", "sft_best", "dpo", "simpo"]
     c = _settings_parser(
         sub,
         "compare",
-        "RRHF beside sft_best, dpo and simpo on the round's built data set: same steps, same judge, one table",
+        "RRHF beside its ranking term alone, sft_best, dpo and simpo on the round's built data set: same steps, "
+        "same judge, one table",
         PipelineConfig,
         cmd_compare,
     )
@@ -467,7 +468,7 @@ def _add_round_commands(sub: Any) -> None:
         nargs="+",
         default=losses,
         choices=losses,
-        help="the losses to compare (default: all four)",
+        help="the losses to compare (default: all five; ranking = rrhf with sft_weight 0)",
     )
 
 

@@ -67,12 +67,21 @@ def run_compare(cfg: PipelineConfig, losses: list[str]) -> int:
     rows = compare_flow(cfg, losses)
     print()
     print(f"Training methods compared in {time.perf_counter() - t0:.0f} s; judge: {rows[0]['judge']}")
-    print(f"  {'loss':<10}{'base':>8}{'trained':>9}  {'gain [95 % CI]':<26}{'win rate':>9}{'tokens':>8}")
+    bench = [k for k in rows[0] if " " in k and not k.endswith("(trained)")]
+    print(
+        f"  {'loss':<10}{'base':>8}{'trained':>9}  {'gain [95 % CI]':<26}{'at equal length [95 % CI]':<27}"
+        f"{'win rate':>9}{'tokens':>8}" + "".join(f"  {b}" for b in bench)
+    )
     for r in rows:
         ci = f"{r['gain']:+.3f} [{r['gain_ci'][0]:+.3f}, {r['gain_ci'][1]:+.3f}]"
+        lc = (
+            f"{r['gain_lc']:+.3f} [{r['gain_lc_ci'][0]:+.3f}, {r['gain_lc_ci'][1]:+.3f}]"
+            if r.get("gain_lc") is not None and r.get("gain_lc_ci")
+            else "n/a (lengths confounded)"
+        )
         print(
-            f"  {r['loss']:<10}{r['base']:>8.3f}{r['trained']:>9.3f}  {ci:<26}{r['win_rate']:>9.3f}"
-            f"{r['tokens_mean']:>8.1f}"
+            f"  {r['loss']:<10}{r['base']:>8.3f}{r['trained']:>9.3f}  {ci:<26}{lc:<27}{r['win_rate']:>9.3f}"
+            f"{r['tokens_mean']:>8.1f}" + "".join(f"  {r[b]:>{len(b)}.3f}" for b in bench)
         )
     print(f"  table: {Path(cfg.workdir).resolve() / 'last_comparison.json'}")
     return 0

@@ -49,7 +49,7 @@ class PipelineConfig(BaseModel):
     )
     prompts: list[str] = Field(
         ["embedded:instructions"],
-        description="Prompt inputs (files, hf:NAME[:SPLIT], embedded:demo-prompts, embedded:instructions).",
+        description="Prompt inputs (files, hf:NAME[:SPLIT], embedded:demo-prompts, embedded:instructions, embedded:writing).",
     )
     policy: str = Field(
         EMBEDDED_POLICY, description="Base policy (used when no champion exists or from_champion is off)."

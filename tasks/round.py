@@ -84,7 +84,15 @@ def comparison_row(loss: str, report: dict[str, Any]) -> dict[str, Any]:
         "gain": report["reward_gain"],
         "gain_ci": report["reward_gain_ci"],
         "win_rate": report["win_rate"],
+        "gain_lc": report.get("reward_gain_lc"),
+        "gain_lc_ci": report.get("reward_gain_lc_ci"),
+        "length_ratio": report.get("length_ratio"),
         "tokens_mean": report["candidate"]["tokens_mean"],
+        **{
+            f"{b['task']} {m['name']}": m["candidate"]
+            for b in report.get("benchmarks") or []
+            for m in b["metrics"][:1]
+        },
         **{f"{k} (trained)": v for k, v in report["candidate"]["also"].items()},
     }
 

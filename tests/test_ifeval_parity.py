@@ -210,9 +210,158 @@ def test_the_documented_sentence_difference_is_abbreviations():
     assert _ours(Constraint("sentences", "3"), text) and _theirs(Constraint("sentences", "2"), text)
 
 
+@SETTINGS
+@given(prose(vocab=["THE", "CAT", "SAT", "ON", "MAT", "Hello", "ÉTÉ", "BONJOUR", "LE", "CHAT", "42", "OK!"]))
+def test_uppercase_differs_only_by_ifevals_language_check(text):
+    import langdetect
+
+    c = Constraint("uppercase")
+    ours, theirs = _ours(c, text), _theirs(c, text)
+    assert ours == (text.strip() != "" and text.isupper())
+    if ours != theirs:
+        # documented: IFEval also wants langdetect to say English (and passes text it cannot classify)
+        assert ours and not theirs and langdetect.detect(text) != "en", text
+
+
+@SETTINGS
+@given(prose(), st.sampled_from(['"', "", " ", '""', "'"]), st.sampled_from(['"', "", " \n", "'"]))
+def test_quotation_agrees(text, head, tail):
+    c = Constraint("quotation")
+    t = head + text + tail
+    assert _ours(c, t) == _theirs(c, t), t
+
+
+PS_LINES = [
+    "P.S. bye",
+    "p.s. x",
+    "P. S. no",
+    "P.S",
+    "text P.S. inside",
+    "  P.S. indented",
+    "plain",
+    "",
+    "PS: x",
+]
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(PS_LINES), max_size=5))
+def test_postscript_differs_only_where_ps_is_not_at_the_start_of_a_line(lines):
+    text = "\n".join(lines)
+    c = Constraint("postscript")
+    ours, theirs = _ours(c, text), _theirs(c, text)
+    if ours != theirs:
+        # documented: IFEval finds "p.s." anywhere in a line; ours wants a line that starts with it
+        assert theirs and not ours, text
+
+
+@SETTINGS
+@given(
+    st.lists(st.sampled_from(["[name]", "[]", "[ ]", "[a\nb]", "[x] [y]", "text", "[[z]]", "]", "[", "\n"]),
+             max_size=6),
+    st.integers(1, 4),
+)  # fmt: skip
+def test_placeholders_differ_only_by_empty_brackets(parts, n):
+    text = " ".join(parts)
+    c = Constraint("placeholders", str(n))
+    ours, theirs = _ours(c, text), _theirs(c, text)
+    if ours != theirs:
+        # documented: IFEval's \\[.*?\\] also counts "[]" and "[ ]"; ours wants something inside
+        assert theirs and not ours and ("[]" in text or "[ ]" in text), text
+
+
+@SETTINGS
+@given(
+    st.lists(st.sampled_from(["*a*", "**b**", "* *", "**", "*c", "d*", "***e***", "plain", "\n", "*f\ng*"]),
+             max_size=6),
+    st.integers(1, 4),
+)  # fmt: skip
+def test_highlight_counts_agree(parts, n):
+    text = " ".join(parts)
+    c = Constraint("highlights", str(n))
+    assert _ours(c, text) == _theirs(c, text), (n, text)
+
+
+@SETTINGS
+@given(
+    st.lists(st.sampled_from(["Section 1", "Section 2", "Section3", "section 4", "text", "\n", "SECTION 5"]),
+             max_size=6),
+    st.integers(1, 4),
+)  # fmt: skip
+def test_sections_differ_only_where_there_are_more_than_asked(parts, n):
+    text = " ".join(parts)
+    c = Constraint("sections", str(n))
+    ours, theirs = _ours(c, text), _theirs(c, text)
+    if ours != theirs:
+        # documented: ours wants exactly N sections, IFEval at least N
+        assert theirs and not ours and text.count("Section") > n, (n, text)
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(["para one", "***", " *** ", "\n***\n", "two", "", "\n", "****"]), max_size=7),
+       st.integers(1, 4))  # fmt: skip
+def test_paragraph_counts_agree(parts, n):
+    text = "".join(parts)
+    c = Constraint("paragraphs", str(n))
+    assert _ours(c, text) == _theirs(c, text), (n, text)
+
+
+@SETTINGS
+@given(prose(vocab=[*WORDS, "teapot", "TEA", "steamy"]), st.sampled_from(["tea", "steam", "bye"]))
+def test_word_twice_differs_only_where_the_word_is_inside_a_longer_one(text, word):
+    c = Constraint("word_twice", word)
+    ours, theirs = _ours(c, text), _theirs(c, text)
+    if ours != theirs:
+        # documented: IFEval's keywords:frequency counts the word inside longer words too; ours whole words only
+        assert theirs and not ours, (word, text)
+
+
+@SETTINGS
+@given(
+    prose(vocab=[*WORDS, "teapot", "TEA", "tea_pot", "tea-time"]), st.sampled_from(["tea", "steam", "bye"])
+)
+def test_forbidden_word_agrees(text, word):
+    c = Constraint("forbidden_word", word)
+    assert _ours(c, text) == _theirs(c, text), (word, text)
+
+
+@SETTINGS
+@given(prose(), st.sampled_from(["Dear friend", "Sure thing", "tea"]), st.sampled_from(["", " ", "\n", '"']))
+def test_start_phrase_agrees(text, phrase, head):
+    c = Constraint("start_phrase", phrase)
+    for t in (
+        text,
+        head + phrase + " " + text,
+        head + phrase.upper() + text,
+        head + phrase[:-1] + " " + text,
+    ):
+        assert _ours(c, t) == _theirs(c, t), (phrase, t)
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from(["one", "two", "******", "\n******\n", "*****", " ", "one "]), max_size=6))
+def test_two_answers_agree(parts):
+    text = "".join(parts)
+    c = Constraint("two_answers")
+    assert _ours(c, text) == _theirs(c, text), text
+
+
+@SETTINGS
+@given(
+    prose(
+        vocab=[*WORDS, "My answer is yes.", "My answer is no", "my answer is maybe.", "My answer is maybe."]
+    )
+)
+def test_options_agree(text):
+    c = Constraint("options")
+    assert _ours(c, text) == _theirs(c, text), text
+
+
 def test_every_mapped_kind_has_a_parity_test():
     tested = {"max_words", "min_words", "bullets", "no_comma", "end_phrase", "no_letter", "lowercase",
-              "include_word", "title", "json_keys", "sentences"}  # fmt: skip
+              "include_word", "title", "json_keys", "sentences", "uppercase", "quotation", "postscript",
+              "placeholders", "highlights", "sections", "paragraphs", "word_twice", "forbidden_word",
+              "start_phrase", "two_answers", "options"}  # fmt: skip
     assert tested == set(MAPPED_KINDS)
 
 

@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 from rrhf_core.errors import ConfigError
 from rrhf_core.instructions.constraints import KINDS, Constraint, parse_constraints, strip_instructions
-from rrhf_core.instructions.suite import EVAL_TOPICS, SUITE_FILE, TRAIN_TOPICS, build_suite, render
+from rrhf_core.instructions.suite import (
+    EVAL_TOPICS,
+    SUITE_FILE,
+    TRAIN_TOPICS,
+    WRITING_FILE,
+    build_suite,
+    build_writing,
+    render,
+)
 
 # kind spec -> (answers that pass, answers that fail)
 EXAMPLES: dict[str, tuple[list[str], list[str]]] = {
@@ -34,6 +42,21 @@ EXAMPLES: dict[str, tuple[list[str], list[str]]] = {
                                     ["Hope this helps! Boil it.", "Hope this helps"]),
     "json_keys:name and steps": (['{"name": "egg", "steps": []}', '```json\n{"name":1,"steps":2}\n```'],
                                  ['{"name": "egg"}', "[1, 2]", "name: egg, steps: 2"]),
+    "uppercase": (["BOIL IT, THEN COOL IT.", "OK 42"], ["Boil it.", "123 !"]),
+    "quotation": (['"Boil it."', '  "a b"  '], ['Boil it."', '"', "'Boil it.'"]),
+    "postscript": (["Boil it.\nP.S. Use salt.", "Boil it.\n  p.s. salt"], ["Boil it. P.S. salt", "PS: salt"]),
+    "placeholders:2": (["Send [name] to [address].", "[a][b][c]"], ["Send [name].", "[] and [ ]", "[a\nb] [c]"]),
+    "highlights:2": (["*Boil* it and *cool* it.", "**Boil** it *now*"], ["*Boil* it.", "* * and ** **"]),
+    "sections:2": (["Section 1\nBoil.\nSection 2\nCool.", "Section1 a Section2 b"],
+                   ["Section 1\nBoil.", "Section 1 a Section 2 b Section 3 c", "section 1 a section 2 b"]),
+    "paragraphs:2": (["Boil it.\n***\nCool it.", "a *** b ***"], ["Boil it.", "a\n***\n***\nb", "a *** b *** c"]),
+    "word_twice:water": (["Water first, then more water.", "water water"], ["Use water.", "waterproof water"]),
+    "forbidden_word:water": (["Boil it.", "Use waterproof gloves."], ["Use water.", "WATER it"]),
+    "start_phrase:Here is my advice": (["Here is my advice: boil it.", '  here is my advice'],
+                                       ["Boil it. Here is my advice", "Here is advice"]),
+    "two_answers": (["Boil it.\n******\nSteam it.", "******\na\n******\nb\n******"],
+                    ["Boil it.", "a\n******\na", "a\n******\n******\nb"]),
+    "options": (["My answer is yes.", "Well. My answer is maybe. Because"], ["My answer is yes", "my answer is no."]),
 }  # fmt: skip
 
 
@@ -83,6 +106,11 @@ def test_the_suite_holds_out_topics_and_constraint_pairs():
     held = [r for r in records if r["split"] == "eval"]
     assert len(train) == 160 and len(held) == 64
     assert {r["meta"]["topic"] for r in held} == set(EVAL_TOPICS)
+    # at least 25 kinds; four occur only in held-out prompts (two per held-out topic), every other one in training
+    kinds = lambda rs: {Constraint.parse(c).kind for r in rs for c in r["meta"]["constraints"]}  # noqa: E731
+    assert len(KINDS) >= 25 and kinds(train) | kinds(held) == set(KINDS)
+    assert kinds(held) - kinds(train) == {"uppercase", "quotation", "forbidden_word", "placeholders"}
+    assert sum(r["meta"]["held_out_kind"] for r in held) == 2 * len(EVAL_TOPICS)
     assert not {r["meta"]["topic"] for r in held} & {q for q, _ in TRAIN_TOPICS}
     train_pairs = {
         tuple(sorted(r["meta"]["constraints"])) for r in train if len(r["meta"]["constraints"]) == 2
@@ -97,6 +125,21 @@ def test_the_suite_holds_out_topics_and_constraint_pairs():
         if "reference" in r:
             assert all(c.check(str(r["reference"])) for c in cs), r
     assert sum("reference" in r for r in train) >= 128
+
+
+def test_the_writing_tasks_ask_for_long_answers_and_hold_out_their_tasks():
+    records = build_writing()
+    assert WRITING_FILE.read_text(encoding="utf-8") == render(records), (
+        "run: python -m rrhf_core.instructions.suite"
+    )
+    train = {r["meta"]["topic"] for r in records if r["split"] == "train"}
+    held = {r["meta"]["topic"] for r in records if r["split"] == "eval"}
+    assert len(train) == 8 and len(held) == 4 and not train & held
+    for r in records:
+        cs = parse_constraints(str(r["prompt"]))
+        assert [c.spec() for c in cs] == r["meta"]["constraints"] and "reference" not in r
+        lengths = [int(c.arg) for c in cs if c.kind == "min_words"] or [0]
+        assert 100 <= max(lengths) <= 300 or any(c.kind == "paragraphs" for c in cs), r
 
 
 def test_the_pass_judge_and_the_training_reward():

@@ -323,12 +323,21 @@ def test_compare_trains_each_loss_on_the_same_data_and_judges_each(
         update={"evaluate": tiny_config(tmp_path, prompts_file, tiny_model_dir).evaluate.model_copy(
             update={"judge": "reward_fns:count_a"})}
     )  # fmt: skip
-    rows = compare_flow(cfg, ["rrhf", "dpo"])
-    assert [r["loss"] for r in rows] == ["rrhf", "dpo"]
+    rows = compare_flow(cfg, ["rrhf", "ranking", "dpo"])
+    assert [r["loss"] for r in rows] == ["rrhf", "ranking", "dpo"]
+    assert all("gain_lc" in r and "length_ratio" in r for r in rows)
     assert all(r["judge"] == "reward_fns:count_a" and len(r["gain_ci"]) == 2 for r in rows)
-    assert rows[0]["base"] == rows[1]["base"]  # the same base policy, prompts and judge for every loss
+    assert rows[0]["base"] == rows[1]["base"] == rows[2]["base"]  # the same base policy, prompts and judge
     stages = sorted(p.name.split("-")[0] for p in (tmp_path / "w" / "stages").iterdir())
-    assert stages.count("sample") == 1 and stages.count("train") == 2  # one data set, one training per loss
+    assert stages.count("sample") == 1 and stages.count("train") == 3  # one data set, one training per loss
+    # "ranking" is RRHF without its SFT term (the paper's Table 7 ablation)
+    finals = [
+        json.loads(p.read_text())["final"]
+        for p in (tmp_path / "w" / "stages").glob("train-*/train_summary.json")
+    ]
+    ranking_alone = [f for f in finals if f["loss"] == pytest.approx(f["rank_loss"])]  # ranking and dpo
+    with_sft = [f for f in finals if f["loss"] == pytest.approx(f["rank_loss"] + f["sft_loss"])]  # rrhf
+    assert len(ranking_alone) == 2 and len(with_sft) == 1, finals
     runs = runs_by_stage(tmp_path / "w")
     assert json.loads((tmp_path / "w" / "last_comparison.json").read_text()) == json.loads(json.dumps(rows))
     assert "rrhf-compare" in runs

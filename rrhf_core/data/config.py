@@ -40,7 +40,7 @@ class IngestConfig(IngestSettings):
 
     inputs: list[str] = Field(
         ...,
-        description="Files (.jsonl/.json/.parquet/.csv, optionally .gz), hf:NAME[:SPLIT], embedded:demo-prompts or embedded:instructions.",
+        description="Files (.jsonl/.json/.parquet/.csv, optionally .gz), hf:NAME[:SPLIT], embedded:demo-prompts, embedded:instructions or embedded:writing.",
         json_schema_extra=reuse("input"),
     )
     output_dir: Folder = Field(

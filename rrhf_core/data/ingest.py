@@ -70,6 +70,7 @@ EMBEDDED_PROMPTS = "embedded:demo-prompts"
 EMBEDDED_SETS = {
     EMBEDDED_PROMPTS: "demo_prompts.jsonl",
     "embedded:instructions": "instructions.jsonl",  # verifiable instructions (rrhf_core.instructions.suite)
+    "embedded:writing": "writing.jsonl",  # letters, stories, essays, lists of 100-300 words (same module)
 }
 
 

@@ -76,6 +76,67 @@ def _has_keys(obj: dict | None, keys: list[str]) -> bool:
     return obj is not None and set(keys) <= set(obj)
 
 
+def _postscript(text: str) -> bool:
+    """A line that starts with ``P.S.`` (IFEval's postscript checker finds ``p.s.`` anywhere in a line, any case:
+    ours is the stricter "a postscript line")."""
+    return any(re.match(r"p\.\s?s\.", line, flags=re.IGNORECASE) for line in _lines(text))
+
+
+def _placeholders(text: str) -> int:
+    """Placeholders in square brackets on one line, not blank inside (IFEval's ``\\[.*?\\]`` counts ``[]`` too)."""
+    return sum(1 for m in re.findall(r"\[([^\]\n]*)\]", text) if m.strip())
+
+
+def _highlights(text: str) -> int:
+    """Highlighted parts as IFEval's number_highlighted_sections counts them (the same two expressions): ``*x*``
+    and ``**x**`` not blank inside, on one line."""
+    single = [h for h in re.findall(r"\*[^\n\*]*\*", text) if h.strip("*").strip()]
+    double = [
+        h for h in re.findall(r"\*\*[^\n\*]*\*\*", text) if h.removeprefix("**").removesuffix("**").strip()
+    ]
+    return len(single) + len(double)
+
+
+def _sections(text: str) -> int:
+    """Sections opened by ``Section N``, split as IFEval's multiple_sections splits them."""
+    return len(re.split(r"\s?Section\s?\d+\s?", text)) - 1
+
+
+def _paragraphs(text: str) -> int:
+    """Paragraphs separated by the markdown divider ``***``, counted as IFEval's number_paragraphs counts them; -1
+    when an inner paragraph is empty (IFEval fails such an answer whatever the number asked)."""
+    parts = re.split(r"\s?\*\*\*\s?", text)
+    n = len(parts)
+    for i, part in enumerate(parts):
+        if not part.strip():
+            if i in (0, len(parts) - 1):
+                n -= 1
+            else:
+                return -1
+    return n
+
+
+def _two_answers(text: str) -> bool:
+    """Two different answers separated by ``******`` (IFEval's two_responses rule: no empty answer between
+    separators)."""
+    parts = text.split("******")
+    found = []
+    for i, part in enumerate(parts):
+        if not part.strip():
+            if i not in (0, len(parts) - 1):
+                return False
+        else:
+            found.append(part.strip())
+    return len(found) == 2 and found[0] != found[1]
+
+
+OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
+
+
+def _word_count(text: str, word: str) -> int:
+    return sum(w.lower() == word.lower() for w in words(text))
+
+
 @dataclass(frozen=True)
 class Kind:
     """A constraint kind: its instruction template (``{arg}`` is the argument), argument pattern and checker."""
@@ -168,6 +229,73 @@ KINDS: dict[str, Kind] = {
             "Answer only with a JSON object that has the keys {arg}.",
             lambda t, a: _has_keys(_json_object(t), a.split(" and ")),
             r"[a-z_]+(?: and [a-z_]+)*",
+        ),
+        Kind(
+            "uppercase",
+            "Write your whole answer in capital letters only.",
+            lambda t, a: t.isupper(),
+        ),
+        Kind(
+            "quotation",
+            "Wrap your whole answer in double quotation marks.",
+            lambda t, a: len(t.strip()) > 1 and t.strip()[0] == '"' and t.strip()[-1] == '"',
+        ),
+        Kind(
+            "postscript",
+            "At the end of your answer, add a postscript that starts with P.S.",
+            lambda t, a: _postscript(t),
+        ),
+        Kind(
+            "placeholders",
+            "Include at least {arg} placeholders in square brackets, such as [name].",
+            lambda t, a: _placeholders(t) >= int(a),
+            r"\d+",
+        ),
+        Kind(
+            "highlights",
+            "Highlight at least {arg} parts of your answer with markdown, such as *a highlighted part*.",
+            lambda t, a: _highlights(t) >= int(a),
+            r"\d+",
+        ),
+        Kind(
+            "sections",
+            "Divide your answer into {arg} sections, each starting with Section and its number (Section 1, ...).",
+            lambda t, a: _sections(t) == int(a),
+            r"\d+",
+        ),
+        Kind(
+            "paragraphs",
+            "Write exactly {arg} paragraphs, separated from each other by the markdown divider ***.",
+            lambda t, a: _paragraphs(t) == int(a),
+            r"\d+",
+        ),
+        Kind(
+            "word_twice",
+            "Use the word '{arg}' at least twice.",
+            lambda t, a: _word_count(t, a) >= 2,
+            r"[A-Za-z]+",
+        ),
+        Kind(
+            "forbidden_word",
+            "Do not use the word '{arg}'.",
+            lambda t, a: _word_count(t, a) == 0,
+            r"[A-Za-z]+",
+        ),
+        Kind(
+            "start_phrase",
+            "Start your answer with the exact phrase '{arg}'.",
+            lambda t, a: t.strip().lower().startswith(a.strip().lower()),
+            r"[^']+",
+        ),
+        Kind(
+            "two_answers",
+            "Give two different answers, separated by a line of six asterisks: ******.",
+            lambda t, a: _two_answers(t),
+        ),
+        Kind(
+            "options",
+            "Answer with one of these phrases: " + " / ".join(OPTIONS),
+            lambda t, a: any(o in t for o in OPTIONS),
         ),
     )
 }

@@ -18,6 +18,19 @@ no_letter:x    keywords:letter_frequency (x, less than 1)            none
 json_keys      detectable_format:json_format                         IFEval takes any JSON; ours an object with keys
 sentences:N    length_constraints:number_sentences (at least N,      ours splits at ``.!?`` + space, IFEval uses
                and less than N + 1)                                  NLTK's punkt (abbreviations such as "Mr.")
+uppercase      change_case:english_capital                           IFEval also asks langdetect for English
+quotation      startend:quotation                                    none
+postscript     detectable_content:postscript (P.S.)                  ours wants a line starting with P.S., IFEval
+                                                                     ``p.s.`` anywhere in a line
+placeholders:N detectable_content:number_placeholders (N)            IFEval counts an empty ``[]`` too
+highlights:N   detectable_format:number_highlighted_sections (N)     none (the same two expressions)
+sections:N     detectable_format:multiple_sections (Section, N)      ours wants exactly N, IFEval at least N
+paragraphs:N   length_constraints:number_paragraphs (N)              none (the same split)
+word_twice:w   keywords:frequency (w, at least 2)                    IFEval counts the word inside longer words too
+forbidden_word keywords:forbidden_words ([w])                        none (``\\b`` and ``\\w+`` agree)
+start_phrase   combination:repeat_prompt (the phrase)                none (IFEval's check is the same prefix test)
+two_answers    combination:two_responses                             none
+options        detectable_format:constrained_response                none
 =============  ====================================================  ===============================================
 
 ``start_yes_no``, ``end_question`` and ``numbered`` have no IFEval type: only the project's checkers judge them.
@@ -84,6 +97,36 @@ def _instructions(c: Constraint) -> list[tuple[str, dict[str, Any]]]:
                 ("length_constraints:number_sentences", {"relation": "at least", "num_sentences": n}),
                 ("length_constraints:number_sentences", {"relation": "less than", "num_sentences": n + 1}),
             ]
+        case "uppercase":
+            return [("change_case:english_capital", {})]
+        case "quotation":
+            return [("startend:quotation", {})]
+        case "postscript":
+            return [("detectable_content:postscript", {"postscript_marker": "P.S."})]
+        case "placeholders":
+            return [("detectable_content:number_placeholders", {"num_placeholders": int(a)})]
+        case "highlights":
+            return [("detectable_format:number_highlighted_sections", {"num_highlights": int(a)})]
+        case "sections":
+            return [
+                (
+                    "detectable_format:multiple_sections",
+                    {"section_spliter": "Section", "num_sections": int(a)},
+                )
+            ]
+        case "paragraphs":
+            return [("length_constraints:number_paragraphs", {"num_paragraphs": int(a)})]
+        case "word_twice":
+            return [("keywords:frequency", {"keyword": a, "frequency": 2, "relation": "at least"})]
+        case "forbidden_word":
+            return [("keywords:forbidden_words", {"forbidden_words": [a]})]
+        case "start_phrase":
+            # IFEval's repeat_prompt check is a prefix check: the answer starts with the given text, ignoring case
+            return [("combination:repeat_prompt", {"prompt_to_repeat": a})]
+        case "two_answers":
+            return [("combination:two_responses", {})]
+        case "options":
+            return [("detectable_format:constrained_response", {})]
     return []
 
 
@@ -104,6 +147,18 @@ MAPPED_KINDS = frozenset(
         "start_yes_no": "",
         "end_question": "",
         "numbered": "3",
+        "uppercase": "",
+        "quotation": "",
+        "postscript": "",
+        "placeholders": "2",
+        "highlights": "2",
+        "sections": "2",
+        "paragraphs": "2",
+        "word_twice": "tea",
+        "forbidden_word": "tea",
+        "start_phrase": "Dear friend",
+        "two_answers": "",
+        "options": "",
     }.items()
     if ifeval_instructions(Constraint(k, example))
 )

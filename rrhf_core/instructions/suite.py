@@ -1,13 +1,22 @@
-"""The project's own instruction-following suite: everyday questions, each with one or two verifiable constraints.
+"""The project's own instruction-following suite: everyday questions and writing tasks with verifiable constraints.
 
-Training prompts: 16 topics x (9 single constraints + 1 pair of constraints). Held-out prompts: 8 *other* topics x
-(6 single constraints + 2 pairs that never occur together in training), so evaluation measures whether following an
-instruction generalised, not whether a topic was memorised. Every training prompt also carries a reference answer
-written by the project (a short factual answer reshaped to satisfy the constraints, checked when the suite is built),
-which enters RRHF as an extra candidate, as human answers do in the paper.
+Two families, each with its own held-out split:
 
-``python -m rrhf_core.instructions.suite`` rewrites ``rrhf_core/data/instructions.jsonl``; a test checks that the
-committed file is exactly what this module builds.
+- ``embedded:instructions`` (the main job): 16 training topics x 10 prompts (9 single constraints, rotating over the
+  22 training kinds, + 1 pair) and 8 *other* topics x 8 held-out prompts (6 single constraints + 2 pairs that never
+  occur together in training). Four kinds (``HELD_OUT_KINDS``: uppercase, quotation, forbidden words, placeholders)
+  occur only in held-out prompts, two of them per held-out topic, so evaluation measures both instructions it trained
+  on, on unseen topics, and instructions it never saw.
+- ``embedded:writing``: letters, stories, essays and lists of 100-300 words (8 training tasks x 3 constraint sets, 4
+  held-out tasks x 3), with length, paragraph, section, title and postscript constraints; no references.
+
+Every training prompt of the first family can carry a reference answer written by the project (a short factual
+answer reshaped to satisfy the constraints, checked when the suite is built). It enters RRHF as an extra candidate
+only when ``sample.include_references`` is on; the main job ranks the policy's own samples alone (self-ranking, as
+the paper's main setting).
+
+``python -m rrhf_core.instructions.suite`` rewrites ``rrhf_core/data/instructions.jsonl`` and ``writing.jsonl``; a
+test checks that the committed files are exactly what this module builds.
 """
 
 from __future__ import annotations
@@ -96,8 +105,15 @@ EVAL_TOPICS: list[str] = [
     "How do I teach a child to ride a bike?",
 ]
 
+# a word of each training topic's answer, for the kinds that name a word
+TOPIC_WORDS = ["water", "bed", "light", "meals", "week", "words", "beans", "work", "brush", "line", "bottle",
+               "questions", "toys", "walk", "soil", "name"]  # fmt: skip
+EVAL_WORDS = ["dough", "charge", "clothes", "club", "author", "sink", "layers", "balance"]
+
 END_PHRASE = "Hope this helps!"
-TRAIN_SINGLES = [
+START_PHRASE = "Here is my advice"
+# the kinds trained on, in the order the training prompts rotate through them ({w}: the topic's word)
+TRAIN_KINDS = [
     "max_words:12",
     "start_yes_no",
     "lowercase",
@@ -107,15 +123,69 @@ TRAIN_SINGLES = [
     "title",
     f"end_phrase:{END_PHRASE}",
     "numbered:3",
+    "min_words:30",
+    "include_word:{w}",
+    "no_comma",
+    "sentences:2",
+    "json_keys:answer",
+    "postscript",
+    "highlights:2",
+    "sections:2",
+    "paragraphs:2",
+    "word_twice:{w}",
+    f"start_phrase:{START_PHRASE}",
+    "two_answers",
+    "options",
 ]
+# kinds that occur only in held-out prompts
+HELD_OUT_KINDS = ["uppercase", "quotation", "forbidden_word:{w}", "placeholders:2"]
 TRAIN_PAIRS = [
     ("title", "lowercase"),
     ("max_words:12", "end_question"),
     ("start_yes_no", "no_comma"),
     ("bullets:3", "lowercase"),
+    ("postscript", "sentences:2"),
+    (f"start_phrase:{START_PHRASE}", "max_words:12"),
+    ("highlights:2", "no_comma"),
+    ("paragraphs:2", "end_question"),
 ]
-EVAL_SINGLES = ["max_words:12", "start_yes_no", "lowercase", "end_question", "bullets:3", "title"]
-EVAL_PAIRS = [("start_yes_no", "max_words:12"), ("lowercase", "end_question")]
+# per held-out topic: 4 seen kinds + 2 held-out kinds (rotating), and 2 pairs never trained together
+EVAL_SEEN = ["max_words:12", "start_yes_no", "lowercase", "end_question", "bullets:3", "title", "postscript",
+             "sections:2", "options", "include_word:{w}", "paragraphs:2", "two_answers"]  # fmt: skip
+EVAL_PAIRS = [
+    ("start_yes_no", "max_words:12"),
+    ("lowercase", "end_question"),
+    ("title", "postscript"),
+    ("bullets:3", "no_comma"),
+]
+
+# writing tasks: (task, training or held-out)
+WRITING_TRAIN = [
+    "Write a letter to a neighbour inviting them to a garden party.",
+    "Write a short story about a lost dog that finds its way home.",
+    "Write an essay about why people should learn to cook.",
+    "Write a list of tips for a first trip abroad.",
+    "Write a letter to a teacher thanking them for a good year.",
+    "Write a short story about a child who builds a boat.",
+    "Write an essay about the value of public libraries.",
+    "Write a list of ideas for a rainy weekend at home.",
+]
+WRITING_EVAL = [
+    "Write a letter to a friend who has moved to another country.",
+    "Write a short story about an old clock that stops working.",
+    "Write an essay about why sleep matters for students.",
+    "Write a list of ways to make a small flat feel bigger.",
+]
+WRITING_TRAIN_SETS = [
+    ("min_words:100",),
+    ("min_words:120", "paragraphs:3"),
+    ("title", "min_words:100", "postscript"),
+]
+WRITING_EVAL_SETS = [
+    ("min_words:150",),
+    ("sections:2", "min_words:100"),
+    ("title", "paragraphs:3", f"end_phrase:{END_PHRASE}"),
+]
 
 
 def _sentences(answer: str) -> list[str]:
@@ -126,18 +196,43 @@ def _title(question: str) -> str:
     return question.removeprefix("How do I ").removeprefix("How can I ").rstrip("?").capitalize()
 
 
-# how a project-written reference is reshaped to satisfy each constraint (None: no reference for this kind)
+def _n(arg: str) -> int:
+    return int(arg)
+
+
+# how a project-written reference is reshaped to satisfy each constraint (None: no reference for this kind); a
+# reshaping that does not satisfy its constraint (a word the answer lacks) leaves the prompt without a reference
 RESHAPE: dict[str, Callable[[str, str, str], str] | None] = {
-    "max_words": lambda q, a, arg: " ".join(_sentences(a)[0].split()[: int(arg) - 2]) + ".",
+    "max_words": lambda q, a, arg: " ".join(_sentences(a)[0].split()[: _n(arg) - 2]) + ".",
+    "min_words": None,
     "start_yes_no": lambda q, a, arg: "Yes. " + a,
     "lowercase": lambda q, a, arg: a.lower(),
+    "uppercase": lambda q, a, arg: a.upper(),
     "end_question": lambda q, a, arg: a + " Would you like more tips?",
-    "bullets": lambda q, a, arg: "\n".join(f"- {s}." for s in _sentences(a)[: int(arg)]),
-    "numbered": lambda q, a, arg: "\n".join(f"{i}. {s}." for i, s in enumerate(_sentences(a)[: int(arg)], 1)),
+    "bullets": lambda q, a, arg: "\n".join(f"- {s}." for s in _sentences(a)[: _n(arg)]),
+    "numbered": lambda q, a, arg: "\n".join(f"{i}. {s}." for i, s in enumerate(_sentences(a)[: _n(arg)], 1)),
     "title": lambda q, a, arg: f"<<{_title(q)}>>\n{a}",
     "end_phrase": lambda q, a, arg: f"{a} {arg}",
     "no_comma": lambda q, a, arg: a.replace(",", ""),
     "no_letter": None,
+    "include_word": lambda q, a, arg: a,
+    "word_twice": lambda q, a, arg: a,
+    "forbidden_word": lambda q, a, arg: a,
+    "sentences": lambda q, a, arg: " ".join(f"{s}." for s in _sentences(a)[: _n(arg)]),
+    "json_keys": lambda q, a, arg: json.dumps({k: a for k in arg.split(" and ")}),
+    "postscript": lambda q, a, arg: f"{a}\nP.S. Good luck!",
+    "highlights": lambda q, a, arg: " ".join(
+        f"*{s}.*" if i < _n(arg) else f"{s}." for i, s in enumerate(_sentences(a))
+    ),
+    "sections": lambda q, a, arg: "\n".join(
+        f"Section {i}\n{s}." for i, s in enumerate(_sentences(a)[: _n(arg)], 1)
+    ),
+    "paragraphs": lambda q, a, arg: "\n***\n".join(f"{s}." for s in _sentences(a)[: _n(arg)]),
+    "start_phrase": lambda q, a, arg: f"{arg}: {a}",
+    "two_answers": lambda q, a, arg: "\n******\n".join(f"{s}." for s in _sentences(a)[:2]),
+    "options": lambda q, a, arg: f"My answer is yes. {a}",
+    "quotation": lambda q, a, arg: f'"{a}"',
+    "placeholders": None,
 }
 
 
@@ -156,43 +251,73 @@ def reference(question: str, answer: str, constraints: list[Constraint]) -> str 
     return text if all(c.check(text) for c in constraints) else None
 
 
-def _specs(items: list[str | tuple[str, ...]]) -> list[list[Constraint]]:
-    return [[Constraint.parse(s) for s in ((i,) if isinstance(i, str) else i)] for i in items]
+def _specs(items: list[str | tuple[str, ...]], word: str = "") -> list[list[Constraint]]:
+    return [
+        [Constraint.parse(s.replace("{w}", word)) for s in ((i,) if isinstance(i, str) else i)] for i in items
+    ]
+
+
+def _record(
+    question: str, split: str, cs: list[Constraint], family: str, **meta: object
+) -> dict[str, object]:
+    return {
+        "prompt": prompt_text(question, cs),
+        "split": split,
+        "meta": {"topic": question, "family": family, "constraints": [c.spec() for c in cs], **meta},
+    }
 
 
 def build_suite() -> list[dict[str, object]]:
-    """Every prompt record of the suite (the ingest 'prompt' format with split, reference and constraints)."""
+    """Every prompt record of ``embedded:instructions`` (the ingest 'prompt' format with split, reference and
+    constraints; ``meta.held_out_kind`` marks a held-out prompt with a kind never trained on)."""
     records: list[dict[str, object]] = []
+    n = len(TRAIN_KINDS)
     for t, (question, answer) in enumerate(TRAIN_TOPICS):
-        for cs in _specs([*TRAIN_SINGLES, TRAIN_PAIRS[t % len(TRAIN_PAIRS)]]):
-            rec: dict[str, object] = {
-                "prompt": prompt_text(question, cs),
-                "split": "train",
-                "meta": {"topic": question, "constraints": [c.spec() for c in cs]},
-            }
+        singles: list[str | tuple[str, ...]] = [TRAIN_KINDS[(t * 9 + j) % n] for j in range(9)]
+        for cs in _specs([*singles, TRAIN_PAIRS[t % len(TRAIN_PAIRS)]], TOPIC_WORDS[t]):
+            rec = _record(question, "train", cs, "instructions")
             ref = reference(question, answer, cs)
             if ref is not None:
                 rec["reference"] = ref
             records.append(rec)
-    for question in EVAL_TOPICS:
-        for cs in _specs([*EVAL_SINGLES, *EVAL_PAIRS]):
+    held = {c.split(":")[0] for c in HELD_OUT_KINDS}
+    for t, question in enumerate(EVAL_TOPICS):
+        seen: list[str | tuple[str, ...]] = [EVAL_SEEN[(t * 4 + j) % len(EVAL_SEEN)] for j in range(4)]
+        unseen: list[str | tuple[str, ...]] = [
+            HELD_OUT_KINDS[(t * 2 + j) % len(HELD_OUT_KINDS)] for j in range(2)
+        ]
+        pairs: list[str | tuple[str, ...]] = [EVAL_PAIRS[(t * 2 + j) % len(EVAL_PAIRS)] for j in range(2)]
+        for cs in _specs([*seen, *unseen, *pairs], EVAL_WORDS[t]):
             records.append(
-                {
-                    "prompt": prompt_text(question, cs),
-                    "split": "eval",
-                    "meta": {"topic": question, "constraints": [c.spec() for c in cs]},
-                }
+                _record(question, "eval", cs, "instructions", held_out_kind=any(c.kind in held for c in cs))
             )
     return records
 
 
+def build_writing() -> list[dict[str, object]]:
+    """Every prompt record of ``embedded:writing`` (no references: the policy's own drafts are ranked)."""
+    records: list[dict[str, object]] = []
+    for split, tasks, sets in (
+        ("train", WRITING_TRAIN, WRITING_TRAIN_SETS),
+        ("eval", WRITING_EVAL, WRITING_EVAL_SETS),
+    ):
+        for task in tasks:
+            for cs in _specs(list(sets)):
+                records.append(_record(task, split, cs, "writing"))
+    return records
+
+
 SUITE_FILE = Path(__file__).resolve().parents[1] / "data" / "instructions.jsonl"
+WRITING_FILE = SUITE_FILE.with_name("writing.jsonl")
 
 
-def render() -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in build_suite())
+def render(records: list[dict[str, object]] | None = None) -> str:
+    return "".join(
+        json.dumps(r, ensure_ascii=False) + "\n" for r in (build_suite() if records is None else records)
+    )
 
 
 if __name__ == "__main__":
     SUITE_FILE.write_text(render(), encoding="utf-8")
-    print(f"wrote {SUITE_FILE}")
+    WRITING_FILE.write_text(render(build_writing()), encoding="utf-8")
+    print(f"wrote {SUITE_FILE} and {WRITING_FILE}")
