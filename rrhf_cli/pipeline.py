@@ -81,7 +81,11 @@ def run_compare(cfg: PipelineConfig, losses: list[str]) -> int:
         )
         print(
             f"  {r['loss']:<10}{r['base']:>8.3f}{r['trained']:>9.3f}  {ci:<26}{lc:<27}{r['win_rate']:>9.3f}"
-            f"{r['tokens_mean']:>8.1f}" + "".join(f"  {r[b]:>{len(b)}.3f}" for b in bench)
+            f"{r['tokens_mean']:>8.1f}"
+            + "".join(
+                f"  {r[b]:>{len(b)}.3f}" if isinstance(r.get(b), float) else f"  {'n/a':>{len(b)}}"
+                for b in bench
+            )
         )
     print(f"  table: {Path(cfg.workdir).resolve() / 'last_comparison.json'}")
     return 0
@@ -125,6 +129,12 @@ def print_evaluation(e: dict[str, Any]) -> None:
             )
         elif not j.get("rule", True):
             print(f"  judge {j['spec']}: a model with no held-out human pairs to prove itself on")
+    for g in e.get("groups") or []:
+        glo, ghi = g["gain_ci"]
+        print(
+            f"  {e['group_by']} = {g['group']} ({g['prompts']} prompts): {g['baseline_mean']:.4f} -> "
+            f"{g['candidate_mean']:.4f} (gain {g['gain']:+.4f}, 95 % CI {glo:+.4f}..{ghi:+.4f})"
+        )
     if e.get("benchmarks"):
         from rrhf_core.evaluation.benchmarks import summary_line
 

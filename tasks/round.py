@@ -88,6 +88,7 @@ def comparison_row(loss: str, report: dict[str, Any]) -> dict[str, Any]:
         "gain_lc_ci": report.get("reward_gain_lc_ci"),
         "length_ratio": report.get("length_ratio"),
         "tokens_mean": report["candidate"]["tokens_mean"],
+        **{f"{report['group_by']}={g['group']} gain": g["gain"] for g in report.get("groups") or []},
         **{
             f"{b['task']} {m['name']}": m["candidate"]
             for b in report.get("benchmarks") or []

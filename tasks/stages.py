@@ -329,6 +329,20 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
         for i, j in enumerate(report["judges"]):
             mlflow.set_tag(f"judge_{i}", j["spec"])
             mlflow.log_metrics(numeric(j, f"judge_{i}.") | interval_metrics(j, f"judge_{i}."))
+        # the gain per prompt group (group.held_out_kind=true.gain, ...), when evaluate.group_by is set
+        for g in report.get("groups") or []:
+            key = re.sub(r"[^0-9A-Za-z_.\-/ ]", "_", f"group.{report['group_by']}={g['group']}").replace(
+                "=", "."
+            )
+            mlflow.log_metrics(
+                {
+                    f"{key}.gain": g["gain"],
+                    f"{key}.gain_ci_lo": g["gain_ci"][0],
+                    f"{key}.gain_ci_hi": g["gain_ci"][1],
+                    f"{key}.candidate_mean": g["candidate_mean"],
+                    f"{key}.baseline_mean": g["baseline_mean"],
+                }
+            )
         # each benchmark's metrics (bench.ifeval.prompt_level_strict_acc.candidate, ...) and its per-item table
         for b in report["benchmarks"]:
             for m in b["metrics"]:
@@ -379,6 +393,11 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
                 if j.get("held_out_accuracy") is not None
             )
             + "".join(f"; benchmark {benchmark_line(b)}" for b in report["benchmarks"])
+            + "".join(
+                f"; {report['group_by']}={g['group']}: gain {g['gain']:+.4f} "
+                f"({g['gain_ci'][0]:+.4f}..{g['gain_ci'][1]:+.4f}, {g['prompts']} prompts)"
+                for g in report.get("groups") or []
+            )
         ),
     )
     return report

@@ -164,3 +164,33 @@ def test_rules_and_models_are_told_apart():
 
     assert InstructionReward.rule and FunctionReward.rule
     assert not getattr(HFClassifierReward, "rule", False)
+
+
+def test_the_gain_is_reported_per_prompt_group_with_its_own_ci():
+    from rrhf_core.evaluation.evaluate import group_label
+    from rrhf_core.evaluation.stats import group_gains
+
+    # by hand: group "false" = prompts 0, 2: baseline (0, 1) -> candidate (1, 1): gain 0.5; group "true" = prompt 1
+    # and 3: baseline (0, 0) -> candidate (0, 0): gain 0
+    out = group_gains(["false", "true", "false", "true"], [1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 1.0, 0.0])
+    assert [(g["group"], g["prompts"], g["baseline_mean"], g["candidate_mean"]) for g in out] == [
+        ("false", 2, 0.5, 1.0),
+        ("true", 2, 0.0, 0.0),
+    ]
+    assert out[0]["gain"] == pytest.approx(0.5) and out[0]["gain_ci"][0] <= 0.5 <= out[0]["gain_ci"][1]
+    assert out[1]["gain"] == 0.0 and tuple(out[1]["gain_ci"]) == (0.0, 0.0)
+    # labels come from the prompt's meta: booleans as true/false, a missing key as "(none)"
+    assert group_label({"meta": '{"held_out_kind": true}'}, "held_out_kind") == "true"
+    assert group_label({"meta": '{"family": "writing"}'}, "family") == "writing"
+    assert group_label({"meta": "{}"}, "family") == group_label({"meta": None}, "family") == "(none)"
+
+
+def test_the_demo_reports_its_held_out_kinds_apart():
+    from pathlib import Path
+
+    from rrhf_core.config import load_yaml
+    from rrhf_core.pipeline import PipelineConfig
+
+    demo_yaml = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    demo = PipelineConfig.model_validate(load_yaml(demo_yaml))
+    assert demo.evaluate.group_by == "held_out_kind" and demo.sample.include_references is False

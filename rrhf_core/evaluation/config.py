@@ -74,6 +74,11 @@ class EvalSettings(BaseModel):
         "auto",
         description="Precision of generation and scoring in evaluation (auto: bf16 where it is faster).",
     )
+    group_by: str | None = Field(
+        None,
+        description="A key of the prompts' meta (e.g. held_out_kind, family, category): the verdict's gain is also "
+        "reported per value of it, with its own CI.",
+    )
     benchmarks: list[Benchmark] = Field(
         default_factory=list,
         description="lm-eval tasks run on both models (e.g. [ifeval] or [{task: ifeval, data: held-out}]): each "

@@ -41,6 +41,7 @@ from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.evaluation.stats import (
     bootstrap_mean_ci,
     gain_ci,
+    group_gains,
     judge_scales,
     length_controlled_gain,
     length_matched,
@@ -188,6 +189,9 @@ class EvalReport:
     win_rate_lc_ci: CI | None = None
     # lm-eval benchmarks (rrhf_core.evaluation.benchmarks.BenchmarkResult.to_dict()), in evaluate.benchmarks order
     benchmarks: list[dict[str, Any]] = field(default_factory=list)
+    # the verdict's gain per value of the prompts' meta[evaluate.group_by] (stats.group_gains), when set
+    group_by: str | None = None
+    groups: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -409,8 +413,26 @@ def evaluate(
         benchmarks.compare_runs(p, c, b, cfg.seed, bench_dir).to_dict()
         for p, c, b in zip(prepared, bench_runs["candidate"], bench_runs["baseline"], strict=True)
     ]
+    if cfg.group_by:
+        report.group_by = cfg.group_by
+        report.groups = group_gains(
+            [group_label(r, cfg.group_by) for r in rows],
+            sides["candidate"].judged,
+            sides["baseline"].judged,
+            seed=cfg.seed,
+        )
     write_outputs(Path(cfg.output_dir), rows, sides, report)
     return report
+
+
+def group_label(row: dict[str, Any], key: str) -> str:
+    """The prompt's ``meta[key]`` as a label (``"(none)"`` where the prompt's meta lacks it)."""
+    try:
+        meta = json.loads(row.get("meta") or "{}")
+    except ValueError:
+        meta = {}
+    value = meta.get(key) if isinstance(meta, dict) else None
+    return "(none)" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def combine_judges(cand: Side, base: Side) -> list[tuple[float, float]] | None:

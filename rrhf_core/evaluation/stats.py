@@ -198,3 +198,25 @@ def paired_ratio_ci(
     alpha = (1.0 - level) / 2
     lo, hi = np.quantile(diffs, [alpha, 1.0 - alpha])
     return float(lo), float(hi)
+
+
+def group_gains(
+    groups: Sequence[str], candidate: Sequence[float], baseline: Sequence[float], seed: int = 0
+) -> list[dict[str, object]]:
+    """Per group (one label per prompt, sorted by label): prompts, both sides' means, the gain and its paired
+    bootstrap CI over that group's prompts. ``groups``, ``candidate``, ``baseline``: (P,) each."""
+    out: list[dict[str, object]] = []
+    for g in sorted(set(groups)):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        c, b = [candidate[i] for i in idx], [baseline[i] for i in idx]
+        out.append(
+            {
+                "group": g,
+                "prompts": len(idx),
+                "baseline_mean": float(np.mean(b)),
+                "candidate_mean": float(np.mean(c)),
+                "gain": float(np.mean(c) - np.mean(b)),
+                "gain_ci": gain_ci(c, b, seed=seed),
+            }
+        )
+    return out
