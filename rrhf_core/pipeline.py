@@ -13,6 +13,7 @@ result.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -389,4 +390,5 @@ def eval_config(
         max_prompt_tokens=cfg.max_prompt_tokens,
         best_of_n_ceiling=best_of_n_ceiling,
         cache_dir=cfg.cache_dir,
+        reuse_dir=str(Path(cfg.workdir).resolve() / "eval" / "baseline"),
     )

@@ -220,3 +220,47 @@ def test_preference_pairs_can_reach_beyond_the_answered_prompts(tmp_path, tiny_m
     wide = evaluate(cfg.model_copy(update={"preference_limit": 5}))
     assert wide.prompts == 2 and wide.preference_pairs == 5
     assert wide.candidate.preference_accuracy == wide.baseline.preference_accuracy  # same model
+
+
+@pytest.mark.integration
+def test_the_baselines_generations_are_reused_by_content_key(tmp_path, tiny_model_dir):
+    import shutil
+
+    from reward_fns import count_a
+
+    from rrhf_core.evaluation.evaluate import evaluate
+
+    cfg = tiny_eval_config(
+        tmp_path,
+        tiny_model_dir,
+        "say something",
+        reward="reward_fns:count_a",
+        best_of_k=2,
+        max_new_tokens=6,
+        dtype="fp32",
+        reuse_dir=str(tmp_path / "reuse"),
+    )
+    first_log: list[str] = []
+    first = evaluate(cfg, log=first_log.append)
+    kept = list((tmp_path / "reuse").glob("baseline-*.json"))
+    assert len(kept) == 1 and not any("reused" in line for line in first_log)
+    # a second evaluation against the same baseline (another candidate: a copy of the weights) generates nothing
+    # for the baseline, and its figures are exactly the first's
+    other = tmp_path / "candidate"
+    shutil.copytree(tiny_model_dir, other)
+    again_log: list[str] = []
+    again = evaluate(cfg.model_copy(update={"candidate": str(other)}), log=again_log.append)
+    assert any("baseline's answers are reused" in line for line in again_log)
+    assert not any("baseline best-of-2" in line or "(baseline" in line for line in again_log)
+    assert again.baseline == first.baseline and again.baseline_best_of_k == first.baseline_best_of_k
+    rows = pq.read_table(tmp_path / "eval" / "eval_samples.parquet").to_pylist()
+    for r in rows:  # reused answers are scored again, by the judge of this evaluation
+        assert r["reward"] == count_a([{"role": "user", "content": r["prompt"]}], r["text"])
+    # any setting the answers depend on is a new key: generated again, kept beside the first
+    evaluate(cfg.model_copy(update={"max_new_tokens": 5}))
+    assert len(list((tmp_path / "reuse").glob("baseline-*.json"))) == 2
+    # an unreadable record is generated again, not an error
+    kept[0].write_text("{not json")
+    log: list[str] = []
+    evaluate(cfg, log=log.append)
+    assert not any("reused" in line for line in log) and json.loads(kept[0].read_text())["texts"]

@@ -111,6 +111,13 @@ class EvalConfig(EvalSettings):
         None, description="Mean best-of-n reward of the training samples."
     )
     cache_dir: str | None = Field(None, json_schema_extra=reuse("location"))
+    reuse_dir: str | None = Field(
+        None,
+        description="Where the baseline's generations are kept by content key (the baseline model's fingerprint, "
+        "the rendered prompts, the generation settings, the code): a later evaluation against the same baseline "
+        "reuses them instead of generating again. None: always generate.",
+        json_schema_extra=reuse("location"),
+    )
 
     def judge_specs(self) -> list[str]:
         """The judges' reward specs, in order (the training reward when ``judge`` is unset)."""

@@ -225,14 +225,8 @@ def _answers(sampler: HFSampler, prompt_texts: list[str], cfg: EvalConfig) -> An
     )
 
 
-def _best_of_k(
-    sampler: HFSampler,
-    prompt_texts: list[str],
-    messages: list[Any],
-    judges: list[RewardBackend],
-    cfg: EvalConfig,
-) -> list[list[list[float]]]:
-    """Per judge and prompt, the judge's scores of ``best_of_k`` sampled answers (:func:`best_per_prompt` picks)."""
+def _sample_k(sampler: HFSampler, prompt_texts: list[str], cfg: EvalConfig) -> list[list[str]]:
+    """Per prompt, ``best_of_k`` sampled answers (the baseline's best-of-k)."""
     sampled = SampleSettings(
         k=cfg.best_of_k,
         temperature=cfg.best_of_k_temperature,
@@ -243,8 +237,15 @@ def _best_of_k(
     # batch_size counts answers per call here too: 64 held-out prompts x 4, fp32, 2-core CPU, side by side in one
     # ad hoc run: 96-99 s at 64 answers per call, 138 s at 256 (the pipeline's evaluation stage did not show it)
     outs = _generate(sampler, prompt_texts, sampled, cfg, max(1, cfg.batch_size // cfg.best_of_k))
+    return [[c.text for c in group] for group in outs]
+
+
+def _best_of_k(
+    outs: list[list[str]], messages: list[Any], judges: list[RewardBackend]
+) -> list[list[list[float]]]:
+    """Per judge and prompt, the judge's scores of the sampled answers ``outs`` (:func:`best_per_prompt` picks)."""
     flat_msgs = [m for m, group in zip(messages, outs, strict=True) for _ in group]
-    texts = [c.text for group in outs for c in group]
+    texts = [t for group in outs for t in group]
     per_judge = []
     for judge in judges:
         scores, i, grouped = judge.score(flat_msgs, texts), 0, []
@@ -382,14 +383,27 @@ def evaluate(
             model, cfg.cache_dir, dtype=cfg.dtype, batch_size=cfg.batch_size
         )  # one load serves all
         texts, _ = render_prompts(rows, sampler.tokenizer, cfg.prompt_format, cfg.max_prompt_tokens)
-        log(f"evaluate: {role} ({model}) answers {len(rows)} held-out prompts")
-        answers = _answers(sampler, texts, cfg)
-        if pairs:
-            log(f"evaluate: {role} ranks {len(pairs)} held-out preference pairs by its likelihood")
-        acc = _preference_accuracy(sampler.model, sampler.tokenizer, pairs, cfg)
-        if role == "baseline" and cfg.best_of_k:
-            log(f"evaluate: baseline best-of-{cfg.best_of_k} on {len(rows)} prompts")
-            best_of_k = _best_of_k(sampler, texts, messages, judges, cfg)
+        kept = BaselineStore(cfg, texts, pairs) if role == "baseline" and cfg.reuse_dir else None
+        stored = kept.load() if kept else None
+        if stored is not None:
+            answers, acc, sampled = stored
+            log(
+                f"evaluate: the baseline's answers are reused ({kept.path}: same model, prompts and settings)"
+            )
+        else:
+            log(f"evaluate: {role} ({model}) answers {len(rows)} held-out prompts")
+            answers = _answers(sampler, texts, cfg)
+            if pairs:
+                log(f"evaluate: {role} ranks {len(pairs)} held-out preference pairs by its likelihood")
+            acc = _preference_accuracy(sampler.model, sampler.tokenizer, pairs, cfg)
+            sampled = []
+            if role == "baseline" and cfg.best_of_k:
+                log(f"evaluate: baseline best-of-{cfg.best_of_k} on {len(rows)} prompts")
+                sampled = _sample_k(sampler, texts, cfg)
+            if kept:
+                kept.save(answers, acc, sampled)
+        if sampled:
+            best_of_k = _best_of_k(sampled, messages, judges)
         bench_runs[role] = []
         for p in prepared:
             log(f"evaluate: {role} runs lm-eval's {p.bench.task} ({p.data})")
@@ -433,6 +447,66 @@ def group_label(row: dict[str, Any], key: str) -> str:
         meta = {}
     value = meta.get(key) if isinstance(meta, dict) else None
     return "(none)" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+class BaselineStore:
+    """The baseline's generations (greedy answers, best-of-k samples, preference accuracy) kept in
+    ``cfg.reuse_dir`` under a key of everything they depend on: the baseline's weights (:func:`model_fingerprint`),
+    the rendered prompts, the generation settings, the preference pairs, the code of this stage and the torch build
+    and device. Every RRHF round, and every loss of ``rrhf compare``, judges against the same base policy on the same
+    prompts: the work is done once per workdir. Scores are always recomputed (judges can change; scoring is cheap)."""
+
+    def __init__(self, cfg: EvalConfig, texts: list[str], pairs: list[ListwiseExample]) -> None:
+        import platform
+
+        from rrhf_core.digest import code_digest, digest_json, model_fingerprint
+
+        settings = (
+            "max_new_tokens",
+            "temperature",
+            "seed",
+            "batch_size",
+            "best_of_k",
+            "best_of_k_temperature",
+        )
+        key = digest_json(
+            {
+                "model": model_fingerprint(cfg.baseline),
+                "prompts": texts,
+                "settings": {k: getattr(cfg, k) for k in settings},
+                "dtype": cfg.dtype,
+                "pairs": [(p.prompt_id, p.responses) for p in pairs],
+                "code": code_digest(__name__),
+                "torch": [torch.__version__, platform.machine(), torch.cuda.is_available()],
+            }
+        )
+        self.path = Path(str(cfg.reuse_dir)) / f"baseline-{key[:20]}.json"
+
+    def load(self) -> tuple[Answers, tuple[float | None, CI | None], list[list[str]]] | None:
+        try:
+            d = json.loads(self.path.read_text(encoding="utf-8"))
+            answers = Answers(list(d["texts"]), list(d["tokens"]), list(d["finish"]))
+            ci = tuple(d["accuracy_ci"]) if d["accuracy_ci"] else None
+            return answers, (d["accuracy"], ci), [list(g) for g in d["sampled"]]  # type: ignore[return-value]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # absent or unreadable: generate again (and overwrite it)
+
+    def save(self, answers: Answers, acc: tuple[float | None, CI | None], sampled: list[list[str]]) -> None:
+        from rrhf_core.data.contracts import atomic_write_text
+
+        record = {
+            "texts": answers.texts,
+            "tokens": answers.tokens,
+            "finish": answers.finish,
+            "accuracy": acc[0],
+            "accuracy_ci": list(acc[1]) if acc[1] else None,
+            "sampled": sampled,
+        }
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps(record))
+        except OSError:
+            pass  # keeping them is an optimisation: a read-only or full disk only costs the next run the work
 
 
 def combine_judges(cand: Side, base: Side) -> list[tuple[float, float]] | None:
