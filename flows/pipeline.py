@@ -226,6 +226,7 @@ def compare_flow(config: PipelineConfig, losses: list[str] | None = None) -> lis
             cfg = plan.eval_config(
                 variant, prompts, trained.model_dir, config.policy, out, built.best_of_n_mean
             )
-            rows.append(comparison_row(loss, evaluate_task(cfg, pid)))
+            row = comparison_row(loss, evaluate_task(cfg, pid))
+            rows.append({**row, "seed": config.train.seed, "precision": variant.train.dtype, "eval_dir": out})
         publish_comparison(rows, work)
     return rows

@@ -349,9 +349,9 @@ def cmd_stack(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from rrhf_cli.report import run_report
+    from rrhf_cli.report import run_comparison_report, run_report
 
-    return run_report(args.summaries)
+    return run_comparison_report(args.summaries) if args.comparisons else run_report(args.summaries)
 
 
 def _set_example(cls: Any) -> str:
@@ -494,6 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("report", help="render the result table (markdown) from runs' last_summary.json files")
     r.add_argument("summaries", nargs="+", help="last_summary.json files or run workdirs")
+    r.add_argument(
+        "--comparisons",
+        action="store_true",
+        help="the arguments are `rrhf compare` workdirs (last_comparison.json): render the ablation table, each "
+        "loss per run and RRHF minus each loss with its CI",
+    )
     r.set_defaults(func=cmd_report)
 
     return p

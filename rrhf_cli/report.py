@@ -198,3 +198,95 @@ def render(paths: Sequence[str | Path]) -> str:
 def run_report(paths: Sequence[str]) -> int:
     print(render(paths))
     return 0
+
+
+def load_comparison(path: str | Path) -> tuple[Path, list[dict[str, Any]]]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "last_comparison.json"
+    if not p.exists():
+        raise DataError(f"{p} does not exist; give an `rrhf compare` workdir or its last_comparison.json")
+    try:
+        rows = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p} is not a comparison (cannot read it as JSON: {e})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "loss" in r for r in rows):
+        raise DataError(
+            f"{p} is not a comparison: `rrhf compare` writes a JSON list of rows, each with a loss"
+        )
+    return p, rows
+
+
+def _candidate_scores(row: dict[str, Any]) -> dict[str, float]:
+    """Per held-out prompt id, the trained model's judge score in this row's evaluation."""
+    import pyarrow.parquet as pq
+
+    f = Path(str(row.get("eval_dir", ""))) / "eval_samples.parquet"
+    if not row.get("eval_dir") or not f.exists():
+        raise DataError(f"the {row['loss']} row names no evaluation folder with eval_samples.parquet ({f})")
+    t = pq.read_table(f, columns=["prompt_id", "role", "judge"]).to_pylist()
+    return {r["prompt_id"]: float(r["judge"]) for r in t if r["role"] == "candidate"}
+
+
+def _ci(v: float | None, ci: Sequence[float] | None) -> str:
+    return f"{v:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if v is not None and ci else "not measurable"
+
+
+def render_comparisons(paths: Sequence[str | Path], against: str = "rrhf") -> str:
+    """The ablation table of ``rrhf compare`` runs (one per seed, say): a row per loss and run, then per loss over
+    the runs the mean gain and ``against`` (RRHF) minus that loss: the paired difference of the two trained models'
+    judge scores on the same held-out prompts, pooled over runs, with its bootstrap 95 % CI."""
+    from rrhf_core.evaluation.stats import gain_ci
+
+    runs = [load_comparison(p)[1] for p in paths]
+    if not runs or not any(runs):
+        raise DataError("no comparison rows given")
+    rows = [r for run in runs for r in run]
+    groups = sorted({k for r in rows for k in r if k.endswith(" gain") and "=" in k})
+    bench = sorted({k for r in rows for k in r if " " in k and not k.endswith(("(trained)", " gain"))})
+    header = ["loss", "seed", "precision", "base", "trained", "gain [95 % CI]", "gain at equal length [95 % CI]",
+              "win rate", "length ratio", "tokens", *groups, *bench]  # fmt: skip
+    lines = [
+        f"Judge: `{rows[0]['judge']}`",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+    ]
+    for r in rows:
+        cells = [r["loss"], str(r.get("seed", "-")), str(r.get("precision", "-")), f"{r['base']:.3f}",
+                 f"{r['trained']:.3f}", _ci(r["gain"], r["gain_ci"]), _ci(r.get("gain_lc"), r.get("gain_lc_ci")),
+                 f"{r['win_rate']:.3f}", f"{r['length_ratio']:.2f}" if r.get("length_ratio") else "-",
+                 f"{r['tokens_mean']:.1f}"]  # fmt: skip
+        cells += [f"{r[k]:+.3f}" if isinstance(r.get(k), float) else "-" for k in groups]
+        cells += [f"{r[k]:.3f}" if isinstance(r.get(k), float) else "-" for k in bench]
+        lines.append("| " + " | ".join(cells) + " |")
+    losses = list(dict.fromkeys(r["loss"] for r in rows))
+    lines += ["", f"| loss | runs | mean gain (s.d.) | {against} minus this loss, pooled over runs [95 % CI] |",
+              "| --- | --- | --- | --- |"]  # fmt: skip
+    for loss in losses:
+        mine = [r for r in rows if r["loss"] == loss]
+        gains = [r["gain"] for r in mine]
+        sd = f" ({statistics.stdev(gains):.3f})" if len(gains) > 1 else ""
+        diff = "-"
+        if loss != against:
+            ours_all, theirs_all = [], []
+            for run in runs:
+                ref = next((r for r in run if r["loss"] == against), None)
+                other = next((r for r in run if r["loss"] == loss), None)
+                if ref is None or other is None:
+                    continue
+                a, b = _candidate_scores(ref), _candidate_scores(other)
+                for pid in sorted(a.keys() & b.keys()):
+                    ours_all.append(a[pid])
+                    theirs_all.append(b[pid])
+            if ours_all:
+                lo, hi = gain_ci(ours_all, theirs_all)
+                d = statistics.fmean(ours_all) - statistics.fmean(theirs_all)
+                diff = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}] ({len(ours_all)} prompt-runs)"
+        lines.append(f"| {loss} | {len(mine)} | {statistics.fmean(gains):+.3f}{sd} | {diff} |")
+    return "\n".join(lines)
+
+
+def run_comparison_report(paths: Sequence[str]) -> int:
+    print(render_comparisons(paths))
+    return 0

@@ -382,3 +382,36 @@ def test_rrhf_evaluate_compares_two_models_on_held_out_prompts(capsys, tmp_path,
     assert "judge reward_fns:count_a: " in out and "pooled standard deviations" in out
     assert main([*argv, "--judge", "reward_fns:checksum"]) == 0  # one --judge is that judge alone
     assert "judge: reward_fns:checksum  (the training reward itself)" in capsys.readouterr().out
+
+
+def test_the_ablation_table_renders_from_comparisons_with_the_paired_difference(capsys, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def row(run: int, loss: str, scores: list[float]) -> dict:
+        folder = tmp_path / f"run{run}" / "eval" / loss
+        folder.mkdir(parents=True)
+        table = [{"prompt_id": f"p{i}", "role": "candidate", "judge": s} for i, s in enumerate(scores)]
+        table += [{"prompt_id": f"p{i}", "role": "baseline", "judge": 0.0} for i in range(len(scores))]
+        pq.write_table(pa.Table.from_pylist(table), folder / "eval_samples.parquet")
+        gain = sum(scores) / len(scores)
+        return {"loss": loss, "judge": "lm-eval:ifeval", "base": 0.0, "trained": gain, "gain": gain,
+                "gain_ci": [gain - 0.1, gain + 0.1], "gain_lc": None, "gain_lc_ci": None, "win_rate": 0.5,
+                "length_ratio": 0.8, "tokens_mean": 20.0, "held_out_kind=true gain": 0.25, "seed": run,
+                "precision": "fp32", "eval_dir": str(folder)}  # fmt: skip
+
+    # by hand: rrhf minus sft_best per prompt-run: run 0 (1-0, 1-1) = (1, 0), run 1 (0-0, 1-0) = (0, 1): mean 0.5
+    for run, (rrhf, sft) in enumerate([([1.0, 1.0], [0.0, 1.0]), ([0.0, 1.0], [0.0, 0.0])]):
+        rows = [row(run, "rrhf", rrhf), row(run, "sft_best", sft)]
+        (tmp_path / f"run{run}" / "last_comparison.json").write_text(json.dumps(rows))
+    assert main(["report", "--comparisons", str(tmp_path / "run0"), str(tmp_path / "run1")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Judge: `lm-eval:ifeval`")
+    assert (
+        "| rrhf | 0 | fp32 | 0.000 | 1.000 | +1.000 [+0.900, +1.100] | not measurable | 0.500 | 0.80 | 20.0 |"
+        in out
+    )
+    assert "| +0.250 |" in out  # the held-out-kind group's gain
+    assert "| rrhf | 2 | +0.750 (0.354) | - |" in out
+    assert "| sft_best | 2 | +0.250 (0.354) | +0.500 [" in out and "(4 prompt-runs) |" in out
+    assert main(["report", "--comparisons", str(tmp_path / "nothing")]) == 2
