@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from rrhf_core import pipeline as plan
 from rrhf_core import redaction
 from rrhf_core.config import redact_credentials, redacted
+from rrhf_core.data import arrivals
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.hardware import describe_machine
 from rrhf_core.pipeline import PipelineConfig
@@ -30,7 +32,7 @@ from tasks.round import (
     publish_comparison,
     start_and_baseline,
 )
-from tasks.stages import STAGE_TASKS, evaluate_task, promote_task, train_rm_task, train_task
+from tasks.stages import STAGE_TASKS, arrivals_task, evaluate_task, promote_task, train_rm_task, train_task
 from tasks.tracking import start_run, tracked_workdir
 
 REWARD_REGISTRY = "rrhf-reward"
@@ -85,6 +87,16 @@ def _round(
     with start_run("rrhf-round") as parent:
         pid = parent.info.run_id
         log_round_start(config, start_model, baseline, precision)
+        take = None
+        if config.arrivals is not None:
+            take = arrivals_task(config.arrivals, work, pid, config.sample.seed, pid)
+            if take.input_file is None:
+                return skipped_round(config, take, work, pid, uri, t0)
+            inputs = {
+                "prompts": [str(take.input_file)],
+                "ingest": config.ingest.model_copy(update={"eval_share": 0.0}),
+            }
+            config = config.model_copy(update=inputs)
 
         resolved, results = data_stages(config, start_model, stages, pid)
         prompts, built = results["ingest"].prompts, results["build"]
@@ -131,7 +143,35 @@ def _round(
             "machine": describe_machine(),
             "config": redacted(config.model_dump(mode="json")),
         }
+        if take is not None:
+            summary["arrivals"] = take.arrivals.summary()
+            mark = arrivals.commit(work / arrivals.WATERMARK, arrivals.Watermark.load(work / arrivals.WATERMARK),
+                                   take.arrivals, pid)  # fmt: skip
+            mlflow.log_artifact(str(work / arrivals.WATERMARK))
+            log.info(
+                f"arrivals: watermark committed ({len(mark.files)} files consumed over {len(mark.rounds)} rounds)"
+            )
         finish_round(summary, work)
+    return summary
+
+
+def skipped_round(
+    config: PipelineConfig, take: Any, work: Path, pid: str, uri: str, t0: float
+) -> dict[str, Any]:
+    """A round with too few new prompts: nothing sampled, trained or registered; the summary and the run say why."""
+    summary = {
+        "flow_run_id": str(flow_run.id),
+        "skipped": take.skip_reason,
+        "arrivals": take.arrivals.summary(),
+        "mlflow_run_id": pid,
+        "tracking_uri": redact_credentials(uri),
+        "seconds": time.perf_counter() - t0,
+        "config": redacted(config.model_dump(mode="json")),
+    }
+    mlflow.set_tag("rrhf.skipped", take.skip_reason)
+    mlflow.log_dict(summary, "summary.json")
+    (work / "last_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    get_run_logger().info(f"round skipped: {take.skip_reason}")
     return summary
 
 

@@ -22,8 +22,14 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
     guard_temporary_server()  # stopped with this command, even after kill -9
     t0 = time.perf_counter()
     summary = (retrain_flow if retrain else pipeline_flow)(cfg)
-    e, p = summary["evaluation"], summary["promotion"]
     work = Path(cfg.workdir).resolve()
+    if summary.get("skipped"):
+        print()
+        print(f"RRHF round skipped after {time.perf_counter() - t0:.0f} s: {summary['skipped']}")
+        print(f"  arrivals: {summary['arrivals']}")
+        print(f"  files:   {work}/last_summary.json, {work}/arrivals.json (the watermark)")
+        return 0
+    e, p = summary["evaluation"], summary["promotion"]
     print()
     print(f"RRHF round done in {time.perf_counter() - t0:.0f} s (pipeline time)")
     print_evaluation(e)
@@ -39,6 +45,8 @@ def run_pipeline(cfg: PipelineConfig, retrain: bool = False) -> int:
         if p["decision"].get("verdict") == "inconclusive"
         else "not promoted"
     )
+    if summary.get("arrivals"):
+        print(f"  arrivals: {summary['arrivals']}")
     print(f"  model version {p['version']} of '{cfg.registered_model}': challenger, {verdict}")
     print(f"    gate: {'; '.join(p['decision']['reasons'])}")
     print()

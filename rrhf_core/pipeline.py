@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rrhf_core.config import Folder, load_yaml, one_or_many
+from rrhf_core.data.arrivals import ArrivalsSettings
 from rrhf_core.data.config import BuildConfig, BuildSettings, IngestConfig, IngestSettings
 from rrhf_core.errors import DataError
 from rrhf_core.evaluation.config import EvalConfig, EvalSettings
@@ -63,6 +64,12 @@ class PipelineConfig(BaseModel):
         description="Reward spec for scoring (an HF reward model, module:function, an embedded reward, or "
         "trained:NAME for a reward model of `reward_models`). A module:function reward is imported and run: it is "
         "trusted code, like a training script.",
+    )
+    arrivals: ArrivalsSettings | None = Field(
+        None,
+        description="Train on what arrived: each round takes only the drop folder's new files (a watermark in the "
+        "workdir), judged on fixed held-out prompts; too few new prompts and the round trains nothing. None: "
+        "every round reads `prompts`.",
     )
     reward_models: dict[str, RMSettings] = Field(
         default_factory=dict,

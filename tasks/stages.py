@@ -21,6 +21,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from pydantic import BaseModel
 
+from rrhf_core.data.arrivals import ArrivalsSettings, RoundTake, prepare_round
 from rrhf_core.data.build import build
 from rrhf_core.data.config import BuildConfig, IngestConfig
 from rrhf_core.data.contracts import read_samples, read_scores
@@ -313,6 +314,39 @@ def train_rm_task(cfg: RMTrainConfig, stages: str | None, parent: str | None) ->
         )
 
     return reuse_or_run("train-rm", cfg, stage_inputs("train-rm", cfg), stages, parent, work, RewardTrained)
+
+
+@task(name="arrivals")
+def arrivals_task(
+    settings: ArrivalsSettings, workdir: Path, round_id: str, seed: int, parent: str
+) -> RoundTake:
+    """The drop folder's new prompts for this round (nothing is marked consumed until the round commits)."""
+    with stage_run("arrivals", parent, settings.model_dump()):
+        take = prepare_round(settings, workdir, round_id, seed)
+        a = take.arrivals
+        mlflow.log_metrics(
+            {
+                "arrivals.new_files": len(a.new_files),
+                "arrivals.new_prompts": a.new_prompts,
+                "arrivals.already_seen": a.already_seen,
+                "arrivals.replayed": len(a.replay),
+                "arrivals.invalid_files": len(a.invalid),
+                "arrivals.held_out_dropped": a.held_out_dropped,
+            }
+        )
+        mlflow.log_dict(
+            {
+                "summary": a.summary(),
+                "new_files": a.new_files,
+                "invalid": a.invalid,
+                "skip": take.skip_reason,
+            },
+            "arrivals_take.json",
+        )
+        if take.input_file is not None:
+            mlflow.log_artifact(str(take.input_file), "arrivals")
+    get_run_logger().info(f"arrivals: {a.summary()}" + (f"; {take.skip_reason}" if take.skip_reason else ""))
+    return take
 
 
 @task(name="evaluate", retries=1, retry_condition_fn=transient)

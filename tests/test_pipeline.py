@@ -453,3 +453,43 @@ def test_a_judge_list_resolves_to_the_reward_models_folders():
     )
     resolved = with_trained_rewards(cfg, {"a": "/rm/a", "b": "/rm/b"})
     assert resolved.reward == "/rm/a" and resolved.evaluate.judge == ["/rm/b", "embedded:relevance"]
+
+
+def test_rounds_train_on_what_arrived_and_skip_when_nothing_did(prefect_harness, tmp_path, tiny_model_dir):
+    from flows.pipeline import pipeline_flow
+    from rrhf_core.data.arrivals import Watermark
+
+    box, held = tmp_path / "drop", tmp_path / "held.jsonl"
+    box.mkdir()
+    held.write_text("".join(json.dumps({"prompt": f"held-out letters {i}"}) + "\n" for i in range(3)))
+    (box / "week1.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"write letters, week 1 case {i}"}) + "\n" for i in range(6))
+        + json.dumps({"prompt": "held-out letters 0"})  # a held-out prompt is never trained on
+        + "\n"
+    )
+    (box / "broken.parquet").write_bytes(b"not parquet")
+    cfg = tiny_config(tmp_path / "w", held, tiny_model_dir)
+    arrivals = {"folder": str(box), "held_out": [str(held)], "min_new_prompts": 3}
+    cfg = type(cfg).model_validate({**cfg.model_dump(), "arrivals": arrivals})
+    first = pipeline_flow(cfg)
+    assert "6 new prompt(s)" in first["arrivals"] and "broken.parquet" in first["arrivals"]
+    assert "1 left out (they are held-out prompts)" in first["arrivals"]
+    assert first["evaluation"]["prompts"] == 3  # judged on the held-out prompts only
+    mark = Watermark.load(tmp_path / "w" / "arrivals.json")
+    assert set(mark.files) == {"week1.jsonl"} and len(mark.prompt_ids) == 6
+    # nothing new: the round samples and trains nothing and says so
+    trained = sorted((tmp_path / "w" / "stages").glob("train-*"))
+    second = pipeline_flow(cfg)
+    assert second["skipped"].startswith("0 new prompt(s) arrived") and "evaluation" not in second
+    assert sorted((tmp_path / "w" / "stages").glob("train-*")) == trained
+    # a new drop: only its prompts (one of them was trained on already)
+    (box / "week2.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"write letters, week 2 case {i}"}) + "\n" for i in range(4))
+        + json.dumps({"prompt": "write letters, week 1 case 0"})
+        + "\n"
+    )
+    third = pipeline_flow(cfg)
+    assert (
+        "4 new prompt(s), 1 already trained on" in third["arrivals"] and third["evaluation"]["prompts"] == 3
+    )
+    assert len(Watermark.load(tmp_path / "w" / "arrivals.json").rounds) == 2

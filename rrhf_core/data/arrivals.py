@@ -1,0 +1,283 @@
+"""Prompts that arrived since the last round: a drop folder read against a watermark kept in the workdir.
+
+A scheduled round should learn from what is new, not re-read the same prompts. Users (or a collector) drop JSONL or
+Parquet files of prompt records (any ingest format) into a folder; each round takes only:
+
+- files it has not consumed before (a file is consumed once; a consumed file whose bytes changed is refused, named,
+  since its records were already trained on and silently re-reading it would mix old and new);
+- records whose prompt was never taken by an earlier round (deduped by the ingest prompt id), plus a configurable
+  replay share of earlier prompts (so a round does not forget what it learnt);
+- nothing at all when fewer than ``min_new_prompts`` new prompts arrived: the caller skips the round's compute.
+
+A file that cannot be read is named and counted and the round goes on with the rest; it is not marked consumed, so
+a fixed file is taken next round. The watermark (``arrivals.json`` in the workdir) lists the consumed files (name,
+sha256, size) and the ids of every prompt taken, with a checksum of its own content: a watermark edited by hand is
+refused with how to reset it. It is written only when a round commits (:func:`commit`): a round that fails or is
+restarted reads the same watermark and takes the same files again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rrhf_core.data.contracts import atomic_write_text
+from rrhf_core.digest import file_digest
+from rrhf_core.errors import DataError
+
+WATERMARK = "arrivals.json"
+SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".parquet.gz", ".json")
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Watermark:
+    """What earlier rounds consumed: files (name -> {sha256, size, round}) and the prompt ids they took."""
+
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prompt_ids: list[str] = field(default_factory=list)
+    rounds: list[str] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        return {"files": self.files, "prompt_ids": self.prompt_ids, "rounds": self.rounds}
+
+    @classmethod
+    def load(cls, path: str | Path) -> Watermark:
+        p = Path(path)
+        if not p.exists():
+            return cls()
+        reset = (
+            f"to start over delete {p} (every file in the drop folder is then new again), or restore it from the "
+            "last round's MLflow run (artifact arrivals.json)"
+        )
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+            body = {k: d[k] for k in ("files", "prompt_ids", "rounds")}
+            stored = d["checksum"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"the watermark {p} cannot be read ({e}); {reset}") from None
+        if stored != _checksum(body):
+            raise DataError(
+                f"the watermark {p} was changed by hand (its checksum does not match its content): which prompts "
+                f"were trained on is no longer known; {reset}"
+            )
+        return cls(dict(body["files"]), list(body["prompt_ids"]), list(body["rounds"]))
+
+    def save(self, path: str | Path) -> None:
+        body = self.body()
+        atomic_write_text(Path(path), json.dumps({**body, "checksum": _checksum(body)}, indent=1))
+
+
+@dataclass
+class Arrivals:
+    """One round's take from the drop folder (nothing is written until :func:`commit`)."""
+
+    folder: str
+    new_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, size}
+    records: list[dict[str, Any]] = field(default_factory=list)  # new prompts' records, in file order
+    replay: list[dict[str, Any]] = field(default_factory=list)  # earlier prompts replayed
+    new_ids: list[str] = field(default_factory=list)
+    invalid: dict[str, str] = field(default_factory=dict)  # file name -> why it was not read
+    rejected: Counter = field(default_factory=Counter)  # reason -> records
+    already_seen: int = 0  # records whose prompt an earlier round took
+    held_out_dropped: int = 0  # new records whose prompt is a held-out prompt (never trained on)
+
+    @property
+    def new_prompts(self) -> int:
+        return len(self.new_ids)
+
+    def summary(self) -> str:
+        text = (
+            f"{len(self.new_files)} new file(s) in {self.folder}: {self.new_prompts} new prompt(s), "
+            f"{self.already_seen} already trained on, {len(self.replay)} replayed"
+        )
+        if self.held_out_dropped:
+            text += f"; {self.held_out_dropped} left out (they are held-out prompts)"
+        if self.invalid:
+            text += f"; {len(self.invalid)} file(s) not read: " + "; ".join(
+                f"{n} ({why})" for n, why in sorted(self.invalid.items())
+            )
+        if self.rejected:
+            text += "; records rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(self.rejected.items()))
+        return text
+
+
+def _drop_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(
+            f"the drop folder {folder} does not exist or is not a folder; create it and drop JSONL or Parquet "
+            "files of prompt records into it"
+        )
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+
+
+def collect(
+    folder: str | Path,
+    watermark: Watermark,
+    replay_share: float = 0.0,
+    replay_from: list[dict[str, Any]] | None = None,
+    seed: int = 0,
+    fmt: str = "auto",
+    prompt_field: str = "prompt",
+) -> Arrivals:
+    """The records new since ``watermark`` in ``folder``; ``replay_share`` x the new prompts' count of earlier
+    records (drawn with ``seed`` from ``replay_from``) join them. Raises DataError for a consumed file that changed."""
+    from rrhf_core.data.ingest import Reject, iter_records, parse_record
+
+    root = Path(folder)
+    out = Arrivals(str(root))
+    files = _drop_files(root)
+    changed = [
+        p.name
+        for p in files
+        if p.name in watermark.files and file_digest(p) != watermark.files[p.name]["sha256"]
+    ]
+    if changed:
+        raise DataError(
+            f"{', '.join(changed)} in {root} changed after an earlier round consumed it: its records were already "
+            "trained on. Put new records in a new file (and restore the old one), or reset the watermark"
+        )
+    seen = set(watermark.prompt_ids)
+    stats: Counter = Counter()
+    for p in files:
+        if p.name in watermark.files:
+            continue
+        records: list[tuple[str, dict[str, Any]]] = []
+        try:
+            for _, rec in iter_records(str(p)):
+                try:
+                    if isinstance(rec, Reject):
+                        raise rec
+                    pr = parse_record(rec, fmt, prompt_field, stats)  # type: ignore[arg-type]
+                except Reject as r:
+                    out.rejected[str(r).split(":")[0][:60]] += 1
+                    continue
+                records.append((pr.prompt_id, rec))
+        except DataError as e:
+            out.invalid[p.name] = str(e)
+            continue
+        if not records:
+            out.invalid[p.name] = "no valid prompt record in it"
+            continue
+        out.new_files[p.name] = {"sha256": file_digest(p), "size": p.stat().st_size}
+        for pid, rec in records:
+            if pid in seen:
+                out.already_seen += 1
+                continue
+            seen.add(pid)
+            out.new_ids.append(pid)
+            out.records.append(rec)
+    if replay_share > 0 and replay_from and out.records:
+        n = min(len(replay_from), round(replay_share * len(out.records)))
+        out.replay = random.Random(seed).sample(replay_from, n)
+    return out
+
+
+def write_round_input(arrivals: Arrivals, path: str | Path) -> Path:
+    """The round's new and replayed records as one JSONL file, the round's ingest input."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(
+        json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in [*arrivals.records, *arrivals.replay]
+    )
+    atomic_write_text(p, text)
+    return p
+
+
+def commit(path: str | Path, watermark: Watermark, arrivals: Arrivals, round_id: str) -> Watermark:
+    """Mark ``arrivals``' files consumed and their prompts taken by ``round_id``; write the watermark."""
+    files = {**watermark.files, **{n: {**m, "round": round_id} for n, m in arrivals.new_files.items()}}
+    done = Watermark(files, [*watermark.prompt_ids, *arrivals.new_ids], [*watermark.rounds, round_id])
+    done.save(path)
+    return done
+
+
+class ArrivalsSettings(BaseModel):
+    """A round that trains on what arrived: the drop folder, its held-out prompts and when to skip."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folder: str = Field(
+        ..., description="The drop folder: JSONL/Parquet files of prompt records, each consumed once."
+    )
+    held_out: list[str] = Field(
+        ["embedded:instructions"],
+        description="Inputs of the held-out prompts every round is judged on (records marked split train skipped).",
+    )
+    min_new_prompts: int = Field(
+        8, ge=1, description="Fewer new prompts than this: the round samples and trains nothing, and says so."
+    )
+    replay_share: float = Field(
+        0.0, ge=0.0, le=10.0, description="Earlier rounds' prompts replayed, as a share of the new ones."
+    )
+
+
+@dataclass
+class RoundTake:
+    """What a round takes: the arrivals, and its ingest input (None: too few new prompts, skip the round)."""
+
+    arrivals: Arrivals
+    input_file: Path | None
+    skip_reason: str | None = None
+
+
+def prepare_round(settings: ArrivalsSettings, workdir: str | Path, round_id: str, seed: int = 0) -> RoundTake:
+    """Collect the drop folder against ``<workdir>/arrivals.json``; write ``<workdir>/arrivals/<round_id>.jsonl``:
+    the new records (split train), the replayed ones (from earlier rounds' files) and the held-out prompts (split
+    eval)."""
+    from rrhf_core.data.ingest import iter_records, resolve_input
+
+    work = Path(workdir)
+    rounds = work / "arrivals"
+    mark = Watermark.load(work / WATERMARK)
+    earlier: list[dict[str, Any]] = []  # the committed rounds' trained records, for replay
+    for f in sorted(rounds.glob("*.jsonl")) if rounds.is_dir() else []:
+        if f.stem in mark.rounds:
+            earlier += [
+                r for _, r in iter_records(str(f)) if isinstance(r, dict) and r.get("split") == "train"
+            ]
+    got = collect(settings.folder, mark, settings.replay_share, earlier, seed)
+    held: list[dict[str, Any]] = []
+    for source in settings.held_out:
+        for _, rec in iter_records(resolve_input(source)):
+            if isinstance(rec, dict) and rec.get("split") != "train":
+                held.append({**rec, "split": "eval"})
+    if not held:
+        raise DataError(
+            f"arrivals.held_out ({', '.join(settings.held_out)}) holds no held-out prompt to judge on"
+        )
+    # a prompt that is also held out is never trained on
+    from rrhf_core.data.ingest import Reject, parse_record
+
+    def pid(rec: dict[str, Any]) -> str | None:
+        try:
+            return parse_record(rec, "auto", "prompt", Counter()).prompt_id
+        except Reject:
+            return None
+
+    held_ids = {pid(r) for r in held}
+    keep = [i for i, p in enumerate(got.new_ids) if p not in held_ids]
+    got.held_out_dropped = len(got.new_ids) - len(keep)
+    got.records = [{**got.records[i], "split": "train"} for i in keep]
+    got.new_ids = [got.new_ids[i] for i in keep]
+    if got.new_prompts < settings.min_new_prompts:
+        reason = (
+            f"{got.new_prompts} new prompt(s) arrived in {settings.folder} since the last round, fewer than "
+            f"min_new_prompts {settings.min_new_prompts}: nothing sampled or trained"
+        )
+        return RoundTake(got, None, reason)
+    got.replay = [{**r, "split": "train"} for r in got.replay]
+    path = write_round_input(got, rounds / f"{round_id}.jsonl")
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in held))
+    return RoundTake(got, path)
