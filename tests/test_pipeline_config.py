@@ -44,6 +44,7 @@ STAGES: dict[str, tuple[type[BaseModel], set[str]]] = {
             "max_prompt_tokens",
             "best_of_n_ceiling",
             "cache_dir",
+            "reuse_dir",
         },
     ),
 }
@@ -245,7 +246,12 @@ NOT_OUTPUT: dict[str, dict[str, str]] = {
         ),
     },
     "train-rm": {"output_dir": "location", "cache_dir": "location", "log_every": "bookkeeping"},
-    "evaluate": {"prompts": "input", "output_dir": "location", "cache_dir": "location"},
+    "evaluate": {
+        "prompts": "input",
+        "output_dir": "location",
+        "cache_dir": "location",
+        "reuse_dir": "location",
+    },
 }
 
 
