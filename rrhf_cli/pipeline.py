@@ -75,7 +75,10 @@ def run_compare(cfg: PipelineConfig, losses: list[str]) -> int:
     rows = compare_flow(cfg, losses)
     print()
     print(f"Training methods compared in {time.perf_counter() - t0:.0f} s; judge: {rows[0]['judge']}")
-    bench = [k for k in rows[0] if " " in k and not k.endswith("(trained)")]
+    from rrhf_cli.report import comparison_columns
+
+    groups, benchmarks = comparison_columns(rows)
+    bench = groups + benchmarks
     print(
         f"  {'loss':<10}{'base':>8}{'trained':>9}  {'gain [95 % CI]':<26}{'at equal length [95 % CI]':<27}"
         f"{'win rate':>9}{'tokens':>8}" + "".join(f"  {b}" for b in bench)

@@ -15,16 +15,23 @@ from typing import Any
 from rrhf_core.errors import DataError
 
 
-def load_summary(path: str | Path) -> tuple[Path, dict[str, Any]]:
+def _read_json(path: str | Path, name: str, what: str, give: str) -> tuple[Path, Any]:
+    """``path`` (or ``path/name`` for a folder) read as JSON; missing or unreadable: a DataError saying ``give``."""
     p = Path(path)
     if p.is_dir():
-        p = p / "last_summary.json"
+        p = p / name
     if not p.exists():
-        raise DataError(f"{p} does not exist; give a run's last_summary.json or its workdir")
+        raise DataError(f"{p} does not exist; {give}")
     try:
-        summary = json.loads(p.read_text(encoding="utf-8"))
+        return p, json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise DataError(f"{p} is not a run summary (cannot read it as JSON: {e})") from None
+        raise DataError(f"{p} is not {what} (cannot read it as JSON: {e})") from None
+
+
+def load_summary(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    p, summary = _read_json(
+        path, "last_summary.json", "a run summary", "give a run's last_summary.json or its workdir"
+    )
     if not isinstance(summary, dict):
         raise DataError(
             f"{p} is not a run summary: it holds a JSON {type(summary).__name__}, a summary is an object; give a "
@@ -201,20 +208,25 @@ def run_report(paths: Sequence[str]) -> int:
 
 
 def load_comparison(path: str | Path) -> tuple[Path, list[dict[str, Any]]]:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "last_comparison.json"
-    if not p.exists():
-        raise DataError(f"{p} does not exist; give an `rrhf compare` workdir or its last_comparison.json")
-    try:
-        rows = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"{p} is not a comparison (cannot read it as JSON: {e})") from None
+    p, rows = _read_json(
+        path,
+        "last_comparison.json",
+        "a comparison",
+        "give an `rrhf compare` workdir or its last_comparison.json",
+    )
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "loss" in r for r in rows):
         raise DataError(
             f"{p} is not a comparison: `rrhf compare` writes a JSON list of rows, each with a loss"
         )
     return p, rows
+
+
+def comparison_columns(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The optional columns of comparison rows (``tasks.round.comparison_row``): the per-group gains
+    (``"KEY=VALUE gain"``) and the benchmarks' primary metrics (``"TASK METRIC"``), each sorted."""
+    groups = sorted({k for r in rows for k in r if k.endswith(" gain") and "=" in k})
+    bench = sorted({k for r in rows for k in r if " " in k and not k.endswith(("(trained)", " gain"))})
+    return groups, bench
 
 
 def _candidate_scores(row: dict[str, Any]) -> dict[str, float]:
@@ -242,8 +254,7 @@ def render_comparisons(paths: Sequence[str | Path], against: str = "rrhf") -> st
     if not runs or not any(runs):
         raise DataError("no comparison rows given")
     rows = [r for run in runs for r in run]
-    groups = sorted({k for r in rows for k in r if k.endswith(" gain") and "=" in k})
-    bench = sorted({k for r in rows for k in r if " " in k and not k.endswith(("(trained)", " gain"))})
+    groups, bench = comparison_columns(rows)
     header = ["loss", "seed", "precision", "base", "trained", "gain [95 % CI]", "gain at equal length [95 % CI]",
               "win rate", "length ratio", "tokens", *groups, *bench]  # fmt: skip
     lines = [
