@@ -278,6 +278,6 @@ def prepare_round(settings: ArrivalsSettings, workdir: str | Path, round_id: str
         return RoundTake(got, None, reason)
     got.replay = [{**r, "split": "train"} for r in got.replay]
     path = write_round_input(got, rounds / f"{round_id}.jsonl")
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in held))
+    with path.open("a", encoding="utf-8") as out:
+        out.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in held))
     return RoundTake(got, path)

@@ -385,7 +385,7 @@ def evaluate(
         texts, _ = render_prompts(rows, sampler.tokenizer, cfg.prompt_format, cfg.max_prompt_tokens)
         kept = BaselineStore(cfg, texts, pairs) if role == "baseline" and cfg.reuse_dir else None
         stored = kept.load() if kept else None
-        if stored is not None:
+        if kept is not None and stored is not None:
             answers, acc, sampled = stored
             log(
                 f"evaluate: the baseline's answers are reused ({kept.path}: same model, prompts and settings)"
@@ -486,8 +486,8 @@ class BaselineStore:
         try:
             d = json.loads(self.path.read_text(encoding="utf-8"))
             answers = Answers(list(d["texts"]), list(d["tokens"]), list(d["finish"]))
-            ci = tuple(d["accuracy_ci"]) if d["accuracy_ci"] else None
-            return answers, (d["accuracy"], ci), [list(g) for g in d["sampled"]]  # type: ignore[return-value]
+            ci: CI | None = tuple(d["accuracy_ci"]) if d["accuracy_ci"] else None
+            return answers, (d["accuracy"], ci), [list(g) for g in d["sampled"]]
         except (OSError, ValueError, KeyError, TypeError):
             return None  # absent or unreadable: generate again (and overwrite it)
 
