@@ -25,6 +25,7 @@ from rrhf_core.reward_model.config import RMTrainConfig
 from rrhf_core.stages import BY_NAME, DATA_STAGES
 from rrhf_core.training.config import TrainConfig
 from tasks import registry
+from tasks.review import human_review
 from tasks.round import (
     comparison_row,
     finish_round,
@@ -113,9 +114,12 @@ def _round(
         )
         eval_state = evaluate_task(eval_cfg, pid, return_state=True)
         report = eval_state.result(raise_on_failure=False) if eval_state.is_completed() else None
+        review = None
+        if report is not None and resolved.gate.human != "off":
+            review = human_review(eval_dir, resolved.gate, work, pid, resolved.evaluate.seed)
         # every trained model is registered as challenger; a failed evaluation never moves champion
         promotion = promote_task(
-            trained, report, resolved.gate, resolved.registered_model, pid, resolved.prompt_format
+            trained, report, resolved.gate, resolved.registered_model, pid, resolved.prompt_format, review
         )
         if report is None:
             eval_state.result()  # re-raise the evaluation's error: the round failed

@@ -32,6 +32,7 @@ from rrhf_core.evaluation.benchmarks import summary_line as benchmark_line
 from rrhf_core.evaluation.config import EvalConfig
 from rrhf_core.evaluation.evaluate import evaluate, length_controlled_line
 from rrhf_core.evaluation.promotion import GateConfig, decide
+from rrhf_core.evaluation.review import Review
 from rrhf_core.metrics import FanOutLogger, read_metrics
 from rrhf_core.pipeline import Built, Ingested, RewardTrained, Sampled, Scored, StageResult, Trained
 from rrhf_core.reuse import StageKey, StageStore, stage_inputs
@@ -363,40 +364,7 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
         for i, j in enumerate(report["judges"]):
             mlflow.set_tag(f"judge_{i}", j["spec"])
             mlflow.log_metrics(numeric(j, f"judge_{i}.") | interval_metrics(j, f"judge_{i}."))
-        # the gain per prompt group (group.held_out_kind=true.gain, ...), when evaluate.group_by is set
-        for g in report.get("groups") or []:
-            key = re.sub(r"[^0-9A-Za-z_.\-/ ]", "_", f"group.{report['group_by']}={g['group']}").replace(
-                "=", "."
-            )
-            mlflow.log_metrics(
-                {
-                    f"{key}.gain": g["gain"],
-                    f"{key}.gain_ci_lo": g["gain_ci"][0],
-                    f"{key}.gain_ci_hi": g["gain_ci"][1],
-                    f"{key}.candidate_mean": g["candidate_mean"],
-                    f"{key}.baseline_mean": g["baseline_mean"],
-                }
-            )
-        # each benchmark's metrics (bench.ifeval.prompt_level_strict_acc.candidate, ...) and its per-item table
-        for b in report["benchmarks"]:
-            for m in b["metrics"]:
-                key = f"bench.{b['task']}.{m['name']}"
-                mlflow.log_metrics(
-                    {
-                        f"{key}.candidate": m["candidate"],
-                        f"{key}.baseline": m["baseline"],
-                        f"{key}.difference": m["difference"],
-                    }
-                    | (
-                        {
-                            f"{key}.difference_ci_lo": m["difference_ci"][0],
-                            f"{key}.difference_ci_hi": m["difference_ci"][1],
-                        }
-                        if m["difference_ci"]
-                        else {}
-                    )
-                )
-            mlflow.log_table(pq.read_table(b["items_file"]).to_pandas(), f"benchmarks/{b['task']}_items.json")
+        log_groups_and_benchmarks(report)
         mlflow.log_dict(report, "eval_report.json")
         rows = pq.read_table(Path(cfg.output_dir) / "eval_samples.parquet").to_pandas()
         mlflow.log_table(rows, "eval_samples.json")
@@ -437,6 +405,42 @@ def evaluate_task(cfg: EvalConfig, parent: str | None) -> dict[str, Any]:
     return report
 
 
+def log_groups_and_benchmarks(report: dict[str, Any]) -> None:
+    """The gain per prompt group and each lm-eval benchmark's metrics and per-item table, into the active run."""
+    # the gain per prompt group (group.held_out_kind=true.gain, ...), when evaluate.group_by is set
+    for g in report.get("groups") or []:
+        key = re.sub(r"[^0-9A-Za-z_.\-/ ]", "_", f"group.{report['group_by']}={g['group']}").replace("=", ".")
+        mlflow.log_metrics(
+            {
+                f"{key}.gain": g["gain"],
+                f"{key}.gain_ci_lo": g["gain_ci"][0],
+                f"{key}.gain_ci_hi": g["gain_ci"][1],
+                f"{key}.candidate_mean": g["candidate_mean"],
+                f"{key}.baseline_mean": g["baseline_mean"],
+            }
+        )
+    # each benchmark's metrics (bench.ifeval.prompt_level_strict_acc.candidate, ...) and its per-item table
+    for b in report["benchmarks"]:
+        for m in b["metrics"]:
+            key = f"bench.{b['task']}.{m['name']}"
+            mlflow.log_metrics(
+                {
+                    f"{key}.candidate": m["candidate"],
+                    f"{key}.baseline": m["baseline"],
+                    f"{key}.difference": m["difference"],
+                }
+                | (
+                    {
+                        f"{key}.difference_ci_lo": m["difference_ci"][0],
+                        f"{key}.difference_ci_hi": m["difference_ci"][1],
+                    }
+                    if m["difference_ci"]
+                    else {}
+                )
+            )
+        mlflow.log_table(pq.read_table(b["items_file"]).to_pandas(), f"benchmarks/{b['task']}_items.json")
+
+
 @task(name="register-and-promote", retries=1, retry_condition_fn=transient)
 def promote_task(
     trained: Trained,
@@ -445,15 +449,16 @@ def promote_task(
     name: str,
     parent: str | None,
     prompt_format: str = "chat",
+    review: Review | None = None,
 ) -> dict[str, Any]:
     """Register the model as challenger (once per model content, so a retry registers nothing twice), logged in its
-    training run (the version's source run); move champion only if the gate passes. The round's run is tagged
-    with the registered version and the decision."""
+    training run (the version's source run); move champion only if the gate passes (with ``gate.human`` on, the
+    human review is part of it). The round's run is tagged with the registered version and the decision."""
     with stage_run("register", parent, {"registered_model": name, **gate.model_dump()}):
         version = registry.register(
             trained.model_dir, name, source_run_id=trained.run_id, prompt_format=prompt_format
         )
-        decision = decide(report, gate)
+        decision = decide(report, gate, review)
         promoted = registry.record_decision(name, version, decision)
         mlflow.log_dict(decision.to_dict(), "decision.json")
         mlflow.log_metrics({f"gate.{k}": v for k, v in decision.numbers.items()})
@@ -471,7 +476,10 @@ def promote_task(
             }
         ],
     )
-    return {"version": version, "promoted": promoted, "decision": decision.to_dict()}
+    out = {"version": version, "promoted": promoted, "decision": decision.to_dict()}
+    if review is not None:
+        out["review"] = review.to_dict()
+    return out
 
 
 # the task that runs each keyed stage of the stage table (rrhf_core.stages), by stage name

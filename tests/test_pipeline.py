@@ -493,3 +493,106 @@ def test_rounds_train_on_what_arrived_and_skip_when_nothing_did(prefect_harness,
         "4 new prompt(s), 1 already trained on" in third["arrivals"] and third["evaluation"]["prompts"] == 3
     )
     assert len(Watermark.load(tmp_path / "w" / "arrivals.json").rounds) == 2
+
+
+def _paused_run(timeout: float = 600.0):
+    """The flow run that is paused (waiting for its review form), once there is one."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=paused)
+            if runs:
+                return runs[0]
+            time.sleep(1.0)
+    raise AssertionError("no flow run paused for review")
+
+
+def test_a_round_pauses_for_human_review_and_a_submitted_form_decides(
+    prefect_harness, tmp_path, tiny_model_dir
+):
+    """gate.human: required. The round pauses after its evaluation; the form is answered through Prefect's API
+    (resume_flow_run with a run input); the answer is in the decision, the preference pairs are kept for reward-model
+    training, and a second submission is refused."""
+    import threading
+
+    from prefect.exceptions import NotPausedError
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.pipeline import pipeline_flow
+    from rrhf_core.reward_model.pairs import load_pairs
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"write some letters, case {i}"}) + "\n" for i in range(12))
+    )
+    cfg = tiny_config(tmp_path / "w", prompts, tiny_model_dir)
+    gate = {"human": "required", "human_pairs": 2, "human_timeout_s": 900, "min_reward_gain": -1.0,
+            "min_win_rate": 0.0, "max_length_ratio": 100.0, "max_empty_increase": 1.0}  # fmt: skip
+    cfg = type(cfg).model_validate({**cfg.model_dump(), "gate": gate})
+    out: dict = {}
+    worker = threading.Thread(target=lambda: out.update(summary=pipeline_flow(cfg)))
+    worker.start()
+    run = _paused_run()
+    sheet = json.loads(next((tmp_path / "w" / "reviews").glob("*.sheet.json")).read_text())
+    assert len(sheet) == 2
+    # the reviewer prefers the challenger on pair 1 and the champion on pair 2, and approves
+    first = sheet[0]["candidate_is"]
+    second = "B" if sheet[1]["candidate_is"] == "A" else "A"
+    resume_flow_run(run.id, run_input={"pair_1": first, "pair_2": second, "approve": True})
+    worker.join(timeout=600)
+    summary = out["summary"]
+    review = summary["promotion"]["review"]
+    assert review["status"] == "answered" and review["approve"]
+    assert (review["wins"], review["ties"], review["losses"]) == (1, 0, 1)
+    assert any(
+        r.startswith("reviewer approved: human win rate 0.500")
+        for r in summary["promotion"]["decision"]["reasons"]
+    )
+    assert summary["promotion"]["promoted"]
+    with pytest.raises(NotPausedError):  # a form submitted twice: the round is no longer paused
+        resume_flow_run(run.id, run_input={"pair_1": "A", "approve": False})
+    # the two non-tied choices are preference pairs in the pair-file format reward_models.*.pairs reads
+    differ = sum(p["a"].strip() != p["b"].strip() for p in sheet[:2])  # identical answers make no pair
+    assert review["preference_pairs"] == differ
+    if differ:
+        pairs = load_pairs([str(tmp_path / "w" / "reviews" / "pairs.jsonl")], eval_share=0.0)
+        assert len(pairs.train) == differ
+
+
+def test_nobody_reviews_in_time_the_configured_default_applies(prefect_harness, tmp_path, tiny_model_dir):
+    """gate.human: required with a short timeout: the round records the timeout and does not promote; a form sent
+    afterwards is refused."""
+    import threading
+
+    from prefect.exceptions import NotPausedError
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.pipeline import pipeline_flow
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"write some letters, case {i}"}) + "\n" for i in range(12))
+    )
+    cfg = tiny_config(tmp_path / "w", prompts, tiny_model_dir)
+    gate = {"human": "required", "human_pairs": 2, "human_timeout_s": 5, "min_reward_gain": -1.0,
+            "min_win_rate": 0.0, "max_length_ratio": 100.0, "max_empty_increase": 1.0}  # fmt: skip
+    cfg = type(cfg).model_validate({**cfg.model_dump(), "gate": gate})
+    out: dict = {}
+    worker = threading.Thread(target=lambda: out.update(summary=pipeline_flow(cfg)))
+    worker.start()
+    run = _paused_run()
+    worker.join(timeout=600)
+    summary = out["summary"]
+    assert summary["promotion"]["review"]["status"] == "timeout" and not summary["promotion"]["promoted"]
+    assert (
+        "human review required but nobody answered within 5 s" in summary["promotion"]["decision"]["reasons"]
+    )
+    with pytest.raises(NotPausedError):
+        resume_flow_run(run.id, run_input={"pair_1": "A", "approve": True})

@@ -383,25 +383,7 @@ def evaluate(
             model, cfg.cache_dir, dtype=cfg.dtype, batch_size=cfg.batch_size
         )  # one load serves all
         texts, _ = render_prompts(rows, sampler.tokenizer, cfg.prompt_format, cfg.max_prompt_tokens)
-        kept = BaselineStore(cfg, texts, pairs) if role == "baseline" and cfg.reuse_dir else None
-        stored = kept.load() if kept else None
-        if kept is not None and stored is not None:
-            answers, acc, sampled = stored
-            log(
-                f"evaluate: the baseline's answers are reused ({kept.path}: same model, prompts and settings)"
-            )
-        else:
-            log(f"evaluate: {role} ({model}) answers {len(rows)} held-out prompts")
-            answers = _answers(sampler, texts, cfg)
-            if pairs:
-                log(f"evaluate: {role} ranks {len(pairs)} held-out preference pairs by its likelihood")
-            acc = _preference_accuracy(sampler.model, sampler.tokenizer, pairs, cfg)
-            sampled = []
-            if role == "baseline" and cfg.best_of_k:
-                log(f"evaluate: baseline best-of-{cfg.best_of_k} on {len(rows)} prompts")
-                sampled = _sample_k(sampler, texts, cfg)
-            if kept:
-                kept.save(answers, acc, sampled)
+        answers, acc, sampled = _model_side(role, model, sampler, texts, pairs, cfg, log)
         if sampled:
             best_of_k = _best_of_k(sampled, messages, judges)
         bench_runs[role] = []
@@ -437,6 +419,36 @@ def evaluate(
         )
     write_outputs(Path(cfg.output_dir), rows, sides, report)
     return report
+
+
+def _model_side(
+    role: str,
+    model: str,
+    sampler: HFSampler,
+    texts: list[str],
+    pairs: list[ListwiseExample],
+    cfg: EvalConfig,
+    log: Callable[[str], None],
+) -> tuple[Answers, tuple[float | None, CI | None], list[list[str]]]:
+    """One model's greedy answers, its preference accuracy and (the baseline, with ``best_of_k``) its k samples per
+    prompt; the baseline's are reused from ``cfg.reuse_dir`` when the same work was done before."""
+    kept = BaselineStore(cfg, texts, pairs) if role == "baseline" and cfg.reuse_dir else None
+    stored = kept.load() if kept else None
+    if kept is not None and stored is not None:
+        log(f"evaluate: the baseline's answers are reused ({kept.path}: same model, prompts and settings)")
+        return stored
+    log(f"evaluate: {role} ({model}) answers {len(texts)} held-out prompts")
+    answers = _answers(sampler, texts, cfg)
+    if pairs:
+        log(f"evaluate: {role} ranks {len(pairs)} held-out preference pairs by its likelihood")
+    acc = _preference_accuracy(sampler.model, sampler.tokenizer, pairs, cfg)
+    sampled = []
+    if role == "baseline" and cfg.best_of_k:
+        log(f"evaluate: baseline best-of-{cfg.best_of_k} on {len(texts)} prompts")
+        sampled = _sample_k(sampler, texts, cfg)
+    if kept:
+        kept.save(answers, acc, sampled)
+    return answers, acc, sampled
 
 
 def group_label(row: dict[str, Any], key: str) -> str:

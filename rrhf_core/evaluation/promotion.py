@@ -14,6 +14,11 @@ Rules (all must hold; each is configurable):
    *inconclusive* (a judge that may be a coin cannot say the candidate is better) and nothing is promoted; a model
    judge with no held-out pairs to measure it on is refused as a gate input, with that reason.
 
+7. no guarded lm-eval benchmark (``no_regression``) has regressed;
+8. with ``human`` on, the reviewer approved (and, when ``min_human_win_rate`` is set, the human win rate's CI
+   lower bound is above it); no answer within ``human_timeout_s``: ``optional`` lets the numbers decide,
+   ``required`` refuses (:mod:`rrhf_core.evaluation.review`).
+
 ``decide_on: ci_lower_lc`` decides on the length-controlled gain's CI lower bound (the judge's gain at equal answer
 length, :func:`~rrhf_core.evaluation.stats.length_controlled_gain`): a candidate that wins by being shorter or longer
 alone does not pass.
@@ -25,6 +30,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from rrhf_core.evaluation.review import Review, review_checks
 
 
 class GateConfig(BaseModel):
@@ -65,6 +72,22 @@ class GateConfig(BaseModel):
         ge=0.0,
         description="How far below zero a guarded benchmark's CI may reach before it is a regression.",
     )
+    human: Literal["off", "optional", "required"] = Field(
+        "off",
+        description="Human review before promotion: the round pauses in the Prefect UI with a side-by-side form. "
+        "optional: no answer within human_timeout_s and the numbers decide; required: no answer, no promotion.",
+    )
+    human_pairs: int = Field(8, ge=1, description="Held-out prompts the reviewer compares side by side.")
+    human_timeout_s: int = Field(
+        86400, ge=1, description="How long the round waits for the review (seconds; then gate.human decides)."
+    )
+    min_human_win_rate: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="When set, the reviewer's win rate for the challenger (ties half) must have its 95 % CI lower "
+        "bound above this, besides the approval.",
+    )
 
 
 @dataclass
@@ -99,8 +122,9 @@ class Decision:
         return f"{verdict}: " + "; ".join(self.reasons)
 
 
-def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
-    """Apply the gate to an evaluation report (``EvalReport.to_dict()``); ``None`` means the evaluation failed."""
+def decide(report: dict[str, Any] | None, gate: GateConfig, review: Review | None = None) -> Decision:
+    """Apply the gate to an evaluation report (``EvalReport.to_dict()``; ``None`` means the evaluation failed) and,
+    with ``gate.human`` on, to the human review (rule 8)."""
     if report is None:
         return Decision(False, ["the evaluation failed: nothing to compare"])
     cand, base = report["candidate"], report["baseline"]
@@ -139,6 +163,7 @@ def decide(report: dict[str, Any] | None, gate: GateConfig) -> Decision:
         ),
     ]
     checks += regression_checks(report, gate)
+    checks += review_checks(review, gate.human, gate.min_human_win_rate)
     judged = judge_checks(report, gate)
     reasons = [text for _, text in checks] + [text for _, text in judged]
     if not all(ok for ok, _ in judged):
