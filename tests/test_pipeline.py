@@ -514,32 +514,36 @@ def _paused_run(timeout: float = 600.0):
     raise AssertionError("no flow run paused for review")
 
 
-def test_a_round_pauses_for_human_review_and_a_submitted_form_decides(
-    prefect_harness, tmp_path, tiny_model_dir
-):
-    """gate.human: required. The round pauses after its evaluation; the form is answered through Prefect's API
-    (resume_flow_run with a run input); the answer is in the decision, the preference pairs are kept for reward-model
-    training, and a second submission is refused."""
+def _round_paused_for_review(tmp_path: Path, prompts: Path, model: Path, timeout_s: int):
+    """A tiny round with gate.human: required (and a gate the tiny model passes) started in a thread; returns the
+    thread, the dict its summary lands in, and the paused flow run."""
     import threading
 
-    from prefect.exceptions import NotPausedError
-    from prefect.flow_runs import resume_flow_run
-
     from flows.pipeline import pipeline_flow
-    from rrhf_core.reward_model.pairs import load_pairs
 
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        "".join(json.dumps({"prompt": f"write some letters, case {i}"}) + "\n" for i in range(12))
-    )
-    cfg = tiny_config(tmp_path / "w", prompts, tiny_model_dir)
-    gate = {"human": "required", "human_pairs": 2, "human_timeout_s": 900, "min_reward_gain": -1.0,
+    cfg = tiny_config(tmp_path / "w", prompts, model)
+    gate = {"human": "required", "human_pairs": 2, "human_timeout_s": timeout_s, "min_reward_gain": -1.0,
             "min_win_rate": 0.0, "max_length_ratio": 100.0, "max_empty_increase": 1.0}  # fmt: skip
     cfg = type(cfg).model_validate({**cfg.model_dump(), "gate": gate})
     out: dict = {}
     worker = threading.Thread(target=lambda: out.update(summary=pipeline_flow(cfg)))
     worker.start()
-    run = _paused_run()
+    return worker, out, _paused_run()
+
+
+def test_a_round_pauses_for_human_review_and_a_submitted_form_decides(
+    prefect_harness, tmp_path, prompts_file, tiny_model_dir
+):
+    """gate.human: required. The round pauses after its evaluation; the form is answered through Prefect's API
+    (resume_flow_run with a run input); the answer is in the decision, the preference pairs are kept for reward-model
+    training, and a second submission is refused."""
+
+    from prefect.exceptions import NotPausedError
+    from prefect.flow_runs import resume_flow_run
+
+    from rrhf_core.reward_model.pairs import load_pairs
+
+    worker, out, run = _round_paused_for_review(tmp_path, prompts_file, tiny_model_dir, 900)
     sheet = json.loads(next((tmp_path / "w" / "reviews").glob("*.sheet.json")).read_text())
     assert len(sheet) == 2
     # the reviewer prefers the challenger on pair 1 and the champion on pair 2, and approves
@@ -566,28 +570,16 @@ def test_a_round_pauses_for_human_review_and_a_submitted_form_decides(
         assert len(pairs.train) == differ
 
 
-def test_nobody_reviews_in_time_the_configured_default_applies(prefect_harness, tmp_path, tiny_model_dir):
+def test_nobody_reviews_in_time_the_configured_default_applies(
+    prefect_harness, tmp_path, prompts_file, tiny_model_dir
+):
     """gate.human: required with a short timeout: the round records the timeout and does not promote; a form sent
     afterwards is refused."""
-    import threading
 
     from prefect.exceptions import NotPausedError
     from prefect.flow_runs import resume_flow_run
 
-    from flows.pipeline import pipeline_flow
-
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text(
-        "".join(json.dumps({"prompt": f"write some letters, case {i}"}) + "\n" for i in range(12))
-    )
-    cfg = tiny_config(tmp_path / "w", prompts, tiny_model_dir)
-    gate = {"human": "required", "human_pairs": 2, "human_timeout_s": 5, "min_reward_gain": -1.0,
-            "min_win_rate": 0.0, "max_length_ratio": 100.0, "max_empty_increase": 1.0}  # fmt: skip
-    cfg = type(cfg).model_validate({**cfg.model_dump(), "gate": gate})
-    out: dict = {}
-    worker = threading.Thread(target=lambda: out.update(summary=pipeline_flow(cfg)))
-    worker.start()
-    run = _paused_run()
+    worker, out, run = _round_paused_for_review(tmp_path, prompts_file, tiny_model_dir, 5)
     worker.join(timeout=600)
     summary = out["summary"]
     assert summary["promotion"]["review"]["status"] == "timeout" and not summary["promotion"]["promoted"]
