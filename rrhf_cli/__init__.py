@@ -492,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rest", nargs=argparse.REMAINDER, help="up | down | status | env, then options")
     s.set_defaults(func=cmd_stack)
 
+    from rrhf_cli.serve import add_parsers as add_serving_parsers
+
+    add_serving_parsers(sub)
+
     r = sub.add_parser("report", help="render the result table (markdown) from runs' last_summary.json files")
     r.add_argument("summaries", nargs="+", help="last_summary.json files or run workdirs")
     r.add_argument(

@@ -35,14 +35,15 @@ def chat_signature() -> ModelSignature:
     )
 
 
-def _log_chat_model(model_dir: str | Path, name: str, prompt_format: str) -> Any:
-    """The policy as a pyfunc chat model (``tasks/chat_model.py`` as code, the HF folder as its artifact)."""
+def _log_chat_model(model_dir: str | Path, name: str, prompt_format: str, digest: str) -> Any:
+    """The policy as a pyfunc chat model (``tasks/chat_model.py`` as code, the HF folder as its artifact); the
+    weights' digest goes in its config, so each traced answer names the weights that gave it."""
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(CHAT_MODEL_CODE),
         artifacts={ARTIFACT: str(model_dir)},
         code_paths=[str(Path(rrhf_core.__file__).parent)],
-        model_config={"prompt_format": prompt_format},
+        model_config={"prompt_format": prompt_format, "registered_model": name, "model_sha256": digest},
         signature=chat_signature(),
         input_example=(
             {"messages": [{"role": "user", "content": "Say hello."}]},
@@ -141,7 +142,7 @@ def register(
     try:
         with mlflow.start_run(run_id=source, nested=True) if source else contextlib.nullcontext():
             if task == "text-generation":
-                info = _log_chat_model(model_dir, name, prompt_format)
+                info = _log_chat_model(model_dir, name, prompt_format, digest)
             else:
                 info = mlflow.transformers.log_model(
                     transformers_model=str(model_dir),

@@ -21,7 +21,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from pydantic import BaseModel
 
-from rrhf_core.data.arrivals import ArrivalsSettings, RoundTake, prepare_round
+from rrhf_core.data.arrivals import WATERMARK, ArrivalsSettings, RoundTake, Watermark, prepare_round
 from rrhf_core.data.build import build
 from rrhf_core.data.config import BuildConfig, IngestConfig
 from rrhf_core.data.contracts import read_samples, read_scores
@@ -45,6 +45,7 @@ from rrhf_core.scoring.stage import score
 from rrhf_core.training.config import TrainConfig
 from rrhf_core.training.launch import train
 from tasks import registry
+from tasks.traces import read_served
 from tasks.tracking import MlflowLogger, log_parquet_input, numeric, stage_run
 
 C = TypeVar("C", bound=BaseModel)
@@ -321,9 +322,16 @@ def train_rm_task(cfg: RMTrainConfig, stages: str | None, parent: str | None) ->
 def arrivals_task(
     settings: ArrivalsSettings, workdir: Path, round_id: str, seed: int, parent: str
 ) -> RoundTake:
-    """The drop folder's new prompts for this round (nothing is marked consumed until the round commits)."""
+    """The drop folder's and the served traces' new prompts for this round (nothing is marked consumed until the
+    round commits)."""
     with stage_run("arrivals", parent, settings.model_dump()):
-        take = prepare_round(settings, workdir, round_id, seed)
+        served = None
+        if settings.traces:
+            since = Watermark.load(workdir / WATERMARK).traces.get("until_ms", 0)
+            served = read_served(
+                settings.traces, settings.traces_tracking_uri or mlflow.get_tracking_uri(), since
+            )
+        take = prepare_round(settings, workdir, round_id, seed, served)
         a = take.arrivals
         mlflow.log_metrics(
             {
@@ -333,6 +341,15 @@ def arrivals_task(
                 "arrivals.replayed": len(a.replay),
                 "arrivals.invalid_files": len(a.invalid),
                 "arrivals.held_out_dropped": a.held_out_dropped,
+                **(
+                    {
+                        "arrivals.traces_read": len(a.traffic.trace_ids),
+                        "arrivals.traces_with_feedback": a.traffic.with_feedback,
+                        "arrivals.traces_left_out": sum(a.traffic.left_out.values()),
+                    }
+                    if a.traffic is not None
+                    else {}
+                ),
             }
         )
         mlflow.log_dict(

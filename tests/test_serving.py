@@ -138,3 +138,98 @@ def test_mlflow_models_serve_answers_a_chat_over_http(registered, tmp_path: Path
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _post(port: int, chats: list[list[dict]], max_new_tokens: int = 12) -> list[str]:
+    body = {
+        "dataframe_records": [{"messages": c} for c in chats],
+        "params": {"max_new_tokens": max_new_tokens},
+    }
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=300) as r:
+        return json.load(r)["predictions"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_served_chats_and_their_feedback_become_the_next_rounds_prompts(
+    registered, prefect_harness, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """`rrhf serve` traces every chat into the store; `rrhf feedback` marks two answers; a round with
+    `arrivals.traces` trains on those chats (the rejected and the preferred answers among its candidates, ranked
+    by the person's verdict), and the next round, with nothing new served, trains nothing."""
+    import time
+
+    import pyarrow.parquet as pq
+    from test_pipeline import tiny_config
+
+    from flows.pipeline import pipeline_flow
+    from rrhf_core.data.arrivals import Watermark
+    from tasks.traces import read_served
+
+    uri, name, _ = registered
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    rrhf = [sys.executable, "-m", "rrhf_cli"]
+    server = subprocess.Popen(
+        [*rrhf, "serve", "--tracking-uri", uri, "--model", name, "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    asks = ["Name a fruit.", "Name a colour.", "Name a city."]
+    try:
+        wait_until_answers(f"http://127.0.0.1:{port}/ping", server, 600, tmp_path / "serve.log")
+        answers = _post(port, [[{"role": "user", "content": a}] for a in asks])
+        deadline = time.monotonic() + 120  # the server exports its traces in the background
+        while len(served := read_served("rrhf-served", uri, 0)) < 3 and time.monotonic() < deadline:
+            time.sleep(1.0)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert sorted(s.messages[0]["content"] for s in served) == sorted(asks)
+    assert sorted(s.answer for s in served) == sorted(answers) and all(
+        len(s.model_sha256) == 64 for s in served
+    )
+    by_ask = {s.messages[0]["content"]: s for s in served}
+    for trace, verdict in (
+        (by_ask["Name a fruit."], ["--down"]),
+        (by_ask["Name a city."], ["--preferred", "Paris."]),
+    ):
+        done = subprocess.run([*rrhf, "feedback", trace.trace_id, *verdict, "--tracking-uri", uri, "--user", "ana"],
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    bad = subprocess.run(
+        [*rrhf, "feedback", "tr-nope", "--up", "--tracking-uri", uri], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "no trace tr-nope" in bad.stderr
+
+    held = tmp_path / "held.jsonl"
+    held.write_text("".join(json.dumps({"prompt": f"held-out question {i}"}) + "\n" for i in range(2)))
+    cfg = tiny_config(tmp_path / "w", held, tiny_model_dir)
+    arrivals = {
+        "traces": "rrhf-served",
+        "traces_tracking_uri": uri,
+        "held_out": [str(held)],
+        "min_new_prompts": 2,
+    }
+    cfg = type(cfg).model_validate({**cfg.model_dump(), "arrivals": arrivals})
+    first = pipeline_flow(cfg)
+    assert "3 new trace(s): 3 prompt(s), 2 with feedback" in first["arrivals"], first["arrivals"]
+    rows = pq.read_table(tmp_path / "w" / "train.parquet").to_pylist()
+    sources = {
+        r["messages"][-1]["content"]: dict(zip(r["responses"], r["sources"], strict=True)) for r in rows
+    }
+    assert sources["Name a fruit."][by_ask["Name a fruit."].answer] == "human:rejected"
+    assert sources["Name a city."]["Paris."] == "human:chosen"
+    city = next(r for r in rows if r["messages"][-1]["content"] == "Name a city.")
+    assert (
+        max(zip(city["rewards"], city["responses"], strict=True))[1] == "Paris."
+    )  # the person's choice ranks first
+    assert Watermark.load(tmp_path / "w" / "arrivals.json").traces["until_ms"] == max(
+        s.time_ms for s in served
+    )
+    second = pipeline_flow(cfg)
+    assert second["skipped"].startswith("0 new prompt(s) arrived in the traces of rrhf-served")

@@ -1,7 +1,9 @@
 """Prompts that arrived since the last round: a drop folder read against a watermark kept in the workdir.
 
 A scheduled round should learn from what is new, not re-read the same prompts. Users (or a collector) drop JSONL or
-Parquet files of prompt records (any ingest format) into a folder; each round takes only:
+Parquet files of prompt records (any ingest format) into a folder, and the served champion's traced chats arrive in
+an MLflow experiment (:mod:`rrhf_core.data.traffic`: each a prompt, feedback on it a human preference); each round
+takes only:
 
 - files it has not consumed before (a file is consumed once; a consumed file whose bytes changed is refused, named,
   since its records were already trained on and silently re-reading it would mix old and new);
@@ -26,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rrhf_core.data.contracts import atomic_write_text
+from rrhf_core.data.traffic import ServedChat, Traffic, from_traces
 from rrhf_core.digest import file_digest
 from rrhf_core.errors import DataError
 
@@ -47,9 +50,15 @@ class Watermark:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompt_ids: list[str] = field(default_factory=list)
     rounds: list[str] = field(default_factory=list)
+    traces: dict[str, Any] = field(
+        default_factory=dict
+    )  # {"until_ms", "ids": the trace ids read at until_ms}
 
     def body(self) -> dict[str, Any]:
-        return {"files": self.files, "prompt_ids": self.prompt_ids, "rounds": self.rounds}
+        body = {"files": self.files, "prompt_ids": self.prompt_ids, "rounds": self.rounds}
+        if self.traces:  # a watermark of a loop without traces reads (and checks) as it was written
+            body["traces"] = self.traces
+        return body
 
     @classmethod
     def load(cls, path: str | Path) -> Watermark:
@@ -63,6 +72,8 @@ class Watermark:
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
             body = {k: d[k] for k in ("files", "prompt_ids", "rounds")}
+            if "traces" in d:
+                body["traces"] = dict(d["traces"])
             stored = d["checksum"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"the watermark {p} cannot be read ({e}); {reset}") from None
@@ -71,7 +82,9 @@ class Watermark:
                 f"the watermark {p} was changed by hand (its checksum does not match its content): which prompts "
                 f"were trained on is no longer known; {reset}"
             )
-        return cls(dict(body["files"]), list(body["prompt_ids"]), list(body["rounds"]))
+        return cls(
+            dict(body["files"]), list(body["prompt_ids"]), list(body["rounds"]), body.get("traces", {})
+        )
 
     def save(self, path: str | Path) -> None:
         body = self.body()
@@ -91,14 +104,18 @@ class Arrivals:
     rejected: Counter = field(default_factory=Counter)  # reason -> records
     already_seen: int = 0  # records whose prompt an earlier round took
     held_out_dropped: int = 0  # new records whose prompt is a held-out prompt (never trained on)
+    traffic: Traffic | None = None  # the served champion's traces read this round
 
     @property
     def new_prompts(self) -> int:
         return len(self.new_ids)
 
     def summary(self) -> str:
+        where = [f"{len(self.new_files)} new file(s) in {self.folder}"] if self.folder else []
+        if self.traffic is not None:
+            where.append(self.traffic.summary())
         text = (
-            f"{len(self.new_files)} new file(s) in {self.folder}: {self.new_prompts} new prompt(s), "
+            f"{'; '.join(where)}: {self.new_prompts} new prompt(s), "
             f"{self.already_seen} already trained on, {len(self.replay)} replayed"
         )
         if self.held_out_dropped:
@@ -183,6 +200,37 @@ def collect(
     return out
 
 
+def add_traffic(
+    got: Arrivals,
+    traffic: Traffic,
+    watermark: Watermark,
+    replay_from: list[dict[str, Any]],
+    replay_share: float,
+    seed: int,
+) -> None:
+    """The traces' records join ``got`` like a dropped file's (deduped against every prompt taken so far); the
+    replay is drawn again over all the new prompts."""
+    from rrhf_core.data.ingest import Reject, parse_record
+
+    got.traffic = traffic
+    seen = {*watermark.prompt_ids, *got.new_ids}
+    for rec in traffic.records:
+        try:
+            pid = parse_record(rec, "messages", "prompt", Counter()).prompt_id
+        except Reject as r:
+            got.rejected[str(r).split(":")[0][:60]] += 1
+            continue
+        if pid in seen:
+            got.already_seen += 1
+            continue
+        seen.add(pid)
+        got.new_ids.append(pid)
+        got.records.append(rec)
+    if replay_share > 0 and replay_from and got.records:
+        n = min(len(replay_from), round(replay_share * len(got.records)))
+        got.replay = random.Random(seed).sample(replay_from, n)
+
+
 def write_round_input(arrivals: Arrivals, path: str | Path) -> Path:
     """The round's new and replayed records as one JSONL file, the round's ingest input."""
     p = Path(path)
@@ -195,9 +243,15 @@ def write_round_input(arrivals: Arrivals, path: str | Path) -> Path:
 
 
 def commit(path: str | Path, watermark: Watermark, arrivals: Arrivals, round_id: str) -> Watermark:
-    """Mark ``arrivals``' files consumed and their prompts taken by ``round_id``; write the watermark."""
+    """Mark ``arrivals``' files consumed, its traces read and their prompts taken by ``round_id``; write the
+    watermark."""
     files = {**watermark.files, **{n: {**m, "round": round_id} for n, m in arrivals.new_files.items()}}
-    done = Watermark(files, [*watermark.prompt_ids, *arrivals.new_ids], [*watermark.rounds, round_id])
+    traces = watermark.traces
+    t = arrivals.traffic
+    if t is not None and t.trace_ids:
+        same = watermark.traces.get("ids", []) if t.until_ms == watermark.traces.get("until_ms") else []
+        traces = {"until_ms": t.until_ms, "ids": sorted({*same, *t.ids_at_until})}
+    done = Watermark(files, [*watermark.prompt_ids, *arrivals.new_ids], [*watermark.rounds, round_id], traces)
     done.save(path)
     return done
 
@@ -207,8 +261,16 @@ class ArrivalsSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    folder: str = Field(
-        ..., description="The drop folder: JSONL/Parquet files of prompt records, each consumed once."
+    folder: str | None = Field(
+        None, description="The drop folder: JSONL/Parquet files of prompt records, each consumed once."
+    )
+    traces: str | None = Field(
+        None,
+        description="The MLflow experiment the served champion traces its chats into (`rrhf serve`'s "
+        "rrhf-served): each new trace a prompt, feedback on it a human preference.",
+    )
+    traces_tracking_uri: str | None = Field(
+        None, description="Where those traces are (default: the round's own tracking URI)."
     )
     held_out: list[str] = Field(
         ["embedded:instructions"],
@@ -221,6 +283,15 @@ class ArrivalsSettings(BaseModel):
         0.0, ge=0.0, le=10.0, description="Earlier rounds' prompts replayed, as a share of the new ones."
     )
 
+    @model_validator(mode="after")
+    def _a_source(self) -> ArrivalsSettings:
+        if not self.folder and not self.traces:
+            raise ValueError(
+                "arrivals needs a source: folder (a drop folder of prompt files) and/or traces (the MLflow "
+                "experiment of the served champion's chats, e.g. rrhf-served)"
+            )
+        return self
+
 
 @dataclass
 class RoundTake:
@@ -231,10 +302,16 @@ class RoundTake:
     skip_reason: str | None = None
 
 
-def prepare_round(settings: ArrivalsSettings, workdir: str | Path, round_id: str, seed: int = 0) -> RoundTake:
-    """Collect the drop folder against ``<workdir>/arrivals.json``; write ``<workdir>/arrivals/<round_id>.jsonl``:
-    the new records (split train), the replayed ones (from earlier rounds' files) and the held-out prompts (split
-    eval)."""
+def prepare_round(
+    settings: ArrivalsSettings,
+    workdir: str | Path,
+    round_id: str,
+    seed: int = 0,
+    served: list[ServedChat] | None = None,
+) -> RoundTake:
+    """Collect the drop folder and the ``served`` chats (the traces the caller read) against
+    ``<workdir>/arrivals.json``; write ``<workdir>/arrivals/<round_id>.jsonl``: the new records (split train), the
+    replayed ones (from earlier rounds' files) and the held-out prompts (split eval)."""
     from rrhf_core.data.ingest import iter_records, resolve_input
 
     work = Path(workdir)
@@ -246,7 +323,14 @@ def prepare_round(settings: ArrivalsSettings, workdir: str | Path, round_id: str
             earlier += [
                 r for _, r in iter_records(str(f)) if isinstance(r, dict) and r.get("split") == "train"
             ]
-    got = collect(settings.folder, mark, settings.replay_share, earlier, seed)
+    got = (
+        collect(settings.folder, mark, settings.replay_share, earlier, seed)
+        if settings.folder
+        else Arrivals("")
+    )
+    if settings.traces:
+        add_traffic(got, from_traces(served or [], set(mark.traces.get("ids", [])), mark.traces.get("until_ms", 0)),
+                    mark, earlier, settings.replay_share, seed)  # fmt: skip
     held: list[dict[str, Any]] = []
     for source in settings.held_out:
         for _, rec in iter_records(resolve_input(source)):
@@ -271,8 +355,12 @@ def prepare_round(settings: ArrivalsSettings, workdir: str | Path, round_id: str
     got.records = [{**got.records[i], "split": "train"} for i in keep]
     got.new_ids = [got.new_ids[i] for i in keep]
     if got.new_prompts < settings.min_new_prompts:
+        where = " and ".join(
+            ([f"in {settings.folder}"] if settings.folder else [])
+            + ([f"in the traces of {settings.traces}"] if settings.traces else [])
+        )
         reason = (
-            f"{got.new_prompts} new prompt(s) arrived in {settings.folder} since the last round, fewer than "
+            f"{got.new_prompts} new prompt(s) arrived {where} since the last round, fewer than "
             f"min_new_prompts {settings.min_new_prompts}: nothing sampled or trained"
         )
         return RoundTake(got, None, reason)

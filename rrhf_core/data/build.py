@@ -99,8 +99,31 @@ def candidates_by_prompt(
             raise DataError(
                 f"response {s['response_id']} of prompt {s['prompt_id']} has no score; score every samples file"
             )
-        by_prompt[s["prompt_id"]].setdefault(s["text"], {**s, "reward": rewards[s["response_id"]]})
+        kept = by_prompt[s["prompt_id"]].setdefault(s["text"], {**s, "reward": rewards[s["response_id"]]})
+        if s["source"].startswith(HUMAN):  # a person judged this text: that label wins over the other source
+            kept["source"] = s["source"]
     return {pid: list(c.values()) for pid, c in by_prompt.items()}
+
+
+HUMAN = "human:"
+
+
+def human_ranked(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A person's judgement outranks the reward model: every ``human:chosen`` candidate gets a reward above, every
+    ``human:rejected`` one below, all the others' (their order among themselves, and the others' rewards, are kept).
+
+    With ``lo``/``hi`` the lowest and highest reward of the prompt's candidates and ``gap = hi - lo + 1``: chosen
+    ``r + gap`` (> ``hi``), rejected ``r - gap`` (< ``lo``). RRHF's ranking term (Eq. 2) uses only the order of the
+    rewards and its SFT term (Eq. 3) the best response, so a chosen answer becomes the SFT target and a rejected one
+    the response every other must beat. Returns new dicts; a prompt without human labels comes back unchanged.
+    """
+    labels = {c["source"] for c in cands}
+    if not any(lab.startswith(HUMAN) for lab in labels):
+        return cands
+    rs = [c["reward"] for c in cands]
+    gap = max(rs) - min(rs) + 1.0
+    shift = {f"{HUMAN}chosen": gap, f"{HUMAN}rejected": -gap}
+    return [{**c, "reward": c["reward"] + shift.get(c["source"], 0.0)} for c in cands]
 
 
 def prompt_stat(pid: str, cands: list[dict[str, Any]]) -> dict[str, Any]:
@@ -183,11 +206,12 @@ def build(cfg: BuildConfig) -> BuildResult:
         if pid not in prompts:
             raise DataError(f"sampled prompt {pid} is not in {cfg.prompts}")
         prompt_stats.append(prompt_stat(pid, cands))
-        reason = drop_reason(cands, cfg.min_reward_gap)
+        ranked = human_ranked(cands)  # a person's label gives a ranking signal where the rewards tie
+        reason = drop_reason(ranked, cfg.min_reward_gap)
         if reason:
             dropped[reason] += 1
             continue
-        kept = cap_k(cands, cfg.max_k)
+        kept = cap_k(ranked, cfg.max_k)
         examples.append(
             ListwiseExample(
                 pid,

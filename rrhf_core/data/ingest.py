@@ -320,12 +320,12 @@ def input_fingerprint(source: str) -> str:
 
 
 def detect_format(rec: dict[str, Any], prompt_field: str) -> str:
+    if "messages" in rec:  # a chat, optionally with the answers a person chose and rejected
+        return "messages"
     if "chosen" in rec and "rejected" in rec:
         return "hh"
     if "query" in rec and "responses" in rec:
         return "rrhf"
-    if "messages" in rec:
-        return "messages"
     if prompt_field in rec:
         return "prompt"
     raise Reject(
@@ -408,7 +408,24 @@ def _parse_messages(rec: dict[str, Any], prompt_field: str, stats: Counter) -> _
         messages = messages[:-1]
     if not messages or messages[-1]["role"] != "user":
         raise Reject("messages must end with a user turn (optionally followed by one assistant reference)")
-    return messages, references, {}
+    human = _human_answers(rec)
+    meta = {"preference": ["human:chosen", "human:rejected"]} if len(human) == 2 else {}
+    return messages, references + human, meta
+
+
+def _human_answers(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A chat's ``chosen`` and/or ``rejected`` answers (a person's judgement, e.g. feedback on a served answer) as
+    answers with sources ``human:chosen`` / ``human:rejected``."""
+    out = []
+    for key in ("chosen", "rejected"):
+        value = rec.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise Reject(f"field {key!r} of a messages record is {type(value).__name__}, not a string")
+        if value.strip():
+            out.append({"text": value.strip(), "source": f"human:{key}", "reward": None})
+    return out
 
 
 def _parse_hh(rec: dict[str, Any], prompt_field: str, stats: Counter) -> _Parsed:

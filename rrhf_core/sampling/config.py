@@ -54,6 +54,11 @@ class SampleSettings(BaseModel):
     )
     seed: int = Field(0)
     include_references: bool = Field(True, description="Add the data's reference responses as candidates.")
+    include_human: bool = Field(
+        True,
+        description="Add the answers people judged (sources human:chosen / human:rejected: feedback on served "
+        "answers, preference chats) as candidates, even when include_references is off.",
+    )
     shard_size: int = Field(32, ge=1, description="Prompts per shard (the unit of resume).")
     batch_size: int = Field(
         8,
@@ -158,4 +163,6 @@ class SampleConfig(SampleSettings):
             "generation": asdict(self.generation_params()),
             "model_fingerprint": model_fingerprint(self.model),
         }
+        if not self.include_human:  # only when off: earlier rounds' shards (always with them) keep their ids
+            payload["include_human"] = False
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:12]

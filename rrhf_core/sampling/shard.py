@@ -103,10 +103,13 @@ def sample_shard(
                 records.append(
                     _record(shard[j]["prompt_id"], c.text, source, c.num_tokens, c.finish_reason, sid)
                 )
-    if cfg.include_references:
+    if cfg.include_references or cfg.include_human:
         for r in shard:
             for ref in r.get("references") or []:
                 if not ref["text"].strip():  # a blank answer (prompts ingested before blanks were dropped)
+                    continue
+                human = ref["source"].startswith("human:")
+                if not (cfg.include_human if human else cfg.include_references):
                     continue
                 n = sampler.count_tokens(ref["text"]) + 1
                 records.append(_record(r["prompt_id"], ref["text"], ref["source"], n, "reference", sid))
