@@ -5,10 +5,11 @@
 The suite's 160 training prompts (``embedded:instructions``, records marked ``train``; its held-out prompts are never
 dropped) are shuffled once (``--seed``) and cut into ``--weeks`` drops of ``--per-week``. Week n writes its drop into
 ``<workdir>/drop`` and runs the round exactly as the ``retrain-weekly`` deployment does (``rrhf retrain`` with the
-main job's preset and ``arrivals.folder`` set: only new prompts, a replay share of earlier ones, sampled from and
-training the current champion); one more week follows with no drop, which must train nothing. Review is
-``gate.human: optional`` with a short timeout: nobody answers in a simulation, so every round records the timeout and
-the numbers decide (the review form answered through the API is tested in ``tests/test_pipeline.py``).
+main job's preset and ``arrivals.folder`` set: only new prompts, a replay share of earlier ones and the prompts of
+earlier weeks whose model was not promoted, sampled from and training the current champion, two epochs); one more
+week follows with no drop, which must train nothing. Review is ``gate.human: optional`` with a short timeout: nobody
+answers in a simulation, so every round records the timeout and the numbers decide (the review form answered through
+the API and in the Prefect UI is tested in ``tests/test_pipeline.py`` and ``tests/test_review_ui.py``).
 
 Prints, per week: new prompts taken, the held-out pass rate (the round's judge, ``lm-eval:ifeval``) of the champion
 before and of the challenger with 95 % CIs, the gain with its paired CI, the gate's decision and the review path;
@@ -91,7 +92,8 @@ def main() -> None:
         "arrivals.held_out=[embedded:instructions]",
         "gate.human=optional",
         f"gate.human_timeout_s={args.review_timeout}",
-        "train.max_steps=30",  # 40 new prompts + a replay quarter: 2.4 epochs at 4 per step
+        "train.max_steps=null",  # two passes over what the round trains on (new, replayed, carried over)
+        "train.epochs=2",
         "evaluate.best_of_k=0",
         *args.set,
     ]
@@ -118,7 +120,8 @@ def _taken(arrivals: str) -> str:
     import re
 
     m = re.search(r"(\d+) new prompt\(s\).*?(\d+) replayed", arrivals)
-    return f"{m[1]} + {m[2]} replayed" if m else "-"
+    carried = re.search(r"(\d+) carried over", arrivals)
+    return (f"{m[1]} + {m[2]} replayed" + (f" + {carried[1]} carried over" if carried else "")) if m else "-"
 
 
 def table(done: list[dict], round_dir: Path) -> str:

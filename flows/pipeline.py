@@ -150,7 +150,7 @@ def _round(
         if take is not None:
             summary["arrivals"] = take.arrivals.summary()
             mark = arrivals.commit(work / arrivals.WATERMARK, arrivals.Watermark.load(work / arrivals.WATERMARK),
-                                   take.arrivals, pid)  # fmt: skip
+                                   take.arrivals, pid, bool(promotion["promoted"]))  # fmt: skip
             mlflow.log_artifact(str(work / arrivals.WATERMARK))
             log.info(
                 f"arrivals: watermark committed ({len(mark.files)} files consumed over {len(mark.rounds)} rounds)"

@@ -95,3 +95,30 @@ def test_a_hand_edited_watermark_is_refused_with_how_to_reset_it(tmp_path):
 def test_a_missing_drop_folder_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match="does not exist or is not a folder; create it"):
         collect(tmp_path / "nowhere", Watermark())
+
+
+def test_prompts_of_a_round_whose_model_was_not_promoted_are_carried_to_the_next(tmp_path):
+    """The champion never learned a rejected round's prompts: the next round trains on them again (once each),
+    until a round is promoted; with carry_unpromoted off they are only replay candidates."""
+    from rrhf_core.data.arrivals import ArrivalsSettings, prepare_round
+
+    box, work, held = tmp_path / "drop", tmp_path / "w", tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"prompt": "held out"}) + "\n")
+    settings = ArrivalsSettings(folder=str(box), held_out=[str(held)], min_new_prompts=1)
+    mark = work / "arrivals.json"
+
+    def round_(name, prompts, promoted, s=settings):
+        drop(box, f"{name}.jsonl", prompts)
+        take = prepare_round(s, work, name)
+        commit(mark, Watermark.load(mark), take.arrivals, name, promoted)
+        return take.arrivals
+
+    round_("r1", ["a?", "b?"], promoted=False)
+    second = round_("r2", ["c?"], promoted=False)
+    assert [r["prompt"] for r in second.carried] == ["a?", "b?"] and "2 carried over" in second.summary()
+    third = round_("r3", ["d?"], promoted=True)
+    assert sorted(r["prompt"] for r in third.carried) == ["a?", "b?", "c?"]  # r2's file also held r1's: once each
+    assert Watermark.load(mark).unlearned == []
+    assert round_("r4", ["e?"], promoted=False).carried == []  # r3 was promoted: its champion learned them all
+    off = settings.model_copy(update={"carry_unpromoted": False})
+    assert round_("r5", ["f?"], promoted=False, s=off).carried == []

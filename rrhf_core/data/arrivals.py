@@ -50,14 +50,16 @@ class Watermark:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     prompt_ids: list[str] = field(default_factory=list)
     rounds: list[str] = field(default_factory=list)
-    traces: dict[str, Any] = field(
-        default_factory=dict
-    )  # {"until_ms", "ids": the trace ids read at until_ms}
+    traces: dict[str, Any] = field(default_factory=dict)  # {"until_ms", "ids" read at until_ms}
+    unlearned: list[str] = field(default_factory=list)  # rounds since the last promotion, not promoted
 
     def body(self) -> dict[str, Any]:
-        body = {"files": self.files, "prompt_ids": self.prompt_ids, "rounds": self.rounds}
-        if self.traces:  # a watermark of a loop without traces reads (and checks) as it was written
+        body: dict[str, Any] = {"files": self.files, "prompt_ids": self.prompt_ids, "rounds": self.rounds}
+        # keys written only when set: a watermark written before they existed reads (and checks) as it was written
+        if self.traces:
             body["traces"] = self.traces
+        if self.unlearned:
+            body["unlearned"] = self.unlearned
         return body
 
     @classmethod
@@ -72,8 +74,7 @@ class Watermark:
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
             body = {k: d[k] for k in ("files", "prompt_ids", "rounds")}
-            if "traces" in d:
-                body["traces"] = dict(d["traces"])
+            body.update({k: d[k] for k in ("traces", "unlearned") if k in d})
             stored = d["checksum"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"the watermark {p} cannot be read ({e}); {reset}") from None
@@ -83,7 +84,11 @@ class Watermark:
                 f"were trained on is no longer known; {reset}"
             )
         return cls(
-            dict(body["files"]), list(body["prompt_ids"]), list(body["rounds"]), body.get("traces", {})
+            dict(body["files"]),
+            list(body["prompt_ids"]),
+            list(body["rounds"]),
+            dict(body.get("traces", {})),
+            list(body.get("unlearned", [])),
         )
 
     def save(self, path: str | Path) -> None:
@@ -99,6 +104,7 @@ class Arrivals:
     new_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {sha256, size}
     records: list[dict[str, Any]] = field(default_factory=list)  # new prompts' records, in file order
     replay: list[dict[str, Any]] = field(default_factory=list)  # earlier prompts replayed
+    carried: list[dict[str, Any]] = field(default_factory=list)  # unpromoted rounds' prompts, taken again
     new_ids: list[str] = field(default_factory=list)
     invalid: dict[str, str] = field(default_factory=dict)  # file name -> why it was not read
     rejected: Counter = field(default_factory=Counter)  # reason -> records
@@ -118,6 +124,8 @@ class Arrivals:
             f"{'; '.join(where)}: {self.new_prompts} new prompt(s), "
             f"{self.already_seen} already trained on, {len(self.replay)} replayed"
         )
+        if self.carried:
+            text += f", {len(self.carried)} carried over from rounds whose model was not promoted"
         if self.held_out_dropped:
             text += f"; {self.held_out_dropped} left out (they are held-out prompts)"
         if self.invalid:
@@ -231,27 +239,50 @@ def add_traffic(
         got.replay = random.Random(seed).sample(replay_from, n)
 
 
+def carried_over(records: list[dict[str, Any]], taken: set[str | None]) -> list[dict[str, Any]]:
+    """The unpromoted rounds' records, each prompt once, less those this round takes anyway."""
+    from rrhf_core.data.ingest import Reject, parse_record
+
+    out, seen = [], set(taken)
+    for rec in records:
+        try:
+            pid = parse_record(rec, "auto", "prompt", Counter()).prompt_id
+        except Reject:
+            continue
+        if pid not in seen:
+            seen.add(pid)
+            out.append({**rec, "split": "train"})
+    return out
+
+
 def write_round_input(arrivals: Arrivals, path: str | Path) -> Path:
     """The round's new and replayed records as one JSONL file, the round's ingest input."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(
-        json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in [*arrivals.records, *arrivals.replay]
+        json.dumps(r, ensure_ascii=False, default=str) + "\n"
+        for r in [*arrivals.records, *arrivals.replay, *arrivals.carried]
     )
     atomic_write_text(p, text)
     return p
 
 
-def commit(path: str | Path, watermark: Watermark, arrivals: Arrivals, round_id: str) -> Watermark:
+def commit(
+    path: str | Path, watermark: Watermark, arrivals: Arrivals, round_id: str, promoted: bool | None = None
+) -> Watermark:
     """Mark ``arrivals``' files consumed, its traces read and their prompts taken by ``round_id``; write the
-    watermark."""
+    watermark. ``promoted``: whether the round's model became champion (False: its prompts are carried over to the
+    next round, which trains the unchanged champion; None: not known, nothing changes)."""
     files = {**watermark.files, **{n: {**m, "round": round_id} for n, m in arrivals.new_files.items()}}
     traces = watermark.traces
     t = arrivals.traffic
     if t is not None and t.trace_ids:
         same = watermark.traces.get("ids", []) if t.until_ms == watermark.traces.get("until_ms") else []
         traces = {"until_ms": t.until_ms, "ids": sorted({*same, *t.ids_at_until})}
-    done = Watermark(files, [*watermark.prompt_ids, *arrivals.new_ids], [*watermark.rounds, round_id], traces)
+    unlearned = {True: [], False: [*watermark.unlearned, round_id], None: watermark.unlearned}[promoted]
+    done = Watermark(
+        files, [*watermark.prompt_ids, *arrivals.new_ids], [*watermark.rounds, round_id], traces, unlearned
+    )
     done.save(path)
     return done
 
@@ -281,6 +312,11 @@ class ArrivalsSettings(BaseModel):
     )
     replay_share: float = Field(
         0.0, ge=0.0, le=10.0, description="Earlier rounds' prompts replayed, as a share of the new ones."
+    )
+    carry_unpromoted: bool = Field(
+        True,
+        description="Train again on the prompts of the rounds since the last promotion whose model was not "
+        "promoted (the champion never learned them).",
     )
 
     @model_validator(mode="after")
@@ -318,11 +354,14 @@ def prepare_round(
     rounds = work / "arrivals"
     mark = Watermark.load(work / WATERMARK)
     earlier: list[dict[str, Any]] = []  # the committed rounds' trained records, for replay
+    unlearned: list[dict[str, Any]] = []  # those of the rounds whose model was not promoted, to carry over
     for f in sorted(rounds.glob("*.jsonl")) if rounds.is_dir() else []:
         if f.stem in mark.rounds:
-            earlier += [
+            trained = [
                 r for _, r in iter_records(str(f)) if isinstance(r, dict) and r.get("split") == "train"
             ]
+            carry = settings.carry_unpromoted and f.stem in mark.unlearned
+            (unlearned if carry else earlier).extend(trained)
     got = (
         collect(settings.folder, mark, settings.replay_share, earlier, seed)
         if settings.folder
@@ -365,6 +404,7 @@ def prepare_round(
         )
         return RoundTake(got, None, reason)
     got.replay = [{**r, "split": "train"} for r in got.replay]
+    got.carried = carried_over(unlearned, {*got.new_ids, *(pid(r) for r in got.replay)})
     path = write_round_input(got, rounds / f"{round_id}.jsonl")
     with path.open("a", encoding="utf-8") as out:
         out.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in held))
