@@ -19,8 +19,10 @@ import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.events import emit_event
 from pydantic import BaseModel
 
+from rrhf_core.config import redact_credentials
 from rrhf_core.data.arrivals import WATERMARK, ArrivalsSettings, RoundTake, Watermark, prepare_round
 from rrhf_core.data.build import build
 from rrhf_core.data.config import BuildConfig, IngestConfig
@@ -493,10 +495,26 @@ def promote_task(
             }
         ],
     )
+    if promoted:  # for automations that react to a new champion (reload the server, notify): docs/pipeline.md
+        emit_event(
+            event=CHAMPION_EVENT,
+            resource={
+                "prefect.resource.id": f"mlflow.registered-model.{name}",
+                "prefect.resource.name": name,
+            },
+            payload={
+                "version": version,
+                "alias": "champion",
+                "tracking_uri": redact_credentials(mlflow.get_tracking_uri()),
+            },
+        )
     out = {"version": version, "promoted": promoted, "decision": decision.to_dict()}
     if review is not None:
         out["review"] = review.to_dict()
     return out
+
+
+CHAMPION_EVENT = "rrhf.champion.promoted"
 
 
 # the task that runs each keyed stage of the stage table (rrhf_core.stages), by stage name

@@ -214,6 +214,9 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
     assert str(client.get_model_version_by_alias("gate-test", "champion").version) == better["version"]
     assert str(client.get_model_version_by_alias("gate-test", "challenger").version) == failed["version"]
     assert not inconclusive["promoted"] and inconclusive["decision"]["verdict"] == "inconclusive"
+    # the promotion, and only it, is a Prefect event that automations can react to
+    promoted = _events("rrhf.champion.promoted", "mlflow.registered-model.gate-test")
+    assert [e["payload"]["version"] for e in promoted] == [better["version"]]
     coin_version = client.get_model_version("gate-test", inconclusive["version"])
     assert coin_version.tags["rrhf.promotion"] == "inconclusive"
     assert coin_version.description.startswith("inconclusive, keep the current champion")
@@ -239,6 +242,22 @@ def test_registry_promotes_a_better_model_and_not_a_worse_one(prefect_harness, t
         "gate-test", trusted_root=tmp_path
     )  # a tag pointing at other weights is not obeyed
     assert "model-worse" not in planted["model_dir"]
+
+
+def _events(name: str, resource: str, want: int = 1, timeout_s: float = 60.0) -> list[dict]:
+    """The Prefect events ``name`` about ``resource`` (once ``want`` of them arrived: emission is asynchronous)."""
+    import time
+
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"filter": {"event": {"name": [name]}, "resource": {"id": [resource]}}, "limit": 50}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body, timeout=30).json()["events"]
+        if len(got) >= want or time.monotonic() > deadline:
+            return got
+        time.sleep(1.0)
 
 
 def test_failure_in_training_fails_runs_and_the_rerun_reuses_data_stages(
