@@ -90,6 +90,7 @@ def main() -> None:
     settings = [
         f"arrivals.folder={box}",
         "arrivals.held_out=[embedded:instructions]",
+        "arrivals.replay_share=0.25",  # as retrain-weekly
         "gate.human=optional",
         f"gate.human_timeout_s={args.review_timeout}",
         "train.max_steps=null",  # two passes over what the round trains on (new, replayed, carried over)
@@ -130,6 +131,7 @@ def table(done: list[dict], round_dir: Path) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     champions: list[dict[str, float]] = []  # the champion's held-out scores after each trained week
+    first_challenger: dict[str, float] | None = None
     base: dict[str, float] | None = None
     for w in done:
         s = w["summary"]
@@ -141,6 +143,7 @@ def table(done: list[dict], round_dir: Path) -> str:
         e, promo = s["evaluation"], s["promotion"]
         scores = answers(round_dir, s)
         base = base or scores["baseline"]
+        first_challenger = first_challenger or scores["candidate"]
         champions.append(scores["candidate"] if promo["promoted"] else scores["baseline"])
         lo, hi = e["reward_gain_ci"]
         rv = promo.get("review") or {}
@@ -156,6 +159,10 @@ def table(done: list[dict], round_dir: Path) -> str:
             f"champion after the last trained week vs after week 1: {paired(champions[-1], champions[0])}",
             f"champion after the last trained week vs the base policy: {paired(champions[-1], base)}",
         ]
+        if first_challenger is not None:
+            lines.append(
+                f"champion after the last trained week vs week 1's model: {paired(champions[-1], first_challenger)}"
+            )
     return "\n".join(lines)
 
 
