@@ -97,10 +97,46 @@ def round_on_stack(tmp_path_factory, tiny_model_dir):
             line.split()[-1] for line in out.splitlines() if "UUID" in line or "flow run id" in line.lower()
         )
         summary = json.loads((work / "last_summary.json").read_text())
-        yield st, summary, flow_run_id.strip()
+        weekly = _retrain_weekly_on_a_drop(run, tmp, tiny_model_dir)
+        yield st, summary, flow_run_id.strip(), weekly
     finally:
         stack.down(st.dir, say=lines.append)
         shutil.rmtree(where, ignore_errors=True)
+
+
+def _retrain_weekly_on_a_drop(run, tmp: Path, model: Path) -> dict:
+    """The `retrain-weekly` deployment of prefect.yaml, run by the stack's worker on a drop folder with three new
+    prompts (the review waits 5 s for nobody); its round's summary."""
+    box, held, work = tmp / "drop", tmp / "held.jsonl", tmp / "weekly"
+    box.mkdir()
+    (box / "week1.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"new this week, case {i}"}) + "\n" for i in range(3))
+    )
+    held.write_text("".join(json.dumps({"prompt": f"held out, case {i}"}) + "\n" for i in range(2)))
+    config = tiny_round(work, held, model, "stack-policy") | {
+        "arrivals": {
+            "folder": str(box),
+            "traces": "rrhf-served",
+            "held_out": [str(held)],
+            "min_new_prompts": 2,
+        },
+        "gate": {"human": "optional", "human_pairs": 2, "human_timeout_s": 5, "min_judge_accuracy": None},
+    }
+    config["evaluate"]["dtype"] = "fp32"
+    out = run("deployment", "run", "rrhf-retrain/retrain-weekly", "--params", json.dumps({"config": config}),
+              "--watch", timeout=600)  # fmt: skip
+    assert "Completed" in out, out
+    return json.loads((work / "last_summary.json").read_text())
+
+
+def test_the_weekly_retraining_deployment_trains_on_what_arrived_on_the_stack(as_stack_client):
+    """retrain-weekly on Postgres: it starts from the champion the pipeline round promoted, takes the drop (and
+    the served traces: none yet), waits for a review nobody gives, and registers its model."""
+    _, first, _, weekly = as_stack_client
+    assert weekly["start_model"] != first["start_model"]  # the champion, not the base policy
+    assert "3 new prompt(s)" in weekly["arrivals"] and "0 new trace(s)" in weekly["arrivals"]
+    assert weekly["promotion"]["review"]["status"] == "timeout"
+    assert weekly["promotion"]["version"] == "2"
 
 
 @pytest.fixture
@@ -116,7 +152,7 @@ def test_the_pipeline_deployment_runs_on_the_postgres_backed_stack(as_stack_clie
     import psycopg2
     from mlflow.tracking import MlflowClient
 
-    st, summary, flow_run_id = as_stack_client
+    st, summary, flow_run_id, _ = as_stack_client
     assert summary["promotion"]["version"] == "1" and summary["promotion"]["promoted"]
     # the round was tracked by the MLflow server, and its runs and the registry live in PostgreSQL
     client = MlflowClient(st.mlflow_uri, registry_uri=st.mlflow_uri)  # not a registry an earlier test set
@@ -142,7 +178,7 @@ def test_the_uis_show_the_round_in_a_real_browser(as_stack_client):
     from mlflow.tracking import MlflowClient
     from playwright.sync_api import expect, sync_playwright
 
-    st, summary, flow_run_id = as_stack_client
+    st, summary, flow_run_id, _ = as_stack_client
     client = MlflowClient(st.mlflow_uri, registry_uri=st.mlflow_uri)  # not a registry an earlier test set
     parent = client.get_run(summary["mlflow_run_id"])
     exp = parent.info.experiment_id
