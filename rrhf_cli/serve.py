@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from rrhf_core.errors import ConfigError
 
@@ -135,5 +136,25 @@ def cmd_feedback(args: argparse.Namespace) -> int:
         )
     else:
         mlflow.log_feedback(trace_id=args.trace_id, name=THUMBS, value=bool(args.up), source=source)
-    print(f"feedback on {args.trace_id} recorded; the next round with arrivals.traces takes it")
+    print(f"feedback on {args.trace_id} recorded; {_taken_yet(found, Path(args.workdir))}")
     return 0
+
+
+def _taken_yet(trace: Any, workdir: Path) -> str:
+    """Whether a round of ``workdir`` already read the trace (its feedback then comes too late to train on)."""
+    from rrhf_core.data.arrivals import WATERMARK, Watermark
+    from rrhf_core.errors import DataError
+
+    try:
+        seen = Watermark.load(workdir / WATERMARK).traces
+    except DataError:
+        seen = {}
+    read = int(trace.info.request_time) < seen.get("until_ms", -1) or trace.info.trace_id in seen.get(
+        "ids", []
+    )
+    if read:
+        return (
+            f"note: a round of {workdir} already read this trace, so this feedback is not trained on (feedback "
+            "counts when it is given before the next round runs)"
+        )
+    return "the next round with arrivals.traces takes it"

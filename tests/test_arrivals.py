@@ -117,8 +117,14 @@ def test_prompts_of_a_round_whose_model_was_not_promoted_are_carried_to_the_next
     second = round_("r2", ["c?"], promoted=False)
     assert [r["prompt"] for r in second.carried] == ["a?", "b?"] and "2 carried over" in second.summary()
     third = round_("r3", ["d?"], promoted=True)
-    assert sorted(r["prompt"] for r in third.carried) == ["a?", "b?", "c?"]  # r2's file also held r1's: once each
+    assert sorted(r["prompt"] for r in third.carried) == [
+        "a?",
+        "b?",
+        "c?",
+    ]  # r2's file also held r1's: once each
     assert Watermark.load(mark).unlearned == []
-    assert round_("r4", ["e?"], promoted=False).carried == []  # r3 was promoted: its champion learned them all
+    assert (
+        round_("r4", ["e?"], promoted=False).carried == []
+    )  # r3 was promoted: its champion learned them all
     off = settings.model_copy(update={"carry_unpromoted": False})
     assert round_("r5", ["f?"], promoted=False, s=off).carried == []

@@ -231,5 +231,8 @@ def test_served_chats_and_their_feedback_become_the_next_rounds_prompts(
     assert Watermark.load(tmp_path / "w" / "arrivals.json").traces["until_ms"] == max(
         s.time_ms for s in served
     )
+    late = subprocess.run([*rrhf, "feedback", by_ask["Name a colour."].trace_id, "--up", "--tracking-uri", uri,
+                           "--workdir", str(tmp_path / "w")], capture_output=True, text=True)  # fmt: skip
+    assert late.returncode == 0 and "already read this trace" in late.stdout, late.stdout + late.stderr
     second = pipeline_flow(cfg)
     assert second["skipped"].startswith("0 new prompt(s) arrived in the traces of rrhf-served")
