@@ -146,13 +146,10 @@ def _taken_yet(trace: Any, workdir: Path) -> str:
     from rrhf_core.errors import DataError
 
     try:
-        seen = Watermark.load(workdir / WATERMARK).traces
+        mark = Watermark.load(workdir / WATERMARK)
     except DataError:
-        seen = {}
-    read = int(trace.info.request_time) < seen.get("until_ms", -1) or trace.info.trace_id in seen.get(
-        "ids", []
-    )
-    if read:
+        mark = Watermark()
+    if mark.read_trace(trace.info.trace_id, int(trace.info.request_time)):
         return (
             f"note: a round of {workdir} already read this trace, so this feedback is not trained on (feedback "
             "counts when it is given before the next round runs)"

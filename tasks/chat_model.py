@@ -55,9 +55,8 @@ class ChatModel(PythonModel):
             with mlflow.start_span(name="chat", span_type="CHAT_MODEL") as span:
                 span.set_inputs({"messages": chat})
                 span.set_attributes({f"rrhf.{k}": v for k, v in p.items()})
-                if (
-                    mlflow.get_current_active_span() is not None
-                ):  # tracing is off while MLflow validates the model
+                # no active span while MLflow validates the model at logging time (tracing is off then)
+                if mlflow.get_current_active_span() is not None:
                     mlflow.update_current_trace(tags=self.trace_tags)
                 text = self._generate(chat, p, greedy, sampling)
                 span.set_outputs({"answer": text})

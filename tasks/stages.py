@@ -51,6 +51,7 @@ from tasks.traces import read_served
 from tasks.tracking import MlflowLogger, log_parquet_input, numeric, stage_run
 
 C = TypeVar("C", bound=BaseModel)
+CHAMPION_EVENT = "rrhf.champion.promoted"  # emitted by a promotion, for automations (docs/pipeline.md)
 R = TypeVar("R", bound=StageResult)
 
 
@@ -512,9 +513,6 @@ def promote_task(
     if review is not None:
         out["review"] = review.to_dict()
     return out
-
-
-CHAMPION_EVENT = "rrhf.champion.promoted"
 
 
 # the task that runs each keyed stage of the stage table (rrhf_core.stages), by stage name

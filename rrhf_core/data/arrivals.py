@@ -53,6 +53,10 @@ class Watermark:
     traces: dict[str, Any] = field(default_factory=dict)  # {"until_ms", "ids" read at until_ms}
     unlearned: list[str] = field(default_factory=list)  # rounds since the last promotion, not promoted
 
+    def read_trace(self, trace_id: str, time_ms: int) -> bool:
+        """Whether a committed round already read this trace (older than the last one read, or read at its time)."""
+        return time_ms < self.traces.get("until_ms", -1) or trace_id in self.traces.get("ids", [])
+
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"files": self.files, "prompt_ids": self.prompt_ids, "rounds": self.rounds}
         # keys written only when set: a watermark written before they existed reads (and checks) as it was written
@@ -115,6 +119,21 @@ class Arrivals:
     @property
     def new_prompts(self) -> int:
         return len(self.new_ids)
+
+    def take(self, pid: str, rec: dict[str, Any], seen: set[str]) -> None:
+        """``rec`` joins the new prompts unless its prompt was taken before (``seen``: every id taken so far)."""
+        if pid in seen:
+            self.already_seen += 1
+            return
+        seen.add(pid)
+        self.new_ids.append(pid)
+        self.records.append(rec)
+
+    def draw_replay(self, replay_from: list[dict[str, Any]], replay_share: float, seed: int) -> None:
+        """``replay_share`` x the new prompts' count of ``replay_from``, drawn with ``seed``."""
+        if replay_share > 0 and replay_from and self.records:
+            n = min(len(replay_from), round(replay_share * len(self.records)))
+            self.replay = random.Random(seed).sample(replay_from, n)
 
     def summary(self) -> str:
         where = [f"{len(self.new_files)} new file(s) in {self.folder}"] if self.folder else []
@@ -196,16 +215,19 @@ def collect(
             continue
         out.new_files[p.name] = {"sha256": file_digest(p), "size": p.stat().st_size}
         for pid, rec in records:
-            if pid in seen:
-                out.already_seen += 1
-                continue
-            seen.add(pid)
-            out.new_ids.append(pid)
-            out.records.append(rec)
-    if replay_share > 0 and replay_from and out.records:
-        n = min(len(replay_from), round(replay_share * len(out.records)))
-        out.replay = random.Random(seed).sample(replay_from, n)
+            out.take(pid, rec, seen)
+    out.draw_replay(replay_from or [], replay_share, seed)
     return out
+
+
+def _prompt_id(rec: dict[str, Any], fmt: str = "auto") -> str | None:
+    """The ingest prompt id of a record, or None when ingest would reject it."""
+    from rrhf_core.data.ingest import Reject, parse_record
+
+    try:
+        return parse_record(rec, fmt, "prompt", Counter()).prompt_id  # type: ignore[arg-type]
+    except Reject:
+        return None
 
 
 def add_traffic(
@@ -228,28 +250,16 @@ def add_traffic(
         except Reject as r:
             got.rejected[str(r).split(":")[0][:60]] += 1
             continue
-        if pid in seen:
-            got.already_seen += 1
-            continue
-        seen.add(pid)
-        got.new_ids.append(pid)
-        got.records.append(rec)
-    if replay_share > 0 and replay_from and got.records:
-        n = min(len(replay_from), round(replay_share * len(got.records)))
-        got.replay = random.Random(seed).sample(replay_from, n)
+        got.take(pid, rec, seen)
+    got.draw_replay(replay_from, replay_share, seed)
 
 
 def carried_over(records: list[dict[str, Any]], taken: set[str | None]) -> list[dict[str, Any]]:
     """The unpromoted rounds' records, each prompt once, less those this round takes anyway."""
-    from rrhf_core.data.ingest import Reject, parse_record
-
     out, seen = [], set(taken)
     for rec in records:
-        try:
-            pid = parse_record(rec, "auto", "prompt", Counter()).prompt_id
-        except Reject:
-            continue
-        if pid not in seen:
+        pid = _prompt_id(rec)
+        if pid is not None and pid not in seen:
             seen.add(pid)
             out.append({**rec, "split": "train"})
     return out
@@ -380,15 +390,7 @@ def prepare_round(
             f"arrivals.held_out ({', '.join(settings.held_out)}) holds no held-out prompt to judge on"
         )
     # a prompt that is also held out is never trained on
-    from rrhf_core.data.ingest import Reject, parse_record
-
-    def pid(rec: dict[str, Any]) -> str | None:
-        try:
-            return parse_record(rec, "auto", "prompt", Counter()).prompt_id
-        except Reject:
-            return None
-
-    held_ids = {pid(r) for r in held}
+    held_ids = {_prompt_id(r) for r in held}
     keep = [i for i, p in enumerate(got.new_ids) if p not in held_ids]
     got.held_out_dropped = len(got.new_ids) - len(keep)
     got.records = [{**got.records[i], "split": "train"} for i in keep]
@@ -404,7 +406,7 @@ def prepare_round(
         )
         return RoundTake(got, None, reason)
     got.replay = [{**r, "split": "train"} for r in got.replay]
-    got.carried = carried_over(unlearned, {*got.new_ids, *(pid(r) for r in got.replay)})
+    got.carried = carried_over(unlearned, {*got.new_ids, *(_prompt_id(r) for r in got.replay)})
     path = write_round_input(got, rounds / f"{round_id}.jsonl")
     with path.open("a", encoding="utf-8") as out:
         out.write("".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in held))

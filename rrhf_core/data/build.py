@@ -117,8 +117,7 @@ def human_ranked(cands: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rewards and its SFT term (Eq. 3) the best response, so a chosen answer becomes the SFT target and a rejected one
     the response every other must beat. Returns new dicts; a prompt without human labels comes back unchanged.
     """
-    labels = {c["source"] for c in cands}
-    if not any(lab.startswith(HUMAN) for lab in labels):
+    if not any(c["source"].startswith(HUMAN) for c in cands):
         return cands
     rs = [c["reward"] for c in cands]
     gap = max(rs) - min(rs) + 1.0
